@@ -1,0 +1,16 @@
+//! The pure GLADOS core: identifiers, the routing filter, mapping rules,
+//! verification-code policy and rate-limit formula.
+//!
+//! Nothing in here touches the Workers runtime, JavaScript, a clock or an
+//! entropy source: time and randomness come in as arguments, so the same
+//! code runs natively under `cargo test`, in the worker and in the browser.
+
+pub mod filter;
+pub mod mapping;
+pub mod problem;
+pub mod ratelimit;
+pub mod sii;
+pub mod ssi;
+pub mod verification;
+
+pub use problem::Problem;
