@@ -5,6 +5,7 @@
 //! entropy source: time and randomness come in as arguments, so the same
 //! code runs natively under `cargo test`, in the worker and in the browser.
 
+pub mod country_codes;
 pub mod filter;
 pub mod mapping;
 pub mod problem;
@@ -14,3 +15,5 @@ pub mod ssi;
 pub mod verification;
 
 pub use problem::Problem;
+pub use sii::Sii;
+pub use ssi::Ssi;
