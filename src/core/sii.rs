@@ -249,6 +249,23 @@ pub enum SiiError {
     EmailTooLong { len: usize },
 }
 
+/// Shows a character from input in an error message: printable ASCII as
+/// `'c'`, anything else as `U+XXXX`, so control, invisible or bidi-override
+/// characters cannot garble a log line or a UI (and no `{:?}` escaping
+/// tables are pulled into the wasm module).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShowChar(pub(crate) char);
+
+impl fmt::Display for ShowChar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_ascii_graphic() {
+            write!(f, "'{}'", self.0)
+        } else {
+            write!(f, "U+{:04X}", u32::from(self.0))
+        }
+    }
+}
+
 impl fmt::Display for SiiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use SiiError::*;
@@ -263,8 +280,9 @@ impl fmt::Display for SiiError {
             ),
             PhoneInvalidCharacter { ch } => write!(
                 f,
-                "phone number contains {ch:?}; only digits, a leading '+', spaces and \
-                 - . / ( ) are allowed (an email address needs an '@')"
+                "phone number contains {}; only digits, a leading '+', spaces and \
+                 - . / ( ) are allowed (an email address needs an '@')",
+                ShowChar(*ch)
             ),
             PhoneMisplacedPlus => f.write_str(
                 "phone number has a '+' after its first digit; '+' may only come first, \
@@ -340,8 +358,9 @@ impl fmt::Display for SiiError {
             ),
             EmailLocalInvalidCharacter { ch } => write!(
                 f,
-                "email local part (before '@') contains {ch:?}; allowed are letters, digits, \
-                 dots and ! # $ % & ' * + - / = ? ^ _ ` {{ | }} ~"
+                "email local part (before '@') contains {}; allowed are letters, digits, \
+                 dots and ! # $ % & ' * + - / = ? ^ _ ` {{ | }} ~",
+                ShowChar(*ch)
             ),
             EmailLocalNonAscii => f.write_str(
                 "email local part (before '@') contains non-ASCII characters; \
@@ -359,8 +378,9 @@ impl fmt::Display for SiiError {
             }
             EmailDomainInvalidCharacter { ch } => write!(
                 f,
-                "email domain contains {ch:?}; domain names allow letters, digits, '-' and \
-                 dots between labels"
+                "email domain contains {}; domain names allow letters, digits, '-' and \
+                 dots between labels",
+                ShowChar(*ch)
             ),
             EmailDomainEmptyLabel => f.write_str(
                 "email domain starts or ends with a dot or has two dots in a row; remove \
@@ -1096,6 +1116,19 @@ mod tests {
         let expected: [u8; 32] = Sha256::digest(b"+14155550100").into();
         assert_eq!(a.hash(), expected);
         assert_ne!(a.hash(), Sii::parse("+14155550101").unwrap().hash());
+    }
+
+    #[test]
+    fn error_messages_name_the_character_safely() {
+        assert_eq!(
+            err("+1 415 555 010x").to_string(),
+            "phone number contains 'x'; only digits, a leading '+', spaces and - . / ( ) are \
+             allowed (an email address needs an '@')"
+        );
+        // A bidi override is shown as a code point, never echoed raw.
+        let e = err("a@ex\u{202E}ample.com").to_string();
+        assert!(e.contains("U+202E") && !e.contains('\u{202E}'), "{e}");
+        assert!(err("a@ex\u{7}.com").to_string().contains("U+0007"));
     }
 
     #[test]

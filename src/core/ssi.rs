@@ -17,6 +17,7 @@ use core::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::sii::ShowChar;
 use super::Problem;
 
 /// Longest provider id; one DNS label's worth keeps ids short in logs and keys.
@@ -215,8 +216,9 @@ impl fmt::Display for SsiError {
             ),
             ProviderInvalidCharacter { ch } => write!(
                 f,
-                "provider id contains {ch:?}; only lowercase a-z, digits, '-' and '.' are \
-                 allowed"
+                "provider id contains {}; only lowercase a-z, digits, '-' and '.' are \
+                 allowed",
+                ShowChar(*ch)
             ),
             ProviderBadEdge => {
                 f.write_str("provider id must start and end with a lowercase letter or digit")
@@ -229,7 +231,8 @@ impl fmt::Display for SsiError {
             ),
             UserInvalidCharacter { ch } => write!(
                 f,
-                "user id contains {ch:?}; only printable ASCII without spaces is allowed"
+                "user id contains {}; only printable ASCII without spaces is allowed",
+                ShowChar(*ch)
             ),
         }
     }
