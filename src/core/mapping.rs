@@ -1,1 +1,1402 @@
-//! Placeholder; filled in by its own change.
+//! Mappings from an SII to SSIs, and the preference and precedence rules
+//! over them (draft §8.1, §8.2.1, §8.2.2, §10).
+//!
+//! # Model
+//!
+//! One GP keeps, per SII, a [`SiiRecord`]: at most one [`Mapping`] per AP
+//! (the AP is the SSI's provider) plus the recent [`Displacement`]s that let
+//! a displaced AP undo or report a change (draft §8.2.1).
+//!
+//! **Preference is a timestamp, not a flag.** Each mapping carries
+//! `preferred_at_ms`: when it was last made the preferred one, or `None` if
+//! it never was (the user kept the old app). The preferred mapping is the one
+//! with the greatest [`Precedence`] `(preferred_at_ms, created_at_ms)`, with
+//! `None` below every time. The *same* rule orders mappings held by different
+//! GPs (draft §8.1: "Each mapping contains a timestamp, and the most recent
+//! result is used"), so no GP ever needs to know another GP's full state:
+//!
+//! - first use: the mapping is preferred at creation (draft §10: "When the
+//!   user utilizes a first application, that application is automatically
+//!   preferred");
+//! - a second app's mapping is stored with `preferred_at_ms = None` until the
+//!   user chooses (draft §10: "They have the choice to make the new app their
+//!   preferred one, or keep the old one"), so it loses everywhere;
+//! - [`Choice::Prefer`] stamps the chooser with `now`, which outranks every
+//!   older preference on any GP; "prefer back" stamps the old AP with a later
+//!   `now` and it wins again. Nothing else has to be rewritten, which is what
+//!   makes the scheme work across GPs.
+//!
+//! Ties (same timestamps) are broken deterministically so every GP picks the
+//! same winner: smallest GP id, then smallest canonical SSI string
+//! (`provider:user`).
+//!
+//! # Transitions
+//!
+//! All transitions are pure methods on [`SiiRecord`] taking `now_ms`; on
+//! `Err` the record is unchanged. They return the [`Notification`]s the glue
+//! must deliver through its outbox (AP webhooks, GP-to-GP claims), or a
+//! [`Strike`] to record. Phone-number moves (draft §8.2.2: "In practice,
+//! this case is indistinguishable from the prior one") take exactly the same
+//! path: the new owner verifies the number, is told of the old holder and
+//! picks [`Choice::Replace`].
+
+use core::cmp::Ordering;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::sii::Sii;
+use super::ssi::{ProviderId, Ssi};
+use super::Problem;
+
+/// A GP's id, as configured for peers and reported at `GET /v1/gp`.
+pub type GpId = String;
+
+/// How long a displaced AP may reestablish, prefer back or report (14 days).
+pub const DEFAULT_REMEDY_WINDOW_MS: u64 = 14 * 24 * 3_600_000;
+
+/// How the GP confirmed that the SII belongs to the AP's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum VerifiedBy {
+    /// A code sent by SMS (draft §8.2).
+    Sms,
+    /// A code sent by email (draft §8.2).
+    Email,
+    /// Trusted bulk upload by a permitted AP (draft §8.3: "the GP will just
+    /// trust them without sending confirmation emails or SMS messages").
+    Bulk,
+}
+
+/// One SII → SSI mapping held by this GP. The SII is the record's key, the
+/// AP is `ssi.provider()` (never stored twice, so they cannot disagree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    /// The AP's user (draft §8.2: "combining the provider userID, with the
+    /// providerID implied by the access token").
+    pub ssi: Ssi,
+    /// How it was verified.
+    pub verified_by: VerifiedBy,
+    /// When it was (last) verified and stored.
+    pub created_at_ms: u64,
+    /// When it was last made the preferred mapping; `None` if never.
+    pub preferred_at_ms: Option<u64>,
+}
+
+impl Mapping {
+    /// The AP that created this mapping.
+    pub fn ap(&self) -> &ProviderId {
+        self.ssi.provider()
+    }
+
+    /// Its rank in precedence comparisons (greater wins).
+    pub fn precedence(&self) -> Precedence {
+        Precedence {
+            preferred_at_ms: self.preferred_at_ms,
+            created_at_ms: self.created_at_ms,
+        }
+    }
+}
+
+/// The timestamp that decides between mappings (draft §8.1: "the most
+/// recent result is used"). Compared field by field: last time made
+/// preferred (`None` lowest), then creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Precedence {
+    /// When the mapping was last made preferred; `None` if never.
+    pub preferred_at_ms: Option<u64>,
+    /// When the mapping was created.
+    pub created_at_ms: u64,
+}
+
+/// A mapping as one GP reports it to the home GP in a query answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The GP that holds the mapping.
+    pub gp: GpId,
+    /// The mapped SSI.
+    pub ssi: Ssi,
+    /// The mapping's precedence timestamps.
+    pub precedence: Precedence,
+}
+
+/// Total order used by every precedence decision: greater precedence wins;
+/// on a tie the smaller GP id, then the smaller canonical SSI string wins.
+/// Returns `Greater` when `a` beats `b`.
+fn beats(a: (&Precedence, &str, &Ssi), b: (&Precedence, &str, &Ssi)) -> Ordering {
+    a.0.cmp(b.0)
+        .then_with(|| b.1.cmp(a.1))
+        .then_with(|| b.2.to_string().cmp(&a.2.to_string()))
+}
+
+/// Picks the result the home GP returns from its own and its peers' answers.
+///
+/// draft §8.1: "In the case of two or more matches [...] Each mapping
+/// contains a timestamp, and the most recent result is used." and "it
+/// compares the timestamp from the remote GP to its own, and uses the most
+/// recent." Deterministic for any input order.
+pub fn select_preferred(candidates: &[Candidate]) -> Option<&Candidate> {
+    candidates.iter().max_by(|a, b| {
+        beats(
+            (&a.precedence, &a.gp, &a.ssi),
+            (&b.precedence, &b.gp, &b.ssi),
+        )
+    })
+}
+
+/// An AP somewhere in the federation: `gp: None` means on this GP.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Party {
+    /// The AP.
+    pub ap: ProviderId,
+    /// Its home GP if that is another GP.
+    pub gp: Option<GpId>,
+}
+
+impl Party {
+    fn local(ap: ProviderId) -> Party {
+        Party { ap, gp: None }
+    }
+}
+
+/// What the new AP asks for once the user has chosen (draft §8.2.1: "the
+/// new provider can then instruct its GP to delete the old mapping or make
+/// the new one the preferred choice").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Choice {
+    /// Delete every other AP's mapping for this SII and become preferred
+    /// (draft §10: "their new AP asks the GP to delete the old mapping").
+    Replace,
+    /// Keep the other mappings and become the preferred one.
+    Prefer,
+}
+
+/// What happened to a displaced AP's mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisplaceAction {
+    /// The mapping was deleted by another AP's [`Choice::Replace`].
+    Replaced,
+    /// The mapping is kept but another AP is now preferred.
+    Outpreferred,
+}
+
+/// How a displaced AP undid the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Remedy {
+    /// It re-created its deleted mapping (and is preferred again).
+    Reestablished,
+    /// It made its kept mapping preferred again.
+    PreferredBack,
+}
+
+/// A record that `ap` (on this GP) was displaced, kept so that it can react
+/// (draft §8.2.1: "the user can request their old app to re-establish the
+/// mapping, change the preference back, or to report the change as
+/// malicious"). At most one per AP (the latest); dropped after the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Displacement {
+    /// The displaced AP on this GP.
+    pub ap: ProviderId,
+    /// Who displaced it.
+    pub by: Party,
+    /// Deleted or merely outranked.
+    pub action: DisplaceAction,
+    /// When.
+    pub at_ms: u64,
+    /// The displaced mapping as it was, so it can be re-established.
+    pub old: Mapping,
+    /// Whether it was already reestablished or preferred back.
+    pub remedied: bool,
+    /// Whether it was already reported as malicious (one strike per event).
+    pub reported: bool,
+}
+
+/// Tells a peer GP that an SII was claimed by an AP of the sender (draft
+/// §10: "it sends a webhook callback to those GP, indicating that that
+/// particular SII has been claimed"). The peer applies it with
+/// [`SiiRecord::apply_claim`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The SII concerned.
+    pub sii: Sii,
+    /// The AP that claimed it.
+    pub by_ap: ProviderId,
+    /// The GP that AP is enrolled with (the sender).
+    pub from_gp: GpId,
+    /// Delete the peer's mappings, or just outrank them.
+    pub action: DisplaceAction,
+    /// When the claim was made; mappings created or preferred later are left
+    /// alone, so a late or retried delivery never undoes a newer choice.
+    pub at_ms: u64,
+}
+
+/// Something the glue must deliver (through the durable outbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Notification {
+    /// Webhook to a local AP (draft §8.2.1: "Through a webhook, the old
+    /// provider AP1 will be notified that the mapping has been removed
+    /// and/or preference established for the new provider").
+    Displaced {
+        /// The AP to notify (on this GP).
+        to_ap: ProviderId,
+        /// The SII concerned.
+        sii: Sii,
+        /// Who displaced it.
+        by: Party,
+        /// Deleted or outranked.
+        action: DisplaceAction,
+    },
+    /// To the AP that displaced another: that AP undid it. If `to.gp` is
+    /// another GP, the glue forwards this to that GP, which delivers it to
+    /// its AP `to.ap`.
+    Remedied {
+        /// The displacing AP.
+        to: Party,
+        /// The SII concerned.
+        sii: Sii,
+        /// The AP (on this GP) that undid the change.
+        by_ap: ProviderId,
+        /// What it did.
+        remedy: Remedy,
+    },
+    /// A claim for a peer GP whose filter may hold the SII (draft §10).
+    Claim {
+        /// The peer GP.
+        to_gp: GpId,
+        /// The claim to send.
+        claim: Claim,
+    },
+}
+
+/// A strike against an AP's reputation (draft §8.2.1: "this would be a
+/// strike against the reputation of the new provider. With sufficient
+/// strikes, the GP can further rate limit that provider or remove their
+/// access entirely"). If `against.gp` is another GP, forward it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Strike {
+    /// The AP reported.
+    pub against: Party,
+    /// The SII whose change was reported.
+    pub sii: Sii,
+    /// The AP whose user reported it.
+    pub reported_by: ProviderId,
+    /// When it was reported.
+    pub at_ms: u64,
+}
+
+/// Result of [`SiiRecord::create_verified`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The holder on another AP that outranks the caller, if any: the new AP must
+    /// show the user the choice (draft §8.2.1: "it will include an
+    /// indication that there is already a mapping in the old provider AP1,
+    /// and include that provider ID and name"; the glue adds the name).
+    pub existing: Option<Party>,
+    /// Whether the new mapping is now the preferred one.
+    pub preferred: bool,
+}
+
+/// Why a mapping operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MappingError {
+    /// The AP has no mapping for this SII.
+    NoSuchMapping,
+    /// The AP tried to act on a mapping of another AP.
+    NotYourMapping,
+    /// No open displacement of the AP allows this remedy.
+    NothingToRemedy,
+    /// Reestablish asked for, but the AP already has a mapping.
+    AlreadyMapped,
+    /// This displacement was already reported.
+    AlreadyReported,
+    /// The SSI's provider is not the calling AP.
+    SsiNotOfCaller,
+    /// A claim for a different SII was applied to this record.
+    WrongSii,
+}
+
+impl fmt::Display for MappingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MappingError::NoSuchMapping => "your provider has no mapping for this identifier",
+            MappingError::NotYourMapping => {
+                "that mapping belongs to another provider; an AP may only change its own"
+            }
+            MappingError::NothingToRemedy => {
+                "your mapping for this identifier was not recently removed or outranked in a way this action can undo"
+            }
+            MappingError::AlreadyMapped => {
+                "your provider already has a mapping for this identifier; use prefer-back instead"
+            }
+            MappingError::AlreadyReported => "this change has already been reported",
+            MappingError::SsiNotOfCaller => {
+                "the SSI's provider is not the provider making the request"
+            }
+            MappingError::WrongSii => "the claim is for a different identifier",
+        })
+    }
+}
+
+impl Problem for MappingError {
+    fn slug(&self) -> &'static str {
+        match self {
+            MappingError::NoSuchMapping => "no-such-mapping",
+            MappingError::NotYourMapping => "not-your-mapping",
+            MappingError::NothingToRemedy => "nothing-to-remedy",
+            MappingError::AlreadyMapped => "already-mapped",
+            MappingError::AlreadyReported => "already-reported",
+            MappingError::SsiNotOfCaller => "ssi-not-of-caller",
+            MappingError::WrongSii => "wrong-sii",
+        }
+    }
+    fn title(&self) -> &'static str {
+        match self {
+            MappingError::NoSuchMapping => "No such mapping",
+            MappingError::NotYourMapping => "Not your mapping",
+            MappingError::NothingToRemedy => "Nothing to remedy",
+            MappingError::AlreadyMapped => "Mapping already exists",
+            MappingError::AlreadyReported => "Already reported",
+            MappingError::SsiNotOfCaller => "SSI of another provider",
+            MappingError::WrongSii => "Claim for another identifier",
+        }
+    }
+    fn status(&self) -> u16 {
+        match self {
+            MappingError::NoSuchMapping => 404,
+            MappingError::NotYourMapping | MappingError::SsiNotOfCaller => 403,
+            MappingError::NothingToRemedy
+            | MappingError::AlreadyMapped
+            | MappingError::AlreadyReported => 409,
+            MappingError::WrongSii => 400,
+        }
+    }
+}
+
+/// Everything one GP knows about one SII. The glue persists it (one row per
+/// SII in the SII's shard); an empty record ([`SiiRecord::is_empty`]) may be
+/// deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiiRecord {
+    sii: Sii,
+    mappings: Vec<Mapping>,
+    displacements: Vec<Displacement>,
+    /// How long displacements can be remedied.
+    remedy_window_ms: u64,
+}
+
+impl SiiRecord {
+    /// An empty record with the default remedy window.
+    pub fn new(sii: Sii) -> Self {
+        Self::with_remedy_window(sii, DEFAULT_REMEDY_WINDOW_MS)
+    }
+
+    /// An empty record whose displacements stay remediable for `window_ms`.
+    pub fn with_remedy_window(sii: Sii, window_ms: u64) -> Self {
+        SiiRecord {
+            sii,
+            mappings: Vec::new(),
+            displacements: Vec::new(),
+            remedy_window_ms: window_ms,
+        }
+    }
+
+    /// The SII this record is about.
+    pub fn sii(&self) -> &Sii {
+        &self.sii
+    }
+
+    /// All mappings, one per AP, in no particular order.
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
+    /// Open displacements.
+    pub fn displacements(&self) -> &[Displacement] {
+        &self.displacements
+    }
+
+    /// True when there is nothing left worth storing.
+    pub fn is_empty(&self) -> bool {
+        self.mappings.is_empty() && self.displacements.is_empty()
+    }
+
+    /// The AP's mapping, if any.
+    pub fn mapping_of(&self, ap: &ProviderId) -> Option<&Mapping> {
+        self.mappings.iter().find(|m| m.ap() == ap)
+    }
+
+    /// This GP's preferred mapping (same order as [`select_preferred`]).
+    pub fn preferred(&self) -> Option<&Mapping> {
+        self.mappings
+            .iter()
+            .max_by(|a, b| beats((&a.precedence(), "", &a.ssi), (&b.precedence(), "", &b.ssi)))
+    }
+
+    /// What this GP answers to a mapping query for the SII (draft §8.1: the
+    /// remote GPs "consult only their local mappings").
+    pub fn candidate(&self, own_gp: &str) -> Option<Candidate> {
+        self.preferred().map(|m| Candidate {
+            gp: own_gp.to_owned(),
+            ssi: m.ssi.clone(),
+            precedence: m.precedence(),
+        })
+    }
+
+    fn index_of(&self, ap: &ProviderId) -> Option<usize> {
+        self.mappings.iter().position(|m| m.ap() == ap)
+    }
+
+    fn prune(&mut self, now_ms: u64) {
+        let window = self.remedy_window_ms;
+        self.displacements
+            .retain(|d| now_ms.saturating_sub(d.at_ms) <= window);
+    }
+
+    fn record_displacement(&mut self, d: Displacement) {
+        self.displacements.retain(|x| x.ap != d.ap);
+        self.displacements.push(d);
+    }
+
+    fn open_displacement(&self, ap: &ProviderId, now_ms: u64) -> Option<usize> {
+        self.displacements
+            .iter()
+            .position(|d| &d.ap == ap && now_ms.saturating_sub(d.at_ms) <= self.remedy_window_ms)
+    }
+
+    /// Stores a mapping whose code was just confirmed (or a bulk mapping).
+    ///
+    /// draft §8.2: "If there is a match, it considers the mapping validated,
+    /// and stores it." `caller` is the AP from the access token; `remote` is
+    /// the best candidate the glue found at peer GPs (its query path), so
+    /// that a first mapping on this GP does not silently outrank a mapping
+    /// held elsewhere.
+    ///
+    /// If the AP already had a mapping (the user re-registered), its SSI and
+    /// verification are replaced and its preference standing is kept. A new
+    /// mapping is preferred at once only if nobody else holds the SII;
+    /// otherwise it waits for the user's [`Choice`] and `existing` names the
+    /// current holder. No notification: the old AP is told when a choice is
+    /// made.
+    pub fn create_verified(
+        &mut self,
+        caller: &ProviderId,
+        ssi: Ssi,
+        verified_by: VerifiedBy,
+        remote: Option<&Candidate>,
+        now_ms: u64,
+    ) -> Result<Created, MappingError> {
+        if ssi.provider() != caller {
+            return Err(MappingError::SsiNotOfCaller);
+        }
+        self.prune(now_ms);
+        // Who is preferred among everyone else (local others and the remote).
+        let local_other = self
+            .mappings
+            .iter()
+            .filter(|m| m.ap() != caller)
+            .max_by(|a, b| beats((&a.precedence(), "", &a.ssi), (&b.precedence(), "", &b.ssi)));
+        let remote = remote.filter(|c| c.ssi.provider() != caller);
+        let existing = match (local_other, remote) {
+            (Some(l), Some(r)) if r.precedence > l.precedence() => Some(Party {
+                ap: r.ssi.provider().clone(),
+                gp: Some(r.gp.clone()),
+            }),
+            (Some(l), _) => Some(Party::local(l.ap().clone())),
+            (None, Some(r)) => Some(Party {
+                ap: r.ssi.provider().clone(),
+                gp: Some(r.gp.clone()),
+            }),
+            (None, None) => None,
+        };
+        let preferred_at_ms = match self.mapping_of(caller) {
+            Some(old) => old.preferred_at_ms,
+            // draft §10: "When the user utilizes a first application, that
+            // application is automatically preferred."
+            None if existing.is_none() => Some(now_ms),
+            None => None,
+        };
+        let mapping = Mapping {
+            ssi,
+            verified_by,
+            created_at_ms: now_ms,
+            preferred_at_ms,
+        };
+        match self.index_of(caller) {
+            Some(i) => {
+                if let Some(slot) = self.mappings.get_mut(i) {
+                    *slot = mapping;
+                }
+            }
+            None => self.mappings.push(mapping),
+        }
+        // Preferred if it wins locally and beats the remote holder too.
+        let preferred = self.preferred().is_some_and(|m| m.ap() == caller)
+            && remote.is_none_or(|r| {
+                self.mapping_of(caller)
+                    .is_some_and(|m| m.precedence() > r.precedence)
+            });
+        Ok(Created {
+            existing: if preferred { None } else { existing },
+            preferred,
+        })
+    }
+
+    /// Applies the user's choice made in the new AP (draft §8.2.1, §10).
+    ///
+    /// Both choices make the caller preferred as of `now_ms`. `Replace` also
+    /// deletes every other AP's mapping on this GP. Every local AP that loses
+    /// (deleted, or previously preferred and now outranked) gets a
+    /// [`Notification::Displaced`] and a [`Displacement`] it can remedy, and
+    /// each GP in `claim_peers` (those whose filters may hold the SII; the
+    /// glue decides) gets a [`Notification::Claim`] (draft §10: "the GP of
+    /// the new AP looks into its routing filters to see if any other GP
+    /// might own a mapping for the SII which has changed").
+    pub fn choose(
+        &mut self,
+        caller: &ProviderId,
+        choice: Choice,
+        own_gp: &str,
+        claim_peers: &[GpId],
+        now_ms: u64,
+    ) -> Result<Vec<Notification>, MappingError> {
+        if self.mapping_of(caller).is_none() {
+            return Err(MappingError::NoSuchMapping);
+        }
+        self.prune(now_ms);
+        let previously_preferred = self.preferred().map(|m| m.ap().clone());
+        let by = Party::local(caller.clone());
+        let mut out = Vec::new();
+        let action = match choice {
+            Choice::Replace => DisplaceAction::Replaced,
+            Choice::Prefer => DisplaceAction::Outpreferred,
+        };
+        match choice {
+            Choice::Replace => {
+                let (keep, removed): (Vec<Mapping>, Vec<Mapping>) =
+                    core::mem::take(&mut self.mappings)
+                        .into_iter()
+                        .partition(|m| m.ap() == caller);
+                self.mappings = keep;
+                for old in removed {
+                    out.push(self.displace(old, by.clone(), DisplaceAction::Replaced, now_ms));
+                }
+            }
+            Choice::Prefer => {
+                if let Some(prev) = previously_preferred.filter(|p| p != caller) {
+                    if let Some(old) = self.mapping_of(&prev).cloned() {
+                        out.push(self.displace(
+                            old,
+                            by.clone(),
+                            DisplaceAction::Outpreferred,
+                            now_ms,
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(m) = self.mappings.iter_mut().find(|m| m.ap() == caller) {
+            m.preferred_at_ms = Some(now_ms);
+        }
+        for gp in claim_peers.iter().filter(|g| g.as_str() != own_gp) {
+            out.push(Notification::Claim {
+                to_gp: gp.clone(),
+                claim: Claim {
+                    sii: self.sii.clone(),
+                    by_ap: caller.clone(),
+                    from_gp: own_gp.to_owned(),
+                    action,
+                    at_ms: now_ms,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn displace(
+        &mut self,
+        old: Mapping,
+        by: Party,
+        action: DisplaceAction,
+        now_ms: u64,
+    ) -> Notification {
+        let ap = old.ap().clone();
+        self.record_displacement(Displacement {
+            ap: ap.clone(),
+            by: by.clone(),
+            action,
+            at_ms: now_ms,
+            old,
+            remedied: false,
+            reported: false,
+        });
+        Notification::Displaced {
+            to_ap: ap,
+            sii: self.sii.clone(),
+            by,
+            action,
+        }
+    }
+
+    /// Applies a peer GP's [`Claim`] (draft §10) to this GP's record.
+    ///
+    /// `Replaced` deletes the local mappings of other APs that are not newer
+    /// than the claim; `Outpreferred` changes nothing here (the claimer's
+    /// newer `preferred_at_ms` already wins precedence) but tells the locally
+    /// preferred AP, if it is not newer than the claim. Either way the
+    /// affected local APs get a [`Notification::Displaced`] and can remedy.
+    pub fn apply_claim(
+        &mut self,
+        claim: &Claim,
+        now_ms: u64,
+    ) -> Result<Vec<Notification>, MappingError> {
+        if claim.sii != self.sii {
+            return Err(MappingError::WrongSii);
+        }
+        self.prune(now_ms);
+        let by = Party {
+            ap: claim.by_ap.clone(),
+            gp: Some(claim.from_gp.clone()),
+        };
+        let not_newer = |m: &Mapping| {
+            m.ap() != &claim.by_ap
+                && m.created_at_ms <= claim.at_ms
+                && m.preferred_at_ms.is_none_or(|t| t <= claim.at_ms)
+        };
+        let mut out = Vec::new();
+        match claim.action {
+            DisplaceAction::Replaced => {
+                let (removed, keep): (Vec<Mapping>, Vec<Mapping>) =
+                    core::mem::take(&mut self.mappings)
+                        .into_iter()
+                        .partition(not_newer);
+                self.mappings = keep;
+                for old in removed {
+                    out.push(self.displace(old, by.clone(), DisplaceAction::Replaced, now_ms));
+                }
+            }
+            DisplaceAction::Outpreferred => {
+                if let Some(old) = self.preferred().filter(|m| not_newer(m)).cloned() {
+                    out.push(self.displace(old, by, DisplaceAction::Outpreferred, now_ms));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The displaced AP re-creates its deleted mapping, preferred again
+    /// (draft §8.2.1: "the user can request their old app to re-establish
+    /// the mapping").
+    ///
+    /// Allowed once per displacement, within the remedy window, only after
+    /// a `Replaced` displacement and only while the AP has no mapping. No
+    /// new code is sent: the mapping was verified before and only the AP
+    /// that lost it can restore it. The displacing AP is notified and may
+    /// choose again or report; a recycled phone number (§8.2.2) whose old
+    /// AP fights back thus costs it strikes.
+    pub fn reestablish(
+        &mut self,
+        caller: &ProviderId,
+        now_ms: u64,
+    ) -> Result<Vec<Notification>, MappingError> {
+        if self.mapping_of(caller).is_some() {
+            return Err(MappingError::AlreadyMapped);
+        }
+        let i = self
+            .open_displacement(caller, now_ms)
+            .filter(|&i| {
+                self.displacements
+                    .get(i)
+                    .is_some_and(|d| !d.remedied && d.action == DisplaceAction::Replaced)
+            })
+            .ok_or(MappingError::NothingToRemedy)?;
+        let Some(d) = self.displacements.get_mut(i) else {
+            return Err(MappingError::NothingToRemedy);
+        };
+        d.remedied = true;
+        let mut m = d.old.clone();
+        let to = d.by.clone();
+        m.preferred_at_ms = Some(now_ms);
+        self.mappings.push(m);
+        self.prune(now_ms);
+        Ok(vec![Notification::Remedied {
+            to,
+            sii: self.sii.clone(),
+            by_ap: caller.clone(),
+            remedy: Remedy::Reestablished,
+        }])
+    }
+
+    /// The displaced AP makes its kept mapping preferred again (draft
+    /// §8.2.1: "change the preference back"). Allowed once per
+    /// displacement, within the remedy window, while the AP still has its
+    /// mapping (after a `Replaced` displacement use [`Self::reestablish`]).
+    pub fn prefer_back(
+        &mut self,
+        caller: &ProviderId,
+        now_ms: u64,
+    ) -> Result<Vec<Notification>, MappingError> {
+        let mi = self.index_of(caller).ok_or(MappingError::NoSuchMapping)?;
+        let di = self
+            .open_displacement(caller, now_ms)
+            .filter(|&i| self.displacements.get(i).is_some_and(|d| !d.remedied))
+            .ok_or(MappingError::NothingToRemedy)?;
+        let Some(d) = self.displacements.get_mut(di) else {
+            return Err(MappingError::NothingToRemedy);
+        };
+        d.remedied = true;
+        let to = d.by.clone();
+        if let Some(m) = self.mappings.get_mut(mi) {
+            m.preferred_at_ms = Some(now_ms);
+        }
+        self.prune(now_ms);
+        Ok(vec![Notification::Remedied {
+            to,
+            sii: self.sii.clone(),
+            by_ap: caller.clone(),
+            remedy: Remedy::PreferredBack,
+        }])
+    }
+
+    /// The displaced AP reports the change as malicious (draft §8.2.1: "In
+    /// the case where the user reports the change as malicious, this would
+    /// be a strike against the reputation of the new provider"). One strike
+    /// per displacement, within the remedy window; it may be combined with
+    /// a remedy in either order.
+    pub fn report_malicious(
+        &mut self,
+        caller: &ProviderId,
+        now_ms: u64,
+    ) -> Result<Strike, MappingError> {
+        let i = self
+            .open_displacement(caller, now_ms)
+            .ok_or(MappingError::NothingToRemedy)?;
+        let Some(d) = self.displacements.get_mut(i) else {
+            return Err(MappingError::NothingToRemedy);
+        };
+        if d.reported {
+            return Err(MappingError::AlreadyReported);
+        }
+        d.reported = true;
+        let strike = Strike {
+            against: d.by.clone(),
+            sii: self.sii.clone(),
+            reported_by: caller.clone(),
+            at_ms: now_ms,
+        };
+        self.prune(now_ms);
+        Ok(strike)
+    }
+
+    /// Deletes a mapping at its own AP's request. An AP may delete only its
+    /// own mapping (others' go only through [`Choice::Replace`]). Nobody is
+    /// notified; if it was preferred, the next one by precedence takes over.
+    pub fn delete(
+        &mut self,
+        caller: &ProviderId,
+        ssi: &Ssi,
+        now_ms: u64,
+    ) -> Result<Mapping, MappingError> {
+        if ssi.provider() != caller {
+            return Err(MappingError::NotYourMapping);
+        }
+        let i = self
+            .mappings
+            .iter()
+            .position(|m| &m.ssi == ssi)
+            .ok_or(MappingError::NoSuchMapping)?;
+        let removed = self.mappings.remove(i);
+        // Remedies for a mapping the AP gave up make no sense any more.
+        self.displacements.retain(|d| &d.ap != caller);
+        self.prune(now_ms);
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 24 * 3_600_000;
+
+    fn sii() -> Sii {
+        Sii::parse("+1 415 555 0100").unwrap()
+    }
+    fn ap(name: &str) -> ProviderId {
+        ProviderId::parse(name).unwrap()
+    }
+    fn ssi(provider: &str, user: &str) -> Ssi {
+        Ssi::parse(&format!("{provider}:{user}")).unwrap()
+    }
+    fn local(name: &str) -> Party {
+        Party::local(ap(name))
+    }
+    /// Record with `a` created at t=1000 (preferred: first use).
+    fn with_a() -> SiiRecord {
+        let mut r = SiiRecord::new(sii());
+        let c = r
+            .create_verified(&ap("a"), ssi("a", "alice"), VerifiedBy::Sms, None, 1_000)
+            .unwrap();
+        assert!(c.preferred);
+        r
+    }
+    /// `with_a` plus `b` created at t=2000 (kept the old one for now).
+    fn with_a_b() -> SiiRecord {
+        let mut r = with_a();
+        let c = r
+            .create_verified(&ap("b"), ssi("b", "bob"), VerifiedBy::Email, None, 2_000)
+            .unwrap();
+        assert_eq!(
+            c,
+            Created {
+                existing: Some(local("a")),
+                preferred: false
+            }
+        );
+        r
+    }
+    fn preferred_ap(r: &SiiRecord) -> Option<String> {
+        r.preferred().map(|m| m.ap().to_string())
+    }
+
+    #[test]
+    fn first_mapping_is_automatically_preferred() {
+        let r = with_a();
+        let m = r.preferred().unwrap();
+        assert_eq!(m.ssi, ssi("a", "alice"));
+        assert_eq!(m.preferred_at_ms, Some(1_000));
+        assert_eq!(m.verified_by, VerifiedBy::Sms);
+    }
+
+    #[test]
+    fn second_ap_is_stored_but_old_stays_preferred_until_choice() {
+        let r = with_a_b();
+        assert_eq!(r.mappings().len(), 2);
+        assert_eq!(preferred_ap(&r).as_deref(), Some("a"));
+        assert_eq!(r.mapping_of(&ap("b")).unwrap().preferred_at_ms, None);
+    }
+
+    #[test]
+    fn ssi_of_another_provider_is_refused() {
+        let mut r = with_a();
+        let before = r.clone();
+        let e = r
+            .create_verified(&ap("b"), ssi("a", "mallory"), VerifiedBy::Sms, None, 5)
+            .unwrap_err();
+        assert_eq!(e, MappingError::SsiNotOfCaller);
+        assert_eq!((e.slug(), e.status()), ("ssi-not-of-caller", 403));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn re_registration_on_same_ap_keeps_standing() {
+        let mut r = with_a_b();
+        let c = r
+            .create_verified(&ap("a"), ssi("a", "alice2"), VerifiedBy::Email, None, 3_000)
+            .unwrap();
+        assert_eq!(
+            c,
+            Created {
+                existing: None,
+                preferred: true
+            }
+        );
+        assert_eq!(r.mappings().len(), 2);
+        let m = r.mapping_of(&ap("a")).unwrap();
+        assert_eq!(m.ssi, ssi("a", "alice2"));
+        assert_eq!(m.preferred_at_ms, Some(1_000));
+        // b re-registering is still not preferred and is told about a again.
+        let c = r
+            .create_verified(&ap("b"), ssi("b", "bob"), VerifiedBy::Sms, None, 3_500)
+            .unwrap();
+        assert_eq!(c.existing, Some(local("a")));
+    }
+
+    #[test]
+    fn prefer_outranks_and_notifies_old_ap() {
+        let mut r = with_a_b();
+        let n = r
+            .choose(&ap("b"), Choice::Prefer, "gp1", &[], 3_000)
+            .unwrap();
+        assert_eq!(
+            n,
+            vec![Notification::Displaced {
+                to_ap: ap("a"),
+                sii: sii(),
+                by: local("b"),
+                action: DisplaceAction::Outpreferred,
+            }]
+        );
+        assert_eq!(preferred_ap(&r).as_deref(), Some("b"));
+        assert!(
+            r.mapping_of(&ap("a")).is_some(),
+            "Prefer keeps the old mapping"
+        );
+        let d = &r.displacements()[0];
+        assert_eq!(
+            (d.ap.as_str(), d.action),
+            ("a", DisplaceAction::Outpreferred)
+        );
+        // Preferring again while already preferred notifies nobody.
+        assert!(r
+            .choose(&ap("b"), Choice::Prefer, "gp1", &[], 3_100)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn choice_without_mapping_is_refused_and_changes_nothing() {
+        let mut r = with_a();
+        let before = r.clone();
+        let e = r
+            .choose(&ap("b"), Choice::Replace, "gp1", &[], 3_000)
+            .unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("no-such-mapping", 404));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn a_creates_b_prefers_a_prefers_back_a_reports() {
+        let mut r = with_a_b();
+        r.choose(&ap("b"), Choice::Prefer, "gp1", &[], 3_000)
+            .unwrap();
+        let n = r.prefer_back(&ap("a"), 4_000).unwrap();
+        assert_eq!(
+            n,
+            vec![Notification::Remedied {
+                to: local("b"),
+                sii: sii(),
+                by_ap: ap("a"),
+                remedy: Remedy::PreferredBack,
+            }]
+        );
+        assert_eq!(preferred_ap(&r).as_deref(), Some("a"));
+        assert_eq!(r.mapping_of(&ap("a")).unwrap().preferred_at_ms, Some(4_000));
+        // Only once per displacement.
+        let e = r.prefer_back(&ap("a"), 4_100).unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("nothing-to-remedy", 409));
+        // Reporting is still possible after the remedy, once.
+        let s = r.report_malicious(&ap("a"), 5_000).unwrap();
+        assert_eq!(
+            s,
+            Strike {
+                against: local("b"),
+                sii: sii(),
+                reported_by: ap("a"),
+                at_ms: 5_000,
+            }
+        );
+        let e = r.report_malicious(&ap("a"), 5_001).unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("already-reported", 409));
+        // b was never displaced, so it has nothing to remedy or report.
+        assert_eq!(
+            r.report_malicious(&ap("b"), 5_002),
+            Err(MappingError::NothingToRemedy)
+        );
+        assert_eq!(
+            r.prefer_back(&ap("b"), 5_002),
+            Err(MappingError::NothingToRemedy)
+        );
+        // b can still choose again (and a is told again).
+        let n = r
+            .choose(&ap("b"), Choice::Prefer, "gp1", &[], 6_000)
+            .unwrap();
+        assert_eq!(n.len(), 1);
+        assert_eq!(preferred_ap(&r).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn replace_deletes_all_others_and_each_can_reestablish() {
+        let mut r = with_a_b();
+        r.create_verified(&ap("c"), ssi("c", "carol"), VerifiedBy::Sms, None, 2_500)
+            .unwrap();
+        let n = r
+            .choose(&ap("c"), Choice::Replace, "gp1", &[], 3_000)
+            .unwrap();
+        let mut told: Vec<String> = n
+            .iter()
+            .map(|n| match n {
+                Notification::Displaced {
+                    to_ap,
+                    action: DisplaceAction::Replaced,
+                    by,
+                    ..
+                } if by == &local("c") => to_ap.to_string(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        told.sort();
+        assert_eq!(told, ["a", "b"]);
+        assert_eq!(r.mappings().len(), 1);
+        assert_eq!(preferred_ap(&r).as_deref(), Some("c"));
+
+        // a restores its mapping and is preferred again; c is told.
+        let n = r.reestablish(&ap("a"), 4_000).unwrap();
+        assert_eq!(
+            n,
+            vec![Notification::Remedied {
+                to: local("c"),
+                sii: sii(),
+                by_ap: ap("a"),
+                remedy: Remedy::Reestablished,
+            }]
+        );
+        let m = r.mapping_of(&ap("a")).unwrap();
+        assert_eq!(m.ssi, ssi("a", "alice"));
+        assert_eq!(
+            m.created_at_ms, 1_000,
+            "the restored mapping is the old one"
+        );
+        assert_eq!(preferred_ap(&r).as_deref(), Some("a"));
+        let e = r.reestablish(&ap("a"), 4_100).unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("already-mapped", 409));
+
+        // b has no mapping to prefer back, but may reestablish.
+        assert_eq!(
+            r.prefer_back(&ap("b"), 4_200),
+            Err(MappingError::NoSuchMapping)
+        );
+        r.reestablish(&ap("b"), 4_300).unwrap();
+        assert_eq!(preferred_ap(&r).as_deref(), Some("b"));
+        // And may report c too.
+        assert_eq!(
+            r.report_malicious(&ap("b"), 4_400).unwrap().against,
+            local("c")
+        );
+    }
+
+    #[test]
+    fn reestablish_needs_a_replace_displacement() {
+        let mut r = with_a_b();
+        assert_eq!(
+            r.reestablish(&ap("c"), 3_000),
+            Err(MappingError::NothingToRemedy)
+        );
+        r.choose(&ap("b"), Choice::Prefer, "gp1", &[], 3_000)
+            .unwrap();
+        // a still has its mapping: it must prefer back, not reestablish.
+        assert_eq!(
+            r.reestablish(&ap("a"), 3_100),
+            Err(MappingError::AlreadyMapped)
+        );
+        // a deletes its own mapping: its remedies are gone with it.
+        r.delete(&ap("a"), &ssi("a", "alice"), 3_200).unwrap();
+        assert_eq!(
+            r.reestablish(&ap("a"), 3_300),
+            Err(MappingError::NothingToRemedy)
+        );
+    }
+
+    #[test]
+    fn remedies_expire_after_the_window() {
+        let mut r = SiiRecord::with_remedy_window(sii(), DAY);
+        r.create_verified(&ap("a"), ssi("a", "alice"), VerifiedBy::Sms, None, 0)
+            .unwrap();
+        r.create_verified(&ap("b"), ssi("b", "bob"), VerifiedBy::Sms, None, 10)
+            .unwrap();
+        r.choose(&ap("b"), Choice::Replace, "gp1", &[], 100)
+            .unwrap();
+        let late = 100 + DAY + 1;
+        let before = r.clone();
+        assert_eq!(
+            r.reestablish(&ap("a"), late),
+            Err(MappingError::NothingToRemedy)
+        );
+        assert_eq!(
+            r.report_malicious(&ap("a"), late),
+            Err(MappingError::NothingToRemedy)
+        );
+        assert_eq!(r, before, "failed remedies change nothing");
+        // Just inside the window it works.
+        let mut r2 = before.clone();
+        r2.reestablish(&ap("a"), 100 + DAY).unwrap();
+        // Expired displacements are pruned on the next change.
+        r.create_verified(&ap("c"), ssi("c", "c"), VerifiedBy::Sms, None, late)
+            .unwrap();
+        assert!(r.displacements().is_empty());
+    }
+
+    #[test]
+    fn delete_only_own_mapping() {
+        let mut r = with_a_b();
+        let before = r.clone();
+        let e = r.delete(&ap("b"), &ssi("a", "alice"), 3_000).unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("not-your-mapping", 403));
+        let e = r.delete(&ap("b"), &ssi("b", "other"), 3_000).unwrap_err();
+        assert_eq!(e, MappingError::NoSuchMapping);
+        assert_eq!(r, before);
+        // Deleting the preferred one hands preference to the next.
+        let gone = r.delete(&ap("a"), &ssi("a", "alice"), 3_000).unwrap();
+        assert_eq!(gone.ssi, ssi("a", "alice"));
+        assert_eq!(preferred_ap(&r).as_deref(), Some("b"));
+        r.delete(&ap("b"), &ssi("b", "bob"), 3_001).unwrap();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn phone_number_move_is_a_replace() {
+        // draft §8.2.2: user A registered the number with AP a; months later
+        // user B gets the number and registers with AP b (or even a).
+        let mut r = with_a();
+        let later = 1_000 + 200 * DAY;
+        let c = r
+            .create_verified(
+                &ap("b"),
+                ssi("b", "new-owner"),
+                VerifiedBy::Sms,
+                None,
+                later,
+            )
+            .unwrap();
+        assert_eq!(c.existing, Some(local("a")));
+        r.choose(&ap("b"), Choice::Replace, "gp1", &[], later + 1)
+            .unwrap();
+        assert_eq!(r.mappings().len(), 1);
+        assert_eq!(r.preferred().unwrap().ssi, ssi("b", "new-owner"));
+        // Same AP, new owner: re-registration just replaces the user id.
+        let mut r = with_a();
+        let c = r
+            .create_verified(
+                &ap("a"),
+                ssi("a", "new-owner"),
+                VerifiedBy::Sms,
+                None,
+                later,
+            )
+            .unwrap();
+        assert!(c.preferred);
+        assert_eq!(r.preferred().unwrap().ssi, ssi("a", "new-owner"));
+    }
+
+    fn cand(gp: &str, s: &str, pref: Option<u64>, created: u64) -> Candidate {
+        Candidate {
+            gp: gp.into(),
+            ssi: Ssi::parse(s).unwrap(),
+            precedence: Precedence {
+                preferred_at_ms: pref,
+                created_at_ms: created,
+            },
+        }
+    }
+
+    #[test]
+    fn select_most_recent_preference() {
+        assert_eq!(select_preferred(&[]), None);
+        let c = [
+            cand("gp1", "a:1", Some(10), 1),
+            cand("gp2", "b:1", Some(20), 2),
+            cand("gp3", "c:1", None, 99),
+        ];
+        assert_eq!(select_preferred(&c).unwrap().gp, "gp2");
+        // Never-preferred mappings lose to any preferred one, whatever their age.
+        let c = [cand("gp3", "c:1", None, 99), cand("gp1", "a:1", Some(0), 0)];
+        assert_eq!(select_preferred(&c).unwrap().gp, "gp1");
+        // Among never-preferred ones the newest wins.
+        let c = [cand("gp3", "c:1", None, 5), cand("gp1", "a:1", None, 6)];
+        assert_eq!(select_preferred(&c).unwrap().gp, "gp1");
+    }
+
+    #[test]
+    fn select_ties_are_deterministic() {
+        let a = cand("gp2", "z:1", Some(10), 1);
+        let b = cand("gp1", "y:1", Some(10), 1);
+        let c = cand("gp1", "x:1", Some(10), 1);
+        for perm in [
+            [&a, &b, &c],
+            [&a, &c, &b],
+            [&b, &a, &c],
+            [&b, &c, &a],
+            [&c, &a, &b],
+            [&c, &b, &a],
+        ] {
+            let v: Vec<Candidate> = perm.iter().map(|c| (*c).clone()).collect();
+            // Smallest GP id, then smallest canonical SSI string.
+            assert_eq!(select_preferred(&v).unwrap(), &c);
+        }
+        // Canonical string order, not (provider, user) tuple order:
+        // "a-b:z" < "a:z" because '-' < ':'.
+        let p = cand("gp", "a:z", Some(1), 1);
+        let q = cand("gp", "a-b:z", Some(1), 1);
+        assert_eq!(select_preferred(&[p, q.clone()]).unwrap(), &q);
+    }
+
+    #[test]
+    fn new_ap_on_other_gp_waits_for_choice_then_claims() {
+        // gp1 holds a (preferred at 1000); b on gp2 verifies at 2000.
+        let gp1 = with_a();
+        let remote = gp1.candidate("gp1").unwrap();
+        let mut gp2 = SiiRecord::new(sii());
+        let c = gp2
+            .create_verified(
+                &ap("b"),
+                ssi("b", "bob"),
+                VerifiedBy::Sms,
+                Some(&remote),
+                2_000,
+            )
+            .unwrap();
+        assert_eq!(
+            c,
+            Created {
+                existing: Some(Party {
+                    ap: ap("a"),
+                    gp: Some("gp1".into())
+                }),
+                preferred: false,
+            }
+        );
+        // The home GP (either one) still returns a's SSI.
+        let both = [remote.clone(), gp2.candidate("gp2").unwrap()];
+        assert_eq!(select_preferred(&both).unwrap().ssi, ssi("a", "alice"));
+
+        // b prefers: claims go to the peers (never to itself).
+        let n = gp2
+            .choose(
+                &ap("b"),
+                Choice::Prefer,
+                "gp2",
+                &["gp1".into(), "gp2".into()],
+                3_000,
+            )
+            .unwrap();
+        let claim = Claim {
+            sii: sii(),
+            by_ap: ap("b"),
+            from_gp: "gp2".into(),
+            action: DisplaceAction::Outpreferred,
+            at_ms: 3_000,
+        };
+        assert_eq!(
+            n,
+            vec![Notification::Claim {
+                to_gp: "gp1".into(),
+                claim: claim.clone()
+            }]
+        );
+        let both = [gp1.candidate("gp1").unwrap(), gp2.candidate("gp2").unwrap()];
+        assert_eq!(select_preferred(&both).unwrap().ssi, ssi("b", "bob"));
+
+        // gp1 applies the claim: a is told, by b on gp2, and prefers back.
+        let mut gp1 = gp1;
+        let n = gp1.apply_claim(&claim, 3_100).unwrap();
+        let by_b = Party {
+            ap: ap("b"),
+            gp: Some("gp2".into()),
+        };
+        assert_eq!(
+            n,
+            vec![Notification::Displaced {
+                to_ap: ap("a"),
+                sii: sii(),
+                by: by_b.clone(),
+                action: DisplaceAction::Outpreferred,
+            }]
+        );
+        assert_eq!(
+            gp1.mappings().len(),
+            1,
+            "an outpreferring claim deletes nothing"
+        );
+        let n = gp1.prefer_back(&ap("a"), 4_000).unwrap();
+        assert!(matches!(&n[..], [Notification::Remedied { to, .. }] if to == &by_b));
+        let both = [gp1.candidate("gp1").unwrap(), gp2.candidate("gp2").unwrap()];
+        assert_eq!(select_preferred(&both).unwrap().ssi, ssi("a", "alice"));
+        // Reporting yields a strike against the remote AP, to be forwarded.
+        assert_eq!(gp1.report_malicious(&ap("a"), 4_100).unwrap().against, by_b);
+    }
+
+    #[test]
+    fn replace_claim_deletes_only_older_mappings() {
+        let mut gp1 = with_a_b(); // a at 1000 (preferred), b at 2000
+        let claim = Claim {
+            sii: sii(),
+            by_ap: ap("z"),
+            from_gp: "gp9".into(),
+            action: DisplaceAction::Replaced,
+            at_ms: 1_500,
+        };
+        let n = gp1.apply_claim(&claim, 5_000).unwrap();
+        // Only a is older than the claim; b (created later) survives.
+        assert_eq!(n.len(), 1);
+        assert!(gp1.mapping_of(&ap("a")).is_none());
+        assert!(gp1.mapping_of(&ap("b")).is_some());
+        // a can reestablish; the notice goes to z on gp9.
+        let n = gp1.reestablish(&ap("a"), 5_100).unwrap();
+        assert!(matches!(&n[..], [Notification::Remedied { to, .. }]
+            if to.gp.as_deref() == Some("gp9")));
+        // A claim for another SII is refused.
+        let other = Claim {
+            sii: Sii::parse("someone@example.com").unwrap(),
+            ..claim
+        };
+        let e = gp1.apply_claim(&other, 6_000).unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("wrong-sii", 400));
+    }
+
+    #[test]
+    fn outpreferred_claim_older_than_local_preference_is_ignored() {
+        let mut r = with_a(); // a preferred at 1000
+        r.create_verified(&ap("b"), ssi("b", "bob"), VerifiedBy::Sms, None, 1_100)
+            .unwrap();
+        r.choose(&ap("b"), Choice::Prefer, "gp1", &[], 2_000)
+            .unwrap();
+        let late = Claim {
+            sii: sii(),
+            by_ap: ap("z"),
+            from_gp: "gp9".into(),
+            action: DisplaceAction::Outpreferred,
+            at_ms: 1_500,
+        };
+        assert!(r.apply_claim(&late, 3_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn record_candidate_matches_local_preference() {
+        let mut r = with_a_b();
+        r.choose(&ap("b"), Choice::Prefer, "gp1", &[], 3_000)
+            .unwrap();
+        let c = r.candidate("gp1").unwrap();
+        assert_eq!(c.ssi, ssi("b", "bob"));
+        assert_eq!(c.precedence.preferred_at_ms, Some(3_000));
+        assert_eq!(SiiRecord::new(sii()).candidate("gp1"), None);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_cand() -> impl Strategy<Value = Candidate> {
+            (
+                "gp[0-3]",
+                "[a-c]:[x-z]",
+                proptest::option::of(0u64..5),
+                0u64..5,
+            )
+                .prop_map(|(gp, s, p, c)| cand(&gp, &s, p, c))
+        }
+
+        proptest! {
+            #[test]
+            fn selection_is_order_independent_and_most_recent(
+                mut v in proptest::collection::vec(arb_cand(), 1..8),
+                rot in 0usize..8,
+            ) {
+                let best = select_preferred(&v).unwrap().clone();
+                for c in &v {
+                    prop_assert!(best.precedence >= c.precedence);
+                }
+                let len = v.len();
+                v.rotate_left(rot % len);
+                prop_assert_eq!(select_preferred(&v).unwrap(), &best);
+                v.reverse();
+                prop_assert_eq!(select_preferred(&v).unwrap(), &best);
+            }
+        }
+    }
+}
