@@ -722,9 +722,18 @@ fn normalize_domain(domain: &str) -> Result<String, SiiError> {
 }
 
 /// Lowercases a non-ASCII label and encodes it as `xn--` + punycode.
+///
+/// Two UTS-46 mappings are applied because they turn a label into plain
+/// ASCII, which must then NOT be punycoded: fullwidth ASCII (U+FF01..FF5E,
+/// typed on CJK keyboards) and characters whose lowercase is ASCII (e.g.
+/// KELVIN SIGN U+212A -> `k`).
 fn unicode_label_to_ascii(label: &str) -> Result<String, SiiError> {
     let mut cps: Vec<char> = Vec::with_capacity(label.len());
     for c in label.chars() {
+        let c = match c {
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c),
+            _ => c,
+        };
         if c.is_ascii() {
             if !c.is_ascii_alphanumeric() && c != '-' {
                 return Err(SiiError::EmailDomainInvalidCharacter { ch: c });
@@ -740,6 +749,10 @@ fn unicode_label_to_ascii(label: &str) -> Result<String, SiiError> {
                 len: label.chars().count(),
             });
         }
+    }
+    if cps.iter().all(char::is_ascii) {
+        // Lowercase of a non-ASCII letter is a letter, so LDH still holds.
+        return Ok(cps.into_iter().collect());
     }
     match punycode_encode(&cps) {
         Some(p) => Ok(format!("xn--{p}")),
@@ -1022,6 +1035,13 @@ mod tests {
         assert_eq!(ok("a@münchen.de"), "a@xn--mnchen-3ya.de");
         assert_eq!(ok("a@español.com"), "a@xn--espaol-zwa.com");
         assert_eq!(ok("a@例え。テスト"), "a@xn--r8jz45g.xn--zckzah");
+        // Labels that map to plain ASCII stay plain ASCII.
+        assert_eq!(ok("a@\u{212A}iwi.nz"), "a@kiwi.nz");
+        assert_eq!(ok("a@ＥＸＡＭＰＬＥ.com"), "a@example.com");
+        assert_eq!(
+            err("a@ex＿ample.com"),
+            SiiError::EmailDomainInvalidCharacter { ch: '_' }
+        );
     }
 
     #[test]
