@@ -1381,7 +1381,98 @@ mod tests {
                 .prop_map(|(gp, s, p, c)| cand(&gp, &s, p, c))
         }
 
+        #[derive(Debug, Clone)]
+        enum Op {
+            Create(u8, bool),
+            Choose(u8, bool),
+            Claim(bool, u64),
+            Reestablish(u8),
+            PreferBack(u8),
+            Report(u8),
+            Delete(u8),
+        }
+
+        fn arb_op() -> impl Strategy<Value = Op> {
+            let a = 0u8..4;
+            prop_oneof![
+                (a.clone(), any::<bool>()).prop_map(|(a, r)| Op::Create(a, r)),
+                (a.clone(), any::<bool>()).prop_map(|(a, r)| Op::Choose(a, r)),
+                (any::<bool>(), 0u64..20_000).prop_map(|(r, t)| Op::Claim(r, t)),
+                a.clone().prop_map(Op::Reestablish),
+                a.clone().prop_map(Op::PreferBack),
+                a.clone().prop_map(Op::Report),
+                a.prop_map(Op::Delete),
+            ]
+        }
+
         proptest! {
+            /// Any sequence of operations keeps the record's invariants, and
+            /// a refused operation leaves the record exactly as it was.
+            #[test]
+            fn transitions_keep_invariants(ops in proptest::collection::vec(arb_op(), 0..40)) {
+                let names = ["a", "b", "c", "d"];
+                let name = |i: u8| names[usize::from(i) % 4];
+                let mut r = SiiRecord::with_remedy_window(sii(), 5_000);
+                let remote = cand("gp9", "z:1", Some(500), 1);
+                for (step, op) in ops.into_iter().enumerate() {
+                    let now = 1_000 + step as u64 * 700;
+                    let before = r.clone();
+                    let res: Result<(), MappingError> = match op {
+                        Op::Create(i, with_remote) => r
+                            .create_verified(
+                                &ap(name(i)),
+                                ssi(name(i), "u"),
+                                VerifiedBy::Sms,
+                                with_remote.then_some(&remote),
+                                now,
+                            )
+                            .map(|_| ()),
+                        Op::Choose(i, replace) => {
+                            let c = if replace { Choice::Replace } else { Choice::Prefer };
+                            r.choose(&ap(name(i)), c, "gp1", &["gp9".into()], now).map(|n| {
+                                // Exactly one claim, to the peer.
+                                assert_eq!(
+                                    n.iter().filter(|n| matches!(n, Notification::Claim { .. })).count(),
+                                    1
+                                );
+                            })
+                        }
+                        Op::Claim(replace, at) => r
+                            .apply_claim(
+                                &Claim {
+                                    sii: sii(),
+                                    by_ap: ap("z"),
+                                    from_gp: "gp9".into(),
+                                    action: if replace {
+                                        DisplaceAction::Replaced
+                                    } else {
+                                        DisplaceAction::Outpreferred
+                                    },
+                                    at_ms: at,
+                                },
+                                now,
+                            )
+                            .map(|_| ()),
+                        Op::Reestablish(i) => r.reestablish(&ap(name(i)), now).map(|_| ()),
+                        Op::PreferBack(i) => r.prefer_back(&ap(name(i)), now).map(|_| ()),
+                        Op::Report(i) => r.report_malicious(&ap(name(i)), now).map(|_| ()),
+                        Op::Delete(i) => r.delete(&ap(name(i)), &ssi(name(i), "u"), now).map(|_| ()),
+                    };
+                    if res.is_err() {
+                        prop_assert_eq!(&r, &before);
+                    }
+                    let mut aps: Vec<&ProviderId> = r.mappings().iter().map(Mapping::ap).collect();
+                    aps.sort();
+                    aps.dedup();
+                    prop_assert_eq!(aps.len(), r.mappings().len(), "one mapping per AP");
+                    let mut displaced: Vec<&ProviderId> = r.displacements().iter().map(|d| &d.ap).collect();
+                    displaced.sort();
+                    displaced.dedup();
+                    prop_assert_eq!(displaced.len(), r.displacements().len(), "one displacement per AP");
+                    prop_assert_eq!(r.preferred().is_some(), !r.mappings().is_empty());
+                }
+            }
+
             #[test]
             fn selection_is_order_independent_and_most_recent(
                 mut v in proptest::collection::vec(arb_cand(), 1..8),
