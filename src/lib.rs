@@ -1,2 +1,13 @@
-//! GLADOS provider: a pure protocol core plus thin Workers and browser glue.
+//! GLADOS provider (draft-rosenberg-mimi-glados-00): a pure protocol core
+//! plus thin Cloudflare Workers glue and browser bindings.
+//!
+//! - [`core`]: identifiers, routing filter, mapping rules; pure Rust.
+//! - `worker` (feature `worker`): the GP as a Cloudflare Worker.
+//! - `web` (feature `web`): wasm-bindgen wrappers for the filter inspector.
 pub mod core;
+
+#[cfg(feature = "worker")]
+mod worker;
+
+#[cfg(feature = "web")]
+pub mod web;

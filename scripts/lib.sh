@@ -1,0 +1,63 @@
+# Shared set-up for the GLADOS scripts: installs pinned tools on first use,
+# idempotently, and is quick when everything is already there.
+# Source it from the repository root: `. scripts/lib.sh`.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Pinned cargo tools live outside the checkout so fresh clones (CI) reuse them.
+TOOLS_DIR="${GLADOS_TOOLS_DIR:-$HOME/.cache/glados/tools}"
+WORKER_BUILD_VERSION="0.8.7"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# The wasm-bindgen CLI must match the library version in Cargo.lock exactly,
+# or the generated glue refuses to load ("schema version" mismatch).
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
+}
+
+ensure_rust_target() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    log "adding rust target wasm32-unknown-unknown"
+    rustup target add wasm32-unknown-unknown
+  fi
+}
+
+# ensure_cargo_tool CRATE VERSION BIN [extra cargo install args...]
+ensure_cargo_tool() {
+  local crate="$1" version="$2" bin="$3"; shift 3
+  local root="$TOOLS_DIR/$crate-$version"
+  if [ ! -x "$root/bin/$bin" ]; then
+    log "installing $crate $version into $root (once; takes minutes)"
+    cargo install "$crate" --version "=$version" --root "$root" "$@" >&2
+  fi
+  printf '%s\n' "$root/bin/$bin"
+}
+
+ensure_npm() {
+  local stamp="$ROOT/node_modules/.glados-lock-sha"
+  local want
+  want="$(sha256sum "$ROOT/package-lock.json" | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing npm packages (npm ci)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    printf '%s\n' "$want" > "$stamp"
+  fi
+}
+
+# Everything the build needs; exports the variables worker-build reads
+# (it never looks on PATH, and its downloads come from GitHub, unreachable).
+ensure_build_tools() {
+  ensure_rust_target
+  ensure_npm
+  WORKER_BUILD_BIN="$(ensure_cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build --locked)"
+  # --locked fails for this version (the index lacks a pinned dependency).
+  WASM_BINDGEN_BIN="$(ensure_cargo_tool wasm-bindgen-cli "$(wasm_bindgen_version)" wasm-bindgen)"
+  WASM_OPT_BIN="$ROOT/node_modules/.bin/wasm-opt"
+  ESBUILD_BIN="$ROOT/node_modules/@esbuild/linux-x64/bin/esbuild"
+  [ -x "$ESBUILD_BIN" ] || die "esbuild binary missing at $ESBUILD_BIN (npm ci should have installed it)"
+  export WORKER_BUILD_BIN WASM_BINDGEN_BIN WASM_OPT_BIN ESBUILD_BIN
+  export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The test command: everything CI runs. Sets up what it needs on a fresh
+# machine (rust target, pinned tools, npm packages) and is quick when warm.
+#   bash scripts/test.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+started=$(date +%s)
+step() { log "[$(( $(date +%s) - started ))s] $*"; }
+
+step "set-up"
+ensure_build_tools
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy, every feature set (native: core and web; wasm32: worker and all)"
+cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features web -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown --features worker -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown --features web -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown --all-features -- -D warnings
+
+step "native tests (cargo test)"
+cargo test --all-targets
+
+step "wasm build"
+bash scripts/build-worker.sh
+
+step "wrangler deploy --dry-run (bundle size)"
+rm -rf dist
+# wrangler runs the [build] command again; warm, that is a few seconds.
+node_modules/.bin/wrangler deploy --dry-run --outdir dist 2>&1 | tee dist.log | grep -E "Total Upload|gzip|Your Worker|error|ERROR" >&2 || true
+grep -q "Total Upload" dist.log || { cat dist.log >&2; die "wrangler deploy --dry-run failed"; }
+rm -f dist.log
+wasm_raw=$(stat -c %s build/index_bg.wasm)
+wasm_gz=$(gzip -9 -c build/index_bg.wasm | wc -c)
+echo "wasm module: $wasm_raw bytes raw, $wasm_gz bytes gzip" >&2
+
+step "end-to-end suite (wasm-tests, real worker in workerd)"
+node --test --test-concurrency=1 wasm-tests/*.test.mjs wasm-tests/lib/*.test.mjs
+
+step "all tests passed"

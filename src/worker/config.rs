@@ -1,0 +1,105 @@
+//! The GP's configuration, read from `wrangler.toml` vars (and secrets).
+//!
+//! draft §6: "there is NOT an actual discovery protocol for finding the set
+//! of GP in the world. Rather, they are just well known." So the peers are
+//! static configuration, not something learned at run time.
+
+use super::error::{ApiError, ApiResult};
+use serde::{Deserialize, Serialize};
+use worker::Env;
+
+/// One configured peer GP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's GP id, as it reports it at `GET /v1/gp`.
+    pub id: String,
+    /// Base URL the peer serves its API at (no trailing slash needed).
+    pub url: String,
+}
+
+/// Everything a request handler needs to know about this GP.
+#[derive(Debug, Clone)]
+pub struct GpConfig {
+    pub id: String,
+    pub name: String,
+    pub peers: Vec<Peer>,
+    /// Expected number of SIIs, used to size the routing filter.
+    pub filter_expected_siis: u64,
+    /// Target false-positive rate of the routing filter.
+    pub filter_fp_rate: f64,
+    /// `blocked` (default), `plain`, or `draft` (draft §9 interop: k = 1).
+    pub filter_layout: String,
+    /// Test-only routes (e.g. a deliberate panic); never set in production.
+    pub debug_routes: bool,
+}
+
+impl GpConfig {
+    /// Reads and validates the configuration; a bad value is the operator's
+    /// bug, so it is reported as an internal error naming the variable.
+    pub fn from_env(env: &Env) -> ApiResult<Self> {
+        let id = required(env, "GP_ID")?;
+        let name = optional(env, "GP_NAME").unwrap_or_else(|| id.clone());
+        let peers = match optional(env, "PEERS") {
+            None => Vec::new(),
+            Some(text) => parse_peers(&text)?,
+        };
+        let filter_expected_siis = parse_num(env, "FILTER_EXPECTED_SIIS", 1_000_000u64)?;
+        let filter_fp_rate = parse_num(env, "FILTER_FP_RATE", 0.01f64)?;
+        if !(filter_fp_rate > 0.0 && filter_fp_rate < 0.5) {
+            return Err(ApiError::Internal(format!(
+                "config FILTER_FP_RATE={filter_fp_rate} must be between 0 and 0.5"
+            )));
+        }
+        let filter_layout = optional(env, "FILTER_LAYOUT").unwrap_or_else(|| "blocked".into());
+        let debug_routes = optional(env, "DEBUG_ROUTES").is_some_and(|v| v == "1" || v == "true");
+        Ok(GpConfig {
+            id,
+            name,
+            peers,
+            filter_expected_siis,
+            filter_fp_rate,
+            filter_layout,
+            debug_routes,
+        })
+    }
+}
+
+/// `PEERS` is a JSON array so that one string var works the same in
+/// `wrangler.toml`, `.dev.vars` and the dashboard.
+fn parse_peers(text: &str) -> ApiResult<Vec<Peer>> {
+    let peers: Vec<Peer> = serde_json::from_str(text).map_err(|e| {
+        ApiError::Internal(format!(
+            "config PEERS is not a JSON array of {{id, url}}: {e}"
+        ))
+    })?;
+    for p in &peers {
+        if !(p.url.starts_with("https://") || p.url.starts_with("http://")) {
+            return Err(ApiError::Internal(format!(
+                "config PEERS: peer {} has url {:?}, which is not http(s)",
+                p.id, p.url
+            )));
+        }
+    }
+    Ok(peers)
+}
+
+fn optional(env: &Env, name: &str) -> Option<String> {
+    env.var(name)
+        .ok()
+        .map(|v| v.to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn required(env: &Env, name: &str) -> ApiResult<String> {
+    optional(env, name).ok_or_else(|| ApiError::Internal(format!("config {name} is not set")))
+}
+
+fn parse_num<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> ApiResult<T> {
+    match optional(env, name) {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::Internal(format!("config {name}={s:?} is not a number"))),
+    }
+}

@@ -1,0 +1,153 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every failure a client can cause is an RFC 9457 problem document
+//! (`application/problem+json`) with a stable `type`; internal failures are
+//! logged with their cause and answered with a generic 500/503 so nothing
+//! about the GP's internals leaks to callers.
+
+use crate::core::Problem;
+use serde_json::{json, Map, Value};
+use worker::{Headers, Response};
+
+/// Prefix of every problem `type`. Relative, so it resolves against the GP
+/// that answered: `GET /problems/<slug>` explains each type.
+pub const PROBLEM_BASE: &str = "/problems/";
+
+/// Everything a handler can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A client-caused problem (4xx).
+    Client {
+        status: u16,
+        slug: &'static str,
+        title: &'static str,
+        detail: String,
+        /// Extra members of the problem document (RFC 9457 §3.2).
+        extra: Map<String, Value>,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// A bug or misconfiguration: logged in full, reported generically.
+    Internal(String),
+}
+
+/// Shorthand for handler results.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// A client problem with no extra members.
+    pub fn client(
+        status: u16,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        ApiError::Client {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extra: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a response header to a client problem (e.g. `Allow`, `Retry-After`).
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        if let ApiError::Client { headers, .. } = &mut self {
+            headers.push((name, value.into()));
+        }
+        self
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        ApiError::client(
+            404,
+            "not-found",
+            "Not Found",
+            format!("no resource at {path}; see GET /openapi.json for the API"),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str, allow: &[&str]) -> Self {
+        let allow = allow.join(", ");
+        ApiError::client(
+            405,
+            "method-not-allowed",
+            "Method Not Allowed",
+            format!("{method} is not allowed on {path}; allowed: {allow}"),
+        )
+        .with_header("Allow", allow)
+    }
+
+    /// Turns the error into its response; `instance` is the request path.
+    pub fn into_response(self, instance: &str) -> worker::Result<Response> {
+        let (status, body, headers) = match self {
+            ApiError::Client {
+                status,
+                slug,
+                title,
+                detail,
+                extra,
+                headers,
+            } => {
+                let mut doc = Map::new();
+                doc.insert("type".into(), json!(format!("{PROBLEM_BASE}{slug}")));
+                doc.insert("title".into(), json!(title));
+                doc.insert("status".into(), json!(status));
+                doc.insert("detail".into(), json!(detail));
+                doc.insert("instance".into(), json!(instance));
+                for (k, v) in extra {
+                    doc.entry(k).or_insert(v);
+                }
+                (status, Value::Object(doc), headers)
+            }
+            ApiError::Internal(cause) => {
+                worker::console_error!("500 at {instance}: {cause}");
+                let doc = json!({
+                    "type": format!("{PROBLEM_BASE}internal-error"),
+                    "title": "Internal Server Error",
+                    "status": 500,
+                    "detail": "the GP failed to handle this request; the operator has the details in the logs",
+                    "instance": instance,
+                });
+                (500, doc, Vec::new())
+            }
+        };
+        problem_response(status, &body, &headers)
+    }
+}
+
+/// Builds the response; only a failing JS runtime can make this fail, and
+/// then the fetch handler's `Err` is all that is left.
+fn problem_response(
+    status: u16,
+    body: &Value,
+    extra_headers: &[(&'static str, String)],
+) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/problem+json")?;
+    headers.set("Cache-Control", "no-store")?;
+    for (k, v) in extra_headers {
+        headers.set(k, v)?;
+    }
+    Ok(Response::ok(body.to_string())?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+impl<P: Problem> From<P> for ApiError {
+    fn from(p: P) -> Self {
+        ApiError::client(p.status(), p.slug(), p.title(), p.to_string())
+    }
+}
+
+/// `?`-friendly conversion of runtime errors into internal errors.
+pub trait OrInternal<T> {
+    fn internal(self, ctx: &str) -> ApiResult<T>;
+}
+
+impl<T> OrInternal<T> for worker::Result<T> {
+    fn internal(self, ctx: &str) -> ApiResult<T> {
+        self.map_err(|e| ApiError::Internal(format!("{ctx}: {e}")))
+    }
+}

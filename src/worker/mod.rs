@@ -1,0 +1,41 @@
+//! Cloudflare Workers glue: entry points, routing, Durable Objects, fetch.
+//!
+//! Kept thin on purpose: decisions live in `crate::core`; this layer reads
+//! requests, calls core, persists, and turns errors into responses in one
+//! place (`error`).
+
+mod config;
+mod error;
+mod filter_object;
+mod peers;
+mod routes;
+
+use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
+
+/// Every request enters here; whatever happens, the client gets a response
+/// (a problem document on failure), never an exception.
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let path = req.path();
+    let result = match config::GpConfig::from_env(&env) {
+        Ok(cfg) => routes::handle(req, &env, &cfg).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(e) => e.into_response(&path),
+    }
+}
+
+/// Cron trigger (wrangler.toml `[triggers]`): periodic maintenance.
+/// draft §9: "On a periodic basis, every night or every week perhaps, the
+/// GP constructs a fresh bloom filter from its mappings." The rebuild lands
+/// with the federation work; for now the tick only makes sure the GP's
+/// filter object exists, so a fresh deployment has a filter to publish.
+#[event(scheduled)]
+async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    match filter_object::current_info(&env).await {
+        Ok(info) => worker::console_log!("cron {}: filter {}", event.cron(), info),
+        Err(e) => worker::console_error!("cron {}: filter check failed: {:?}", event.cron(), e),
+    }
+}

@@ -1,0 +1,150 @@
+// Boots GLADOS providers (GPs) from the real built worker in workerd via
+// Miniflare, configured from wrangler.toml's [env.*] sections, on loopback.
+//
+// One Miniflare instance per GP, each with its own persisted KV and Durable
+// Object state, so a GP can be stopped and started again on the same state.
+// Used by the test suite and by the dev command (scripts/dev.sh).
+
+import { Miniflare, Log, LogLevel } from 'miniflare';
+import { unstable_getMiniflareWorkerOptions } from 'wrangler';
+import { existsSync, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const WRANGLER_TOML = path.join(ROOT, 'wrangler.toml');
+const BUNDLE = path.join(ROOT, 'build', 'index.js');
+
+/** A free TCP port on 127.0.0.1 (asked from the kernel, then released). */
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * One GP: the worker of wrangler env `env`, listening on 127.0.0.1:`port`,
+ * state under `stateDir`. `bindings` override/extend the env's vars and
+ * secrets (e.g. PEERS pointing at test ports).
+ */
+export class Gp {
+  constructor({ env, port, stateDir, bindings = {}, verbose = false }) {
+    this.env = env;
+    this.port = port;
+    this.stateDir = stateDir;
+    this.bindings = bindings;
+    this.verbose = verbose;
+    this.url = `http://127.0.0.1:${port}`;
+    this.mf = null;
+  }
+
+  options() {
+    const { workerOptions } = unstable_getMiniflareWorkerOptions(WRANGLER_TOML, this.env);
+    return {
+      ...workerOptions,
+      name: this.env,
+      scriptPath: BUNDLE,
+      modules: true,
+      modulesRoot: path.dirname(BUNDLE),
+      bindings: { ...workerOptions.bindings, ...this.bindings },
+      host: '127.0.0.1',
+      port: this.port,
+      // No request.cf fetched from Cloudflare (unreachable offline); tests
+      // that need cf fields (mTLS) pass them per request.
+      cf: false,
+      kvPersist: path.join(this.stateDir, 'kv'),
+      durableObjectsPersist: path.join(this.stateDir, 'do'),
+      cachePersist: path.join(this.stateDir, 'cache'),
+      log: new Log(this.verbose ? LogLevel.INFO : LogLevel.WARN, { prefix: this.env }),
+    };
+  }
+
+  async start() {
+    if (!existsSync(BUNDLE)) {
+      throw new Error(`${BUNDLE} is missing: build the worker first (bash scripts/build-worker.sh)`);
+    }
+    mkdirSync(this.stateDir, { recursive: true });
+    this.mf = new Miniflare(this.options());
+    await this.mf.ready;
+    return this;
+  }
+
+  /** Stops the GP; its persisted state stays on disk. */
+  async stop() {
+    if (this.mf) {
+      const mf = this.mf;
+      this.mf = null;
+      await mf.dispose();
+    }
+  }
+
+  async restart() {
+    await this.stop();
+    return this.start();
+  }
+
+  /** fetch() against this GP over real loopback HTTP. */
+  fetch(pathname, init = {}) {
+    return fetch(new URL(pathname, this.url), init);
+  }
+
+  /** GET a path and parse the JSON body, returning { status, headers, body }. */
+  async getJson(pathname, init = {}) {
+    const res = await this.fetch(pathname, init);
+    const text = await res.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch { body = text; }
+    return { status: res.status, headers: res.headers, body };
+  }
+
+  /** Fires the worker's cron handler (wrangler's local scheduled URL is unreliable with [assets]). */
+  async cron(cron = '*/15 * * * *') {
+    const worker = await this.mf.getWorker();
+    return worker.scheduled({ cron });
+  }
+}
+
+/**
+ * Starts several peered GPs on free (or given) ports. Every GP's PEERS is
+ * rewritten to point at the others' actual ports.
+ */
+export async function startFederation({
+  envs = ['gp-a', 'gp-b', 'gp-c'],
+  stateRoot,
+  ports,
+  bindings = {},
+  verbose = false,
+} = {}) {
+  if (!stateRoot) throw new Error('startFederation: stateRoot is required');
+  const chosen = ports ?? await Promise.all(envs.map(() => freePort()));
+  const ids = envs.map((env) => {
+    const { workerOptions } = unstable_getMiniflareWorkerOptions(WRANGLER_TOML, env);
+    return workerOptions.bindings.GP_ID;
+  });
+  const gps = envs.map((env, i) => {
+    const peers = envs
+      .map((_, j) => ({ id: ids[j], url: `http://127.0.0.1:${chosen[j]}` }))
+      .filter((_, j) => j !== i);
+    return new Gp({
+      env,
+      port: chosen[i],
+      stateDir: path.join(stateRoot, env),
+      bindings: { PEERS: JSON.stringify(peers), ...(bindings[env] ?? {}), ...(bindings['*'] ?? {}) },
+      verbose,
+    });
+  });
+  for (const gp of gps) await gp.start();
+  const byEnv = Object.fromEntries(gps.map((gp) => [gp.env, gp]));
+  return {
+    gps,
+    ...byEnv,
+    async stop() { await Promise.all(gps.map((gp) => gp.stop())); },
+  };
+}
