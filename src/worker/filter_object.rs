@@ -115,7 +115,10 @@ impl FilterObject {
             .internal("select filter chunks")?
             .to_array()
             .internal("read filter chunks")?;
-        let bytes: Vec<u8> = chunks.into_iter().flat_map(|c| c.bytes.into_vec()).collect();
+        let bytes: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|c| c.bytes.into_vec())
+            .collect();
         // Our own bytes failing to decode means storage corruption: a bug,
         // not a client error.
         let filter = Filter::from_bytes(&bytes).map_err(|e| {
