@@ -1,0 +1,526 @@
+//! The GP-to-GP routing filter (draft §9), generalised to a Bloom filter.
+//!
+//! draft §9: "each GP [informs] the other GP about what mappings it might
+//! hold ... glados makes use of a bloom filter to exchange this information."
+//! The draft fixes one hash position per SII (the low N bits of its SHA-256);
+//! that needs ~100 bits per SII for 1% false positives. Here the shape is a
+//! parameter ([`FilterParams`]): `k = 1, Plain, Sha256Low` reproduces the
+//! draft bit for bit (interop), while the default is a cache-line-blocked
+//! Bloom filter sized from a target fp rate, positioned by the digest's HIGH
+//! bits so that it can be cut into 2^P partitions by hash prefix.
+//!
+//! Every operation takes the SII's 32-byte SHA-256: one hash per lookup, all
+//! positions derive from it. Bit `i` of a bitmap is byte `i / 8`, mask
+//! `1 << (i % 8)` (LSB-first), both in memory order of the wire payload and
+//! for the draft's "binary object of size 2^N/8 bytes".
+//!
+//! Positions and additions are always *global* bit indices (0..2^N), also in
+//! a partition, so an additions stream of the whole filter can be routed to
+//! partitions by `index >> (N - P)`.
+
+mod error;
+mod params;
+mod wire;
+
+pub use error::FilterError;
+pub use params::{
+    partition_of, FilterParams, HashScheme, Layout, BLOCK_LOG2, MAX_K, MAX_LOG2_BITS,
+    MIN_LOG2_BITS, PLAIN_REGION_LOG2,
+};
+pub use wire::{decode_additions, encode_additions, AdditionsBatch};
+
+use params::{for_each_slice, plain_hashes, prefix};
+
+/// Identity of one filter version (draft §9: "Each bloom filter has a
+/// timestamp, corresponding to the time of creation on the GP" and
+/// "this is the reason they are versioned").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FilterHeader {
+    /// Version id, chosen by the owning GP; subscriptions name it.
+    pub version: u64,
+    /// Creation time, milliseconds since the Unix epoch (passed in: core has no clock).
+    pub created_at_ms: u64,
+    /// Shape of the filter.
+    pub params: FilterParams,
+}
+
+/// Which slice of the logical filter a [`Filter`] holds: partition `index`
+/// of `2^bits` (bits = 0: the whole filter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Partition {
+    /// P: the filter is cut into 2^P partitions by digest prefix.
+    pub bits: u8,
+    /// Which one, 0..2^P.
+    pub index: u32,
+}
+
+/// The bits a single insert turned from 0 to 1 (global indices).
+///
+/// draft §9: "If the addition of a new SII causes an entry in the bloom
+/// filter to flip from a zero to a one, a notification is sent" — this is
+/// what subscribers receive. Fixed capacity [`MAX_K`], no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Additions {
+    idx: [u64; MAX_K as usize],
+    len: u8,
+}
+
+impl Additions {
+    fn new() -> Self {
+        Additions {
+            idx: [0; MAX_K as usize],
+            len: 0,
+        }
+    }
+    fn push(&mut self, i: u64) {
+        if let Some(slot) = self.idx.get_mut(usize::from(self.len)) {
+            *slot = i;
+            self.len += 1;
+        }
+    }
+    /// The flipped bit indices.
+    pub fn as_slice(&self) -> &[u64] {
+        self.idx.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+    /// Number of flipped bits.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+    /// True when the insert changed nothing (no notification needed).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<'a> IntoIterator for &'a Additions {
+    type Item = &'a u64;
+    type IntoIter = core::slice::Iter<'a, u64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+/// Iterator over the k global bit positions of one digest (see
+/// [`Filter::positions`]). Blocked positions may repeat.
+#[derive(Clone, Debug)]
+pub struct Positions {
+    pos: params::Pos,
+    at: usize,
+}
+
+impl Iterator for Positions {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        if self.at >= self.pos.len {
+            return None;
+        }
+        let v = self.pos.idx.get(self.at).copied();
+        self.at += 1;
+        v
+    }
+}
+
+/// A routing filter (or one partition of it).
+///
+/// Bits are kept in `u64` words (bit i = word i/64, bit i%64), which
+/// compiles for wasm32 too, and measured faster than `bitvec` for the
+/// blocked lookup (see benches/filter.rs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    header: FilterHeader,
+    part: Partition,
+    /// log2 of the number of bits held here: N - P.
+    local_log2: u8,
+    words: Vec<u64>,
+    ones: u64,
+}
+
+/// Allocates `2^log2` zero bits as words without aborting on failure.
+fn alloc_words(log2: u8) -> Result<Vec<u64>, FilterError> {
+    let too_large = FilterError::TooLarge { log2_bits: log2 };
+    let n_words = 1u64 << log2.saturating_sub(6);
+    let n = usize::try_from(n_words).map_err(|_| too_large.clone())?;
+    let mut v: Vec<u64> = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| too_large)?;
+    v.resize(n, 0);
+    Ok(v)
+}
+
+impl Filter {
+    /// An empty filter for a new version (draft §9: "A bloom filter of size
+    /// 2^N is created and initialized as empty"). Fails on invalid params
+    /// or if the bits cannot be allocated (never aborts).
+    pub fn new(header: FilterHeader) -> Result<Filter, FilterError> {
+        header.params.validate()?;
+        let local_log2 = header.params.log2_bits;
+        Ok(Filter {
+            header,
+            part: Partition::default(),
+            local_log2,
+            words: alloc_words(local_log2)?,
+            ones: 0,
+        })
+    }
+
+    /// Version, creation time and params.
+    pub fn header(&self) -> &FilterHeader {
+        &self.header
+    }
+    /// Shape of the (whole, logical) filter.
+    pub fn params(&self) -> &FilterParams {
+        &self.header.params
+    }
+    /// Which partition this is (bits = 0: whole filter).
+    pub fn partition_id(&self) -> Partition {
+        self.part
+    }
+    /// Number of bits held here (2^(N-P)).
+    pub fn local_bits(&self) -> u64 {
+        1u64 << self.local_log2
+    }
+    /// Global index of the first bit held here.
+    pub fn first_bit(&self) -> u64 {
+        u64::from(self.part.index) << self.local_log2
+    }
+    /// Whether this filter (partition) is responsible for the digest.
+    /// Always true for a whole filter.
+    pub fn covers(&self, digest: &[u8; 32]) -> bool {
+        self.part.bits == 0 || partition_of(digest, self.part.bits) == self.part.index
+    }
+
+    /// The k global bit indices for a digest (for the inspector).
+    pub fn positions(&self, digest: &[u8; 32]) -> Positions {
+        Positions {
+            pos: self.header.params.positions_of(digest),
+            at: 0,
+        }
+    }
+
+    #[inline]
+    fn local(&self, global: u64) -> Option<usize> {
+        let off = global.checked_sub(self.first_bit())?;
+        if off >= self.local_bits() {
+            return None;
+        }
+        usize::try_from(off).ok()
+    }
+
+    #[inline]
+    fn get_bit(&self, local: usize) -> bool {
+        self.words
+            .get(local >> 6)
+            .is_some_and(|w| w & (1u64 << (local & 63)) != 0)
+    }
+
+    /// Sets a local bit; true if it was 0 before.
+    #[inline]
+    fn set_bit(&mut self, local: usize) -> bool {
+        match self.words.get_mut(local >> 6) {
+            Some(w) => {
+                let m = 1u64 << (local & 63);
+                let was0 = *w & m == 0;
+                *w |= m;
+                if was0 {
+                    self.ones += 1;
+                }
+                was0
+            }
+            None => false,
+        }
+    }
+
+    /// The 8 words of the 512-bit block of a digest, if held here.
+    #[inline]
+    fn block_of(&self, d: &[u8; 32]) -> Option<usize> {
+        let n = self.header.params.log2_bits;
+        let global_block = prefix(d, n - BLOCK_LOG2);
+        let first_block = u64::from(self.part.index) << (self.local_log2 - BLOCK_LOG2);
+        let local_block = global_block.checked_sub(first_block)?;
+        let w = usize::try_from(local_block).ok()?.checked_mul(8)?;
+        (w + 8 <= self.words.len()).then_some(w)
+    }
+
+    #[inline(always)]
+    fn block_masks(d: &[u8; 32], k: u8) -> [u64; 8] {
+        let mut masks = [0u64; 8];
+        for_each_slice(d, k, |s| masks[s >> 6] |= 1u64 << (s & 63));
+        masks
+    }
+
+    /// Might the SII be held by this GP? False means certainly not.
+    /// For a partition, a digest it does not cover gives false.
+    #[inline]
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        let p = &self.header.params;
+        match (p.layout, p.hash) {
+            (Layout::Blocked512, HashScheme::Sha256High) => {
+                let Some(w) = self.block_of(digest) else {
+                    return false;
+                };
+                let Some(block) = self.words.get(w..w + 8) else {
+                    return false;
+                };
+                let masks = Self::block_masks(digest, p.k);
+                let mut miss = 0u64;
+                for (b, m) in block.iter().zip(masks) {
+                    miss |= m & !b;
+                }
+                miss == 0
+            }
+            (Layout::Plain, HashScheme::Sha256High) => {
+                if !self.covers(digest) {
+                    return false;
+                }
+                let r = p.log2_bits.min(params::PLAIN_REGION_LOG2);
+                // Local index of the region start; the region lies wholly
+                // inside this partition because P <= N - r.
+                let region = prefix(digest, p.log2_bits - r) << r;
+                let Some(base) = self.local(region) else {
+                    return false;
+                };
+                let mask = (1u32 << r) - 1;
+                let (mut h, h2) = plain_hashes(digest);
+                for _ in 0..p.k {
+                    if !self.get_bit(base + (h & mask) as usize) {
+                        return false;
+                    }
+                    h = h.wrapping_add(h2);
+                }
+                true
+            }
+            _ => {
+                let pos = p.positions_of(digest);
+                pos.idx
+                    .iter()
+                    .take(pos.len)
+                    .all(|&g| self.local(g).is_some_and(|l| self.get_bit(l)))
+            }
+        }
+    }
+
+    /// Adds an SII (draft §9: "performs the hash over the SII, takes the
+    /// lower N bits and sets the corresponding bit in the bloom filter to a
+    /// 1"), returning the bits that flipped 0→1 — what subscribers are sent.
+    ///
+    /// A partition ignores digests it does not [`cover`](Self::covers)
+    /// (returns no additions); route with [`partition_of`] first.
+    pub fn insert(&mut self, digest: &[u8; 32]) -> Additions {
+        let mut add = Additions::new();
+        let p = self.header.params;
+        if !self.covers(digest) {
+            return add;
+        }
+        if p.layout == Layout::Blocked512 && p.hash == HashScheme::Sha256High {
+            let Some(w) = self.block_of(digest) else {
+                return add;
+            };
+            let masks = Self::block_masks(digest, p.k);
+            let base_bit = self.first_bit() + (w as u64) * 64;
+            let Some(block) = self.words.get_mut(w..w + 8) else {
+                return add;
+            };
+            let mut newly = 0u64;
+            for (i, (b, m)) in block.iter_mut().zip(masks).enumerate() {
+                let mut new = m & !*b;
+                *b |= m;
+                newly += u64::from(new.count_ones());
+                while new != 0 {
+                    let t = new.trailing_zeros();
+                    add.push(base_bit + (i as u64) * 64 + u64::from(t));
+                    new &= new - 1;
+                }
+            }
+            self.ones += newly;
+            return add;
+        }
+        let pos = p.positions_of(digest);
+        for &g in pos.idx.iter().take(pos.len) {
+            if let Some(l) = self.local(g) {
+                if self.set_bit(l) {
+                    add.push(g);
+                }
+            }
+        }
+        add
+    }
+
+    /// Applies additions received from the owning GP (global indices).
+    /// All indices are checked first: on error nothing is changed.
+    /// Returns how many bits were newly set.
+    pub fn apply(&mut self, indices: &[u64]) -> Result<usize, FilterError> {
+        let mut locals = Vec::new();
+        locals
+            .try_reserve_exact(indices.len())
+            .map_err(|_| FilterError::TooLarge {
+                log2_bits: self.local_log2,
+            })?;
+        for &g in indices {
+            match self.local(g) {
+                Some(l) => locals.push(l),
+                None => {
+                    return Err(FilterError::BitOutOfRange {
+                        index: g,
+                        first: self.first_bit(),
+                        len: self.local_bits(),
+                    })
+                }
+            }
+        }
+        Ok(locals.into_iter().filter(|&l| self.set_bit(l)).count())
+    }
+
+    /// Number of bits set.
+    pub fn count_ones(&self) -> u64 {
+        self.ones
+    }
+
+    /// Fraction of bits set, X/m.
+    pub fn fill_ratio(&self) -> f64 {
+        self.ones as f64 / self.local_bits() as f64
+    }
+
+    /// Estimated number of distinct SIIs inserted (in this partition):
+    /// n ≈ -(m/k)·ln(1 - X/m). Infinite once every bit is set.
+    pub fn estimated_items(&self) -> f64 {
+        let m = self.local_bits() as f64;
+        let k = f64::from(self.header.params.k);
+        -(m / k) * (1.0 - self.ones as f64 / m).ln()
+    }
+
+    /// Estimated false-positive rate for a random non-member, from the bits
+    /// actually set: the mean over groups (512-bit blocks, or 2^16-bit
+    /// regions for Plain) of (ones_in_group / group_size)^k. For blocked
+    /// filters this is exact in expectation (positions are independent
+    /// within a block); for Plain it is the classic (X/m)^k approximation,
+    /// slightly high because double-hashed positions are distinct.
+    pub fn estimated_fp_rate(&self) -> f64 {
+        let p = &self.header.params;
+        let k = i32::from(p.k);
+        let group_log2 = match p.layout {
+            Layout::Blocked512 => BLOCK_LOG2,
+            Layout::Plain => match p.hash {
+                HashScheme::Sha256Low => self.local_log2,
+                HashScheme::Sha256High => self.local_log2.min(PLAIN_REGION_LOG2),
+            },
+        };
+        if group_log2 < 6 {
+            return self.fill_ratio().powi(k);
+        }
+        let words_per_group = 1usize << (group_log2 - 6);
+        let size = (1u64 << group_log2) as f64;
+        let groups = self.words.chunks(words_per_group);
+        let n = groups.len().max(1) as f64;
+        let sum: f64 = groups
+            .map(|g| {
+                let ones: u32 = g.iter().map(|w| w.count_ones()).sum();
+                (f64::from(ones) / size).powi(k)
+            })
+            .sum();
+        sum / n
+    }
+
+    /// Bits set in `other` but not in `self` (global indices, ascending):
+    /// what `self` must apply to catch up. Requires the same params and
+    /// partition.
+    pub fn diff(&self, other: &Filter) -> Result<Vec<u64>, FilterError> {
+        if self.header.params != other.header.params || self.part != other.part {
+            return Err(FilterError::ParamsMismatch);
+        }
+        let first = self.first_bit();
+        let mut out = Vec::new();
+        for (i, (a, b)) in self.words.iter().zip(&other.words).enumerate() {
+            let mut new = b & !a;
+            while new != 0 {
+                out.push(first + (i as u64) * 64 + u64::from(new.trailing_zeros()));
+                new &= new - 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cuts out partition `index` of `2^p_bits` (DESIGN "Scale": a filter
+    /// "can be cut into 2^P partitions by hash prefix without rehashing").
+    /// A lookup in the partition equals the lookup in the whole for every
+    /// digest the partition covers. `self` may itself be a partition that
+    /// contains the requested one.
+    pub fn partition(&self, p_bits: u8, index: u32) -> Result<Filter, FilterError> {
+        let params = self.header.params;
+        if p_bits > params.max_partition_bits() {
+            return Err(FilterError::PartitionUnsupported {
+                bits: p_bits,
+                max: params.max_partition_bits(),
+            });
+        }
+        if u64::from(index) >= 1u64 << p_bits || p_bits < self.part.bits {
+            return Err(FilterError::PartitionOutOfRange {
+                bits: p_bits,
+                index,
+            });
+        }
+        let local_log2 = params.log2_bits - p_bits;
+        let first = u64::from(index) << local_log2;
+        let start = self.local(first).ok_or(FilterError::PartitionOutOfRange {
+            bits: p_bits,
+            index,
+        })?;
+        // local_log2 >= 9 (blocked) or 16 (plain): whole words.
+        let n_words = 1usize << (local_log2 - 6);
+        let words = self
+            .words
+            .get(start / 64..start / 64 + n_words)
+            .ok_or(FilterError::PartitionOutOfRange {
+                bits: p_bits,
+                index,
+            })?
+            .to_vec();
+        let ones = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        Ok(Filter {
+            header: self.header,
+            part: Partition {
+                bits: p_bits,
+                index,
+            },
+            local_log2,
+            words,
+            ones,
+        })
+    }
+
+    /// The bitmap held here as bytes: bit i = byte i/8, mask 1 << (i%8)
+    /// (draft §9: "encoded as a binary object of size 2^N/8 bytes").
+    pub fn bitmap_bytes(&self) -> Vec<u8> {
+        let len = (self.local_bits() / 8) as usize;
+        let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        out.truncate(len);
+        out
+    }
+
+    /// Internal constructor used by the decoder.
+    fn from_parts(
+        header: FilterHeader,
+        part: Partition,
+        bitmap: &[u8],
+    ) -> Result<Filter, FilterError> {
+        let local_log2 = header.params.log2_bits - part.bits;
+        let mut words = alloc_words(local_log2)?;
+        let mut ones = 0u64;
+        for (w, chunk) in words.iter_mut().zip(bitmap.chunks(8)) {
+            let mut b = [0u8; 8];
+            for (dst, src) in b.iter_mut().zip(chunk) {
+                *dst = *src;
+            }
+            *w = u64::from_le_bytes(b);
+            ones += u64::from(w.count_ones());
+        }
+        Ok(Filter {
+            header,
+            part,
+            local_log2,
+            words,
+            ones,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

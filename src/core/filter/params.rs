@@ -1,0 +1,379 @@
+//! Filter parameters, their validation, sizing from a target false-positive
+//! rate, and the mapping from an SII digest to bit positions.
+
+use super::FilterError;
+
+/// Smallest filter: 2^3 bits, so the bitmap is a whole number of bytes
+/// (draft §9: "a binary object of size 2^N/8 bytes").
+pub const MIN_LOG2_BITS: u8 = 3;
+/// Largest logical filter: 2^40 bits (128 GiB). A GP with 10^9 SIIs at ~10
+/// bits each needs 2^34; the headroom is for partitioned storage, where no
+/// single piece is that large.
+pub const MAX_LOG2_BITS: u8 = 40;
+/// Most bit positions per SII; optimum k for 0.1% is 10, 16 covers ~1e-5.
+pub const MAX_K: u8 = 16;
+/// A block of [`Layout::Blocked512`] is one 64-byte cache line.
+pub const BLOCK_LOG2: u8 = 9;
+/// [`Layout::Plain`] with [`HashScheme::Sha256High`] keeps all k positions of
+/// one SII inside a 2^16-bit (8 KiB) region chosen by the digest prefix, so
+/// the filter can be partitioned by prefix; the region is large enough that
+/// the fp cost of this confinement is negligible (~6,500 items per region at
+/// 10 bits/item, a ±1.2% spread).
+pub const PLAIN_REGION_LOG2: u8 = 16;
+
+/// How bit positions are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Layout {
+    /// Classic Bloom filter over the whole bitmap (or a 2^16-bit region of
+    /// it, see [`PLAIN_REGION_LOG2`]). The draft's scheme is Plain with k=1.
+    Plain,
+    /// Blocked Bloom filter: all k positions of an SII lie in one 512-bit,
+    /// cache-line-sized block, so a lookup touches one cache line.
+    Blocked512,
+}
+
+/// Which digest bits choose the positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HashScheme {
+    /// Draft interop: the position is the digest's lowest N bits.
+    /// Only valid with `k = 1`, [`Layout::Plain`].
+    Sha256Low,
+    /// Default: the block / region is chosen by the digest's highest bits,
+    /// so a filter can be cut into 2^P partitions by hash prefix.
+    Sha256High,
+}
+
+impl Layout {
+    pub(crate) fn to_wire(self) -> u8 {
+        match self {
+            Layout::Plain => 0,
+            Layout::Blocked512 => 1,
+        }
+    }
+    pub(crate) fn from_wire(b: u8) -> Result<Self, FilterError> {
+        match b {
+            0 => Ok(Layout::Plain),
+            1 => Ok(Layout::Blocked512),
+            other => Err(FilterError::UnknownLayout(other)),
+        }
+    }
+}
+
+impl HashScheme {
+    pub(crate) fn to_wire(self) -> u8 {
+        match self {
+            HashScheme::Sha256Low => 0,
+            HashScheme::Sha256High => 1,
+        }
+    }
+    pub(crate) fn from_wire(b: u8) -> Result<Self, FilterError> {
+        match b {
+            0 => Ok(HashScheme::Sha256Low),
+            1 => Ok(HashScheme::Sha256High),
+            other => Err(FilterError::UnknownHashScheme(other)),
+        }
+    }
+}
+
+/// Shape of a filter: what a peer must know to interpret its bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FilterParams {
+    /// N: the filter has 2^N bits (draft §9: "A bloom filter of size 2^N").
+    pub log2_bits: u8,
+    /// Bit positions per SII.
+    pub k: u8,
+    /// Position grouping.
+    pub layout: Layout,
+    /// Which digest bits select positions.
+    pub hash: HashScheme,
+}
+
+impl FilterParams {
+    /// The draft's own scheme, bit for bit: 2^N bits, one position per SII
+    /// from the low N bits of its SHA-256.
+    pub fn draft_interop(log2_bits: u8) -> Self {
+        FilterParams {
+            log2_bits,
+            k: 1,
+            layout: Layout::Plain,
+            hash: HashScheme::Sha256Low,
+        }
+    }
+
+    /// Checks the combination is one we can build and interpret.
+    ///
+    /// Rules: `3 <= log2_bits <= 40`; `1 <= k <= 16`; `Blocked512` needs
+    /// `log2_bits >= 9` (at least one block); `Sha256Low` only with `k = 1`
+    /// and `Plain` (that is the draft's scheme; low bits cannot be
+    /// partitioned by prefix, so we do not extend it).
+    pub fn validate(&self) -> Result<(), FilterError> {
+        if !(MIN_LOG2_BITS..=MAX_LOG2_BITS).contains(&self.log2_bits) {
+            return Err(FilterError::Log2BitsOutOfRange(self.log2_bits));
+        }
+        if !(1..=MAX_K).contains(&self.k) {
+            return Err(FilterError::KOutOfRange(self.k));
+        }
+        if self.layout == Layout::Blocked512 && self.log2_bits < BLOCK_LOG2 {
+            return Err(FilterError::BlockedTooSmall(self.log2_bits));
+        }
+        if self.hash == HashScheme::Sha256Low && (self.k != 1 || self.layout != Layout::Plain) {
+            return Err(FilterError::LowHashNeedsPlainK1);
+        }
+        Ok(())
+    }
+
+    /// Number of bits in the whole logical filter.
+    pub fn bits(&self) -> u64 {
+        1u64 << self.log2_bits.min(63)
+    }
+
+    /// Largest P such that the filter can be cut into 2^P partitions by
+    /// digest prefix, every SII's positions falling in one partition.
+    pub fn max_partition_bits(&self) -> u8 {
+        match (self.layout, self.hash) {
+            (_, HashScheme::Sha256Low) => 0,
+            (Layout::Blocked512, _) => self.log2_bits.saturating_sub(BLOCK_LOG2),
+            (Layout::Plain, _) => self.log2_bits.saturating_sub(PLAIN_REGION_LOG2),
+        }
+    }
+
+    /// log2 of the group of bits that all k positions of one SII share:
+    /// 512 for blocked; the region for plain (the whole filter if small).
+    fn group_log2(&self) -> u8 {
+        match self.layout {
+            Layout::Blocked512 => BLOCK_LOG2,
+            Layout::Plain => self.log2_bits.min(PLAIN_REGION_LOG2),
+        }
+    }
+
+    /// Chooses a power-of-two size and k for `expected_items` at no more
+    /// than `target_fp` predicted false positives, with the default
+    /// [`HashScheme::Sha256High`].
+    ///
+    /// The smallest 2^N for which some k reaches the target wins, then the k
+    /// with the lowest predicted fp at that size. The prediction accounts
+    /// for blocking (items per block vary, Poisson), so a blocked filter gets
+    /// the extra bits it needs instead of missing the target. Because N is
+    /// an integer, the fp at `expected_items` is often well below target.
+    pub fn for_capacity(
+        expected_items: u64,
+        target_fp: f64,
+        layout: Layout,
+    ) -> Result<FilterParams, FilterError> {
+        if !(target_fp > 0.0 && target_fp < 1.0) {
+            return Err(FilterError::InvalidTarget);
+        }
+        let min = match layout {
+            Layout::Plain => MIN_LOG2_BITS,
+            Layout::Blocked512 => BLOCK_LOG2,
+        };
+        for log2_bits in min..=MAX_LOG2_BITS {
+            // No Bloom filter beats 2^-(m/n·ln2) at m/n bits per item:
+            // skip sizes that cannot reach the target at all.
+            let bits_per_item = (1u64 << log2_bits) as f64 / expected_items.max(1) as f64;
+            if (-(bits_per_item * core::f64::consts::LN_2 * core::f64::consts::LN_2)).exp()
+                > target_fp
+            {
+                continue;
+            }
+            let mut best: Option<(u8, f64)> = None;
+            for k in 1..=MAX_K {
+                let p = FilterParams {
+                    log2_bits,
+                    k,
+                    layout,
+                    hash: HashScheme::Sha256High,
+                };
+                let fp = p.predicted_fp(expected_items);
+                if best.is_none_or(|(_, b)| fp < b) {
+                    best = Some((k, fp));
+                }
+            }
+            if let Some((k, fp)) = best {
+                if fp <= target_fp {
+                    return Ok(FilterParams {
+                        log2_bits,
+                        k,
+                        layout,
+                        hash: HashScheme::Sha256High,
+                    });
+                }
+            }
+        }
+        Err(FilterError::TooLarge {
+            log2_bits: MAX_LOG2_BITS,
+        })
+    }
+
+    /// Predicted false-positive rate after `items` distinct SIIs.
+    ///
+    /// Items fall into groups (blocks / regions) of s bits, the count per
+    /// group is Poisson(λ = items·s/m), and within a group of i items a
+    /// non-member hits k independent positions: fp = Σ_i P(i)·(1-(1-1/s)^{ki})^k.
+    /// With one group (small plain filter) the count is exactly `items`.
+    pub fn predicted_fp(&self, items: u64) -> f64 {
+        let k = f64::from(self.k);
+        let s_log2 = self.group_log2();
+        let s = (1u64 << s_log2) as f64;
+        let fp_in_group = |i: f64| (1.0 - (1.0 - 1.0 / s).powf(k * i)).powf(k);
+        if s_log2 == self.log2_bits {
+            return fp_in_group(items as f64);
+        }
+        let m = self.bits() as f64;
+        let lambda = items as f64 * s / m;
+        poisson_expectation(lambda, fp_in_group)
+    }
+}
+
+/// E[f(X)] for X ~ Poisson(λ), summed over ±12σ around the mean (the
+/// omitted tails weigh < 1e-30). For large λ the pmf is smooth and the sum
+/// steps over it in ~σ/16 strides (≤ ~400 terms), so sizing stays cheap.
+fn poisson_expectation(lambda: f64, f: impl Fn(f64) -> f64) -> f64 {
+    if lambda <= 0.0 {
+        return f(0.0);
+    }
+    let sd = lambda.sqrt();
+    let lo = (lambda - 12.0 * sd - 12.0).max(0.0).floor() as u64;
+    let hi = (lambda + 12.0 * sd + 12.0).ceil() as u64;
+    let step = ((sd / 16.0) as u64).max(1);
+    let ln_l = lambda.ln();
+    let mut total = 0.0;
+    let mut i = lo;
+    while i <= hi {
+        let x = i as f64;
+        let ln_p = -lambda + x * ln_l - ln_factorial(i);
+        total += ln_p.exp() * f(x) * step as f64;
+        i += step;
+    }
+    total
+}
+
+/// ln(n!) — exact sum for small n, Stirling series beyond (error < 1e-12).
+fn ln_factorial(n: u64) -> f64 {
+    if n < 32 {
+        return (2..=n).map(|i| (i as f64).ln()).sum();
+    }
+    let x = n as f64;
+    x * x.ln() - x + 0.5 * (2.0 * core::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x * x * x)
+}
+
+/// The k global bit indices of one digest (at most [`MAX_K`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pos {
+    pub(crate) idx: [u64; MAX_K as usize],
+    pub(crate) len: usize,
+}
+
+fn be_u64(d: &[u8; 32], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = d.get(at..at + 8) {
+        b.copy_from_slice(src);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// Top `bits` bits of the digest read as a big-endian integer (0 if bits = 0).
+pub(crate) fn prefix(d: &[u8; 32], bits: u8) -> u64 {
+    if bits == 0 {
+        0
+    } else {
+        be_u64(d, 0) >> (64 - u32::from(bits.min(64)))
+    }
+}
+
+/// The three 64-bit words after the prefix word, from which the 9-bit
+/// in-block slices are cut (7 per word, 21 in all ≥ [`MAX_K`]).
+#[inline]
+pub(crate) fn slice_words(d: &[u8; 32]) -> [u64; 3] {
+    [be_u64(d, 8), be_u64(d, 16), be_u64(d, 24)]
+}
+
+/// Calls `f` with each of the k in-block positions (0..512): slice j is
+/// bits `9·(j mod 7) ..` of word `j / 7` (least significant first).
+#[inline(always)]
+pub(crate) fn for_each_slice(d: &[u8; 32], k: u8, mut f: impl FnMut(usize)) {
+    let words = slice_words(d);
+    let mut j = 0u8;
+    for w in words {
+        let mut w = w;
+        for _ in 0..7 {
+            if j == k {
+                return;
+            }
+            f((w & 511) as usize);
+            w >>= 9;
+            j += 1;
+        }
+    }
+}
+
+impl FilterParams {
+    /// All k positions, as global bit indices in 0..2^N. Assumes validated.
+    ///
+    /// - Plain + Sha256Low (k = 1, the draft): the 256-bit digest as a
+    ///   big-endian integer, mod 2^N, i.e. the low N bits of its last bytes.
+    /// - Blocked512 + Sha256High: block = top N-9 bits of the digest; slot j
+    ///   = 9-bit slice j of digest bytes 8..32 (see [`for_each_slice`]);
+    ///   position = block·512 + slot.
+    /// - Plain + Sha256High: T = N-16 prefix bits (0 if N ≤ 16), R = N-T;
+    ///   h1, h2 = big-endian u32 at bytes 8 and 12, h2 forced odd;
+    ///   position j = (prefix_T << R) | ((h1 + j·h2) mod 2^R).
+    pub(crate) fn positions_of(&self, d: &[u8; 32]) -> Pos {
+        let mut out = Pos {
+            idx: [0; MAX_K as usize],
+            len: 0,
+        };
+        let n = self.log2_bits;
+        match (self.layout, self.hash) {
+            (_, HashScheme::Sha256Low) => {
+                // draft §9: "each SII is hashed using a crypto hash. Of the
+                // results, the lowest N bits are selected."
+                out.idx[0] = be_u64(d, 24) & (self.bits() - 1);
+                out.len = 1;
+            }
+            (Layout::Blocked512, HashScheme::Sha256High) => {
+                let base = prefix(d, n - BLOCK_LOG2) << BLOCK_LOG2;
+                let mut len = 0;
+                for_each_slice(d, self.k, |s| {
+                    if let Some(slot) = out.idx.get_mut(len) {
+                        *slot = base | s as u64;
+                    }
+                    len += 1;
+                });
+                out.len = len.min(MAX_K as usize);
+            }
+            (Layout::Plain, HashScheme::Sha256High) => {
+                let r = n.min(PLAIN_REGION_LOG2);
+                let base = prefix(d, n - r) << r;
+                let mask = (1u32 << r) - 1;
+                let (h1, h2) = plain_hashes(d);
+                let mut h = h1;
+                for j in 0..usize::from(self.k.min(MAX_K)) {
+                    if let Some(slot) = out.idx.get_mut(j) {
+                        *slot = base | u64::from(h & mask);
+                    }
+                    h = h.wrapping_add(h2);
+                }
+                out.len = usize::from(self.k.min(MAX_K));
+            }
+        }
+        out
+    }
+}
+
+/// Double-hashing seeds for Plain/High: bytes 8..12 and 12..16 (h2 odd, so
+/// the k offsets are distinct whenever k ≤ 2^R).
+#[inline]
+pub(crate) fn plain_hashes(d: &[u8; 32]) -> (u32, u32) {
+    let w = be_u64(d, 8);
+    ((w >> 32) as u32, (w as u32) | 1)
+}
+
+/// Which of 2^p_bits partitions a digest belongs to: its top `p_bits` bits.
+/// `p_bits` above 32 is treated as 32.
+pub fn partition_of(digest: &[u8; 32], p_bits: u8) -> u32 {
+    prefix(digest, p_bits.min(32)) as u32
+}

@@ -1,0 +1,636 @@
+use super::*;
+use crate::core::Problem;
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// Deterministic stand-in for SII digests: SHA-256 of a tag and a counter.
+fn digest(tag: &str, i: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(tag.as_bytes());
+    h.update(i.to_le_bytes());
+    h.finalize().into()
+}
+
+fn header(params: FilterParams) -> FilterHeader {
+    FilterHeader {
+        version: 7,
+        created_at_ms: 1_700_000_000_000,
+        params,
+    }
+}
+
+fn blocked(log2_bits: u8, k: u8) -> FilterParams {
+    FilterParams {
+        log2_bits,
+        k,
+        layout: Layout::Blocked512,
+        hash: HashScheme::Sha256High,
+    }
+}
+
+fn plain(log2_bits: u8, k: u8) -> FilterParams {
+    FilterParams {
+        log2_bits,
+        k,
+        layout: Layout::Plain,
+        hash: HashScheme::Sha256High,
+    }
+}
+
+const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---- draft interop: "the lowest N bits are selected" ----
+
+#[test]
+fn interop_abc_low_16_bits_sets_byte_693_bit_5() {
+    let d = sha(b"abc");
+    assert_eq!(hex(&d), ABC);
+    let mut f = Filter::new(header(FilterParams::draft_interop(16))).unwrap();
+    // digest ends ...15ad: low 16 bits = 0x15ad = 5549 = 8*693 + 5.
+    assert_eq!(f.positions(&d).collect::<Vec<_>>(), vec![5549]);
+    assert_eq!(f.insert(&d).as_slice(), &[5549]);
+    let bytes = f.bitmap_bytes();
+    assert_eq!(bytes.len(), (1 << 16) / 8);
+    assert_eq!(bytes[693], 0x20, "LSB-first: bit 5 is mask 0x20");
+    assert_eq!(bytes.iter().filter(|b| **b != 0).count(), 1);
+    assert!(f.contains(&d));
+}
+
+#[test]
+fn interop_vectors_at_several_sizes() {
+    let abc = sha(b"abc"); // ...f2 00 15 ad
+    let empty = sha(b""); // ...78 52 b8 55
+    assert_eq!(
+        hex(&empty),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    let cases: &[(&[u8; 32], u8, u64)] = &[
+        (&abc, 3, 0b101),        // 0xad & 7
+        (&abc, 8, 0xad),         //
+        (&abc, 26, 0x020_015ad), // 0xf20015ad & (2^26-1)
+        (&empty, 9, 0x055),      // 0xb855 & 0x1ff
+        (&empty, 13, 0x1855),    // 0xb855 & 0x1fff
+        (&empty, 16, 0xb855),    //
+        (&empty, 40, 0x1b_7852_b855 & ((1 << 40) - 1)),
+    ];
+    for &(d, n, want) in cases {
+        let p = FilterParams::draft_interop(n);
+        assert_eq!(p.positions_of(d).idx[0], want, "N = {n}");
+    }
+    // Byte/bit placement at N = 26 (8 MiB bitmap).
+    let mut f = Filter::new(header(FilterParams::draft_interop(26))).unwrap();
+    f.insert(&abc);
+    let bytes = f.bitmap_bytes();
+    assert_eq!(0x20015ad, 33_559_981);
+    assert_eq!(bytes[33_559_981 / 8], 1 << (33_559_981 % 8));
+}
+
+#[test]
+fn interop_n3_is_one_byte() {
+    let mut f = Filter::new(header(FilterParams::draft_interop(3))).unwrap();
+    f.insert(&sha(b"abc"));
+    assert_eq!(f.bitmap_bytes(), vec![0x20]);
+    let back = Filter::from_bytes(&f.to_bytes()).unwrap();
+    assert_eq!(back, f);
+}
+
+// ---- params ----
+
+#[test]
+fn params_validation() {
+    assert!(FilterParams::draft_interop(3).validate().is_ok());
+    assert_eq!(
+        FilterParams::draft_interop(2).validate(),
+        Err(FilterError::Log2BitsOutOfRange(2))
+    );
+    assert_eq!(
+        FilterParams::draft_interop(41).validate(),
+        Err(FilterError::Log2BitsOutOfRange(41))
+    );
+    assert_eq!(plain(20, 0).validate(), Err(FilterError::KOutOfRange(0)));
+    assert_eq!(plain(20, 17).validate(), Err(FilterError::KOutOfRange(17)));
+    assert_eq!(
+        blocked(8, 4).validate(),
+        Err(FilterError::BlockedTooSmall(8))
+    );
+    assert!(blocked(9, 16).validate().is_ok());
+    let mut low = FilterParams::draft_interop(20);
+    low.k = 2;
+    assert_eq!(low.validate(), Err(FilterError::LowHashNeedsPlainK1));
+    low.k = 1;
+    low.layout = Layout::Blocked512;
+    assert_eq!(low.validate(), Err(FilterError::LowHashNeedsPlainK1));
+}
+
+#[test]
+fn for_capacity_picks_power_of_two_and_optimal_k() {
+    // 1M items at 1%: plain needs 9.6 Mbit -> 2^24, k ≈ 16.7·ln2 ≈ 11.6 -> 12,
+    // but k is capped to minimise fp at that size.
+    let p = FilterParams::for_capacity(1_000_000, 0.01, Layout::Plain).unwrap();
+    assert_eq!(p.log2_bits, 24);
+    assert!((11..=12).contains(&p.k), "k = {}", p.k);
+    assert!(p.predicted_fp(1_000_000) <= 0.01);
+    assert!(FilterParams::for_capacity(1_000_000, 0.01, Layout::Plain)
+        .map(|p| FilterParams {
+            log2_bits: p.log2_bits - 1,
+            ..p
+        }
+        .predicted_fp(1_000_000)
+            > 0.01)
+        .unwrap());
+    let b = FilterParams::for_capacity(1_000_000, 0.01, Layout::Blocked512).unwrap();
+    assert_eq!(b.layout, Layout::Blocked512);
+    assert!(b.predicted_fp(1_000_000) <= 0.01);
+    assert_eq!(
+        FilterParams::for_capacity(10, 0.0, Layout::Plain),
+        Err(FilterError::InvalidTarget)
+    );
+    assert_eq!(
+        FilterParams::for_capacity(10, f64::NAN, Layout::Plain),
+        Err(FilterError::InvalidTarget)
+    );
+    assert!(FilterParams::for_capacity(u64::MAX, 0.01, Layout::Plain).is_err());
+    // Empty filters are still valid filters.
+    assert!(FilterParams::for_capacity(0, 0.01, Layout::Blocked512)
+        .unwrap()
+        .validate()
+        .is_ok());
+}
+
+#[test]
+fn new_refuses_what_cannot_be_allocated_instead_of_aborting() {
+    // 2^40 bits = 128 GiB: refused (or, on a huge machine, allocated).
+    match Filter::new(header(plain(40, 3))) {
+        Err(FilterError::TooLarge { log2_bits: 40 }) => {}
+        Ok(f) => assert_eq!(f.local_bits(), 1 << 40),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+// ---- insert / contains / positions ----
+
+#[test]
+fn inserted_items_are_found_and_positions_match_additions() {
+    for params in [
+        blocked(16, 7),
+        plain(16, 7),
+        plain(20, 5),
+        FilterParams::draft_interop(16),
+    ] {
+        let mut f = Filter::new(header(params)).unwrap();
+        let d = digest("x", 1);
+        assert!(!f.contains(&d));
+        let add = f.insert(&d);
+        let mut pos: Vec<u64> = f.positions(&d).collect();
+        assert_eq!(pos.len(), usize::from(params.k));
+        pos.sort_unstable();
+        pos.dedup();
+        let mut got = add.as_slice().to_vec();
+        got.sort_unstable();
+        assert_eq!(got, pos, "{params:?}");
+        assert_eq!(f.count_ones(), pos.len() as u64);
+        assert!(f.contains(&d));
+        assert!(f.insert(&d).is_empty(), "second insert flips nothing");
+    }
+}
+
+#[test]
+fn blocked_positions_share_one_block_from_the_top_bits() {
+    let p = blocked(20, 8);
+    let d = digest("b", 3);
+    let block = u64::from(partition_of(&d, 11));
+    for pos in Filter::new(header(p)).unwrap().positions(&d) {
+        assert_eq!(pos >> 9, block);
+    }
+}
+
+#[test]
+fn plain_positions_share_prefix_region() {
+    let p = plain(22, 9);
+    let d = digest("p", 3);
+    let region = u64::from(partition_of(&d, 6));
+    let pos: Vec<u64> = Filter::new(header(p)).unwrap().positions(&d).collect();
+    assert!(pos.iter().all(|x| x >> 16 == region));
+    let mut uniq = pos.clone();
+    uniq.sort_unstable();
+    uniq.dedup();
+    assert_eq!(
+        uniq.len(),
+        9,
+        "double hashing with odd step gives distinct positions"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn no_false_negatives(seeds in proptest::collection::vec(any::<u64>(), 1..200),
+                          which in 0usize..4, k in 1u8..=16) {
+        let params = match which {
+            0 => blocked(12, k),
+            1 => plain(12, k),
+            2 => plain(18, k),
+            _ => FilterParams::draft_interop(12),
+        };
+        let mut f = Filter::new(header(params)).unwrap();
+        for s in &seeds { f.insert(&digest("m", *s)); }
+        for s in &seeds { prop_assert!(f.contains(&digest("m", *s))); }
+    }
+
+    #[test]
+    fn additions_replayed_on_a_copy_give_identical_bits(
+        seeds in proptest::collection::vec(any::<u64>(), 0..300), which in 0usize..3) {
+        let params = [blocked(13, 6), plain(17, 4), FilterParams::draft_interop(10)][which];
+        let mut owner = Filter::new(header(params)).unwrap();
+        // The subscriber got the snapshot when it was half built.
+        let half = seeds.len() / 2;
+        for s in &seeds[..half] { owner.insert(&digest("a", *s)); }
+        let mut peer = Filter::from_bytes(&owner.to_bytes()).unwrap();
+        let mut log = Vec::new();
+        for s in &seeds[half..] { log.extend_from_slice(owner.insert(&digest("a", *s)).as_slice()); }
+        // Ship them as an encoded batch.
+        let batch = decode_additions(&encode_additions(7, &log)).unwrap();
+        let newly = peer.apply(&batch.indices).unwrap();
+        prop_assert_eq!(newly, log.len());
+        prop_assert_eq!(&peer, &owner);
+        prop_assert!(peer.diff(&owner).unwrap().is_empty());
+    }
+
+    #[test]
+    fn partition_lookup_equals_whole_lookup(
+        seeds in proptest::collection::vec(any::<u64>(), 0..300),
+        probes in proptest::collection::vec(any::<u64>(), 1..100),
+        which in 0usize..2, p_bits in 0u8..=4) {
+        let params = [blocked(14, 5), plain(20, 5)][which];
+        let mut whole = Filter::new(header(params)).unwrap();
+        for s in &seeds { whole.insert(&digest("w", *s)); }
+        let parts: Vec<Filter> = (0..1u32 << p_bits)
+            .map(|i| whole.partition(p_bits, i).unwrap()).collect();
+        prop_assert_eq!(parts.iter().map(|p| p.count_ones()).sum::<u64>(), whole.count_ones());
+        for d in seeds.iter().map(|s| digest("w", *s)).chain(probes.iter().map(|s| digest("q", *s))) {
+            let p = partition_of(&d, p_bits) as usize;
+            prop_assert_eq!(parts[p].contains(&d), whole.contains(&d));
+            prop_assert!(parts[p].covers(&d));
+        }
+        // Inserting into the partition flips the same global bits.
+        let mut parts2 = parts.clone();
+        for d in probes.iter().map(|s| digest("q", *s)) {
+            let p = partition_of(&d, p_bits) as usize;
+            prop_assert_eq!(parts2[p].insert(&d), whole.insert(&d));
+        }
+        for (i, p) in parts2.iter().enumerate() {
+            prop_assert_eq!(p, &whole.partition(p_bits, i as u32).unwrap());
+            // Round-trip through the wire keeps the partition identity.
+            prop_assert_eq!(&Filter::from_bytes(&p.to_bytes()).unwrap(), p);
+        }
+    }
+}
+
+#[test]
+fn partition_limits() {
+    let f = Filter::new(header(blocked(14, 5))).unwrap();
+    assert_eq!(f.params().max_partition_bits(), 5);
+    assert_eq!(
+        f.partition(6, 0),
+        Err(FilterError::PartitionUnsupported { bits: 6, max: 5 })
+    );
+    assert_eq!(
+        f.partition(2, 4),
+        Err(FilterError::PartitionOutOfRange { bits: 2, index: 4 })
+    );
+    let p = f.partition(2, 1).unwrap();
+    assert_eq!(p.first_bit(), 1 << 12);
+    // Sub-partition of a partition: only its own descendants.
+    assert!(p.partition(3, 2).is_ok());
+    assert!(p.partition(3, 4).is_err());
+    assert!(p.partition(1, 0).is_err());
+    // The draft's low-bit scheme cannot be partitioned by prefix.
+    let low = Filter::new(header(FilterParams::draft_interop(20))).unwrap();
+    assert_eq!(low.params().max_partition_bits(), 0);
+    assert!(low.partition(1, 0).is_err());
+    assert_eq!(plain(16, 3).max_partition_bits(), 0);
+    assert_eq!(plain(20, 3).max_partition_bits(), 4);
+}
+
+#[test]
+fn partition_ignores_foreign_digests_and_refuses_foreign_bits() {
+    let whole = Filter::new(header(blocked(12, 4))).unwrap();
+    let mut part = whole.partition(1, 0).unwrap();
+    let foreign = (0..)
+        .map(|i| digest("f", i))
+        .find(|d| partition_of(d, 1) == 1)
+        .unwrap();
+    assert!(!part.covers(&foreign));
+    assert!(part.insert(&foreign).is_empty());
+    assert_eq!(part.count_ones(), 0);
+    assert_eq!(
+        part.apply(&[1 << 11]),
+        Err(FilterError::BitOutOfRange {
+            index: 1 << 11,
+            first: 0,
+            len: 1 << 11
+        })
+    );
+}
+
+// ---- apply / diff ----
+
+#[test]
+fn apply_is_bounds_checked_and_all_or_nothing() {
+    let mut f = Filter::new(header(plain(10, 2))).unwrap();
+    assert_eq!(f.apply(&[1, 2, 2]), Ok(2));
+    let err = f.apply(&[5, 1024]).unwrap_err();
+    assert_eq!(
+        err,
+        FilterError::BitOutOfRange {
+            index: 1024,
+            first: 0,
+            len: 1024
+        }
+    );
+    assert_eq!(err.slug(), "invalid-filter");
+    assert_eq!(err.status(), 422);
+    assert_eq!(f.count_ones(), 2, "bit 5 not set: nothing applied on error");
+    assert_eq!(f.apply(&[u64::MAX]).map_err(|e| e.status()), Err(422));
+}
+
+#[test]
+fn diff_lists_missing_bits_and_requires_same_params() {
+    let mut a = Filter::new(header(plain(10, 2))).unwrap();
+    let mut b = a.clone();
+    a.apply(&[3, 900]).unwrap();
+    b.apply(&[3, 64, 1023]).unwrap();
+    assert_eq!(a.diff(&b), Ok(vec![64, 1023]));
+    assert_eq!(b.diff(&a), Ok(vec![900]));
+    let c = Filter::new(header(plain(11, 2))).unwrap();
+    assert_eq!(a.diff(&c), Err(FilterError::ParamsMismatch));
+}
+
+// ---- estimates and measured false positives ----
+
+/// Measured fp on 100k non-members, for a filter filled to ~1%.
+fn measured_fp(f: &Filter) -> f64 {
+    let n = 100_000;
+    let hits = (0..n)
+        .filter(|i| f.contains(&digest("non-member", *i)))
+        .count();
+    hits as f64 / n as f64
+}
+
+#[test]
+fn measured_fp_matches_estimates_within_15_percent() {
+    // Sizes chosen so each lands near 1% (≈1,000 expected hits of 100k).
+    for (params, n) in [
+        (plain(17, 7), 13_600u64),
+        (blocked(17, 7), 12_000),
+        (plain(20, 7), 108_000),
+        (FilterParams::draft_interop(20), 10_500),
+    ] {
+        let mut f = Filter::new(header(params)).unwrap();
+        for i in 0..n {
+            f.insert(&digest("member", i));
+        }
+        let measured = measured_fp(&f);
+        let from_bits = f.estimated_fp_rate();
+        let predicted = params.predicted_fp(n);
+        assert!(
+            (measured / from_bits - 1.0).abs() < 0.15,
+            "{params:?}: measured {measured} vs from bits {from_bits}"
+        );
+        assert!(
+            (measured / predicted - 1.0).abs() < 0.15,
+            "{params:?}: measured {measured} vs predicted {predicted}"
+        );
+        let est = f.estimated_items();
+        assert!(
+            (est / n as f64 - 1.0).abs() < 0.03,
+            "{params:?}: estimated {est} items, inserted {n}"
+        );
+        assert!((f.fill_ratio() - f.count_ones() as f64 / f.local_bits() as f64).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn for_capacity_meets_its_target_when_measured() {
+    for layout in [Layout::Plain, Layout::Blocked512] {
+        let n = 20_000;
+        let p = FilterParams::for_capacity(n, 0.01, layout).unwrap();
+        let mut f = Filter::new(header(p)).unwrap();
+        for i in 0..n {
+            f.insert(&digest("member", i));
+        }
+        let m = measured_fp(&f);
+        assert!(m <= 0.01 * 1.15, "{p:?}: measured {m}");
+    }
+}
+
+// ---- wire format ----
+
+#[test]
+fn wire_round_trip_and_golden_header() {
+    let mut f = Filter::new(header(blocked(10, 3))).unwrap();
+    f.insert(&digest("g", 0));
+    let bytes = f.to_bytes();
+    assert_eq!(bytes.len(), 40 + 128 + 8);
+    assert_eq!(&bytes[..4], b"GLF1");
+    assert_eq!(
+        &bytes[4..12],
+        &[1, 1, 1, 10, 3, 0, 0, 0],
+        "format, layout, hash, N, k, P, reserved"
+    );
+    assert_eq!(&bytes[12..20], &7u64.to_be_bytes());
+    assert_eq!(&bytes[20..28], &1_700_000_000_000u64.to_be_bytes());
+    assert_eq!(&bytes[28..32], &[0, 0, 0, 0]);
+    assert_eq!(&bytes[32..40], &1024u64.to_be_bytes());
+    assert_eq!(&bytes[40..168], f.bitmap_bytes().as_slice());
+    let back = Filter::from_bytes(&bytes).unwrap();
+    assert_eq!(back, f);
+    assert_eq!(back.count_ones(), f.count_ones());
+}
+
+#[test]
+fn wire_refuses_specific_malformations() {
+    let mut f = Filter::new(header(plain(12, 3))).unwrap();
+    f.insert(&digest("g", 1));
+    let good = f.to_bytes();
+    let resum = |mut b: Vec<u8>| {
+        let n = b.len() - 8;
+        let s: [u8; 32] = Sha256::digest(&b[..n]).into();
+        b[n..].copy_from_slice(&s[..8]);
+        b
+    };
+    let mutate = |at: usize, v: u8| {
+        let mut b = good.clone();
+        b[at] = v;
+        resum(b)
+    };
+    assert_eq!(
+        Filter::from_bytes(&[]),
+        Err(FilterError::Truncated { needed: 49, got: 0 })
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(0, b'X')),
+        Err(FilterError::BadMagic)
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(4, 2)),
+        Err(FilterError::UnsupportedFormat(2))
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(5, 9)),
+        Err(FilterError::UnknownLayout(9))
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(6, 9)),
+        Err(FilterError::UnknownHashScheme(9))
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(7, 41)),
+        Err(FilterError::Log2BitsOutOfRange(41))
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(8, 0)),
+        Err(FilterError::KOutOfRange(0))
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(10, 1)),
+        Err(FilterError::ReservedNonZero)
+    );
+    assert!(matches!(
+        Filter::from_bytes(&mutate(9, 1)),
+        Err(FilterError::PartitionUnsupported { .. })
+    ));
+    // N claims a bigger filter than the bytes present.
+    assert!(matches!(
+        Filter::from_bytes(&mutate(7, 40)),
+        Err(FilterError::LengthMismatch { .. })
+    ));
+    // Declared bit count lies.
+    assert!(matches!(
+        Filter::from_bytes(&mutate(38, 0x20)),
+        Err(FilterError::LengthMismatch { .. })
+    ));
+    // Extra payload byte.
+    let mut long = good[..good.len() - 8].to_vec();
+    long.push(0);
+    long.extend_from_slice(&[0; 8]);
+    assert!(matches!(
+        Filter::from_bytes(&resum(long)),
+        Err(FilterError::LengthMismatch { .. })
+    ));
+    // A flipped payload bit without a new checksum.
+    let mut flipped = good.clone();
+    flipped[50] ^= 1;
+    assert_eq!(
+        Filter::from_bytes(&flipped),
+        Err(FilterError::ChecksumMismatch)
+    );
+    assert_eq!(FilterError::ChecksumMismatch.status(), 400);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn decoder_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Filter::from_bytes(&bytes);
+        let _ = decode_additions(&bytes);
+    }
+
+    #[test]
+    fn decoder_refuses_every_single_byte_mutation(at in 0usize..176, x in 1u8..=255) {
+        let mut f = Filter::new(header(blocked(10, 3))).unwrap();
+        f.insert(&digest("g", 0));
+        let mut b = f.to_bytes();
+        b[at] ^= x;
+        prop_assert!(Filter::from_bytes(&b).is_err());
+    }
+
+    #[test]
+    fn decoder_refuses_truncation(cut in 0usize..176) {
+        let f = Filter::new(header(blocked(10, 3))).unwrap();
+        let b = f.to_bytes();
+        prop_assert!(Filter::from_bytes(&b[..cut]).is_err());
+    }
+
+    #[test]
+    fn additions_round_trip(version in any::<u64>(),
+                            idx in proptest::collection::vec(0u64..(1 << 40), 0..100)) {
+        let batch = decode_additions(&encode_additions(version, &idx)).unwrap();
+        let mut want = idx.clone();
+        want.sort_unstable();
+        want.dedup();
+        prop_assert_eq!(batch.version, version);
+        prop_assert_eq!(batch.indices, want);
+    }
+
+    #[test]
+    fn additions_decoder_never_panics_on_mutations(
+        idx in proptest::collection::vec(0u64..(1 << 40), 0..20), at in any::<usize>(), x in any::<u8>()) {
+        let mut b = encode_additions(1, &idx);
+        let n = b.len();
+        b[at % n] ^= x;
+        if let Ok(batch) = decode_additions(&b) {
+            prop_assert!(batch.indices.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+}
+
+#[test]
+fn additions_decoder_refusals() {
+    let mut b = encode_additions(1, &[5, 9]);
+    assert_eq!(decode_additions(&b).unwrap().indices, vec![5, 9]);
+    // Zero gap = duplicate.
+    let dup = [b"GLA1".as_slice(), &[1], &1u64.to_be_bytes(), &[2, 5, 0]].concat();
+    assert_eq!(
+        decode_additions(&dup),
+        Err(FilterError::MalformedAdditions(
+            "indices not strictly ascending"
+        ))
+    );
+    // Count larger than bytes present (must not allocate it).
+    let big = [
+        b"GLA1".as_slice(),
+        &[1],
+        &1u64.to_be_bytes(),
+        &[0xff, 0xff, 0xff, 0xff, 0x0f],
+    ]
+    .concat();
+    assert!(matches!(
+        decode_additions(&big),
+        Err(FilterError::LengthMismatch { .. })
+    ));
+    // Trailing byte.
+    b.push(0);
+    assert!(matches!(
+        decode_additions(&b),
+        Err(FilterError::LengthMismatch { .. })
+    ));
+    // Overlong varint (0x85 0x00 encodes 5 in two bytes).
+    let overlong = [
+        b"GLA1".as_slice(),
+        &[1],
+        &1u64.to_be_bytes(),
+        &[1, 0x85, 0x00],
+    ]
+    .concat();
+    assert_eq!(
+        decode_additions(&overlong),
+        Err(FilterError::MalformedAdditions("overlong varint"))
+    );
+    // Index beyond 2^40.
+    let huge = encode_additions(1, &[1 << 41]);
+    assert_eq!(
+        decode_additions(&huge),
+        Err(FilterError::MalformedAdditions("index beyond 2^40"))
+    );
+}

@@ -1,0 +1,279 @@
+//! Binary encodings of a filter snapshot and of an additions batch.
+//!
+//! Snapshot (`GLF1`), all integers big-endian:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 4 | magic `b"GLF1"` |
+//! | 4  | 1 | format version = 1 |
+//! | 5  | 1 | layout (0 plain, 1 blocked512) |
+//! | 6  | 1 | hash scheme (0 sha256-low, 1 sha256-high) |
+//! | 7  | 1 | log2_bits N |
+//! | 8  | 1 | k |
+//! | 9  | 1 | partition bits P |
+//! | 10 | 2 | reserved, 0 |
+//! | 12 | 8 | filter version |
+//! | 20 | 8 | created_at_ms |
+//! | 28 | 4 | partition index |
+//! | 32 | 8 | bit count held = 2^(N-P) |
+//! | 40 | 2^(N-P)/8 | bitmap: bit i = byte i/8, mask 1 << (i%8) |
+//! | end-8 | 8 | first 8 bytes of SHA-256 of everything before |
+//!
+//! The checksum catches corruption in storage and transit (KV chunks);
+//! authenticity comes from the signed GP-to-GP transport, not from here.
+//!
+//! Additions batch (`GLA1`): magic, format version = 1, filter version (u64
+//! BE), count (LEB128), then the first index and the gaps to each next
+//! index (LEB128, gaps ≥ 1: strictly ascending, no duplicates).
+
+use super::{Filter, FilterError, FilterHeader, FilterParams, HashScheme, Layout, Partition};
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 4] = b"GLF1";
+const ADD_MAGIC: &[u8; 4] = b"GLA1";
+const FORMAT: u8 = 1;
+const HEADER_LEN: usize = 40;
+const SUM_LEN: usize = 8;
+
+fn checksum(bytes: &[u8]) -> [u8; SUM_LEN] {
+    let h = Sha256::digest(bytes);
+    let mut out = [0u8; SUM_LEN];
+    for (o, b) in out.iter_mut().zip(h.iter()) {
+        *o = *b;
+    }
+    out
+}
+
+/// Fixed-size big-endian readers over a slice already length-checked.
+fn arr<const L: usize>(b: &[u8], at: usize) -> Result<[u8; L], FilterError> {
+    let got = b.len();
+    b.get(at..at + L)
+        .and_then(|s| <[u8; L]>::try_from(s).ok())
+        .ok_or(FilterError::Truncated {
+            needed: at + L,
+            got,
+        })
+}
+fn byte(b: &[u8], at: usize) -> Result<u8, FilterError> {
+    Ok(arr::<1>(b, at)?[0])
+}
+
+impl Filter {
+    /// Encodes the snapshot (see module docs for the layout).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let p = &self.header.params;
+        let bitmap = self.bitmap_bytes();
+        let mut out = Vec::with_capacity(HEADER_LEN + bitmap.len() + SUM_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT);
+        out.push(p.layout.to_wire());
+        out.push(p.hash.to_wire());
+        out.push(p.log2_bits);
+        out.push(p.k);
+        out.push(self.part.bits);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.header.version.to_be_bytes());
+        out.extend_from_slice(&self.header.created_at_ms.to_be_bytes());
+        out.extend_from_slice(&self.part.index.to_be_bytes());
+        out.extend_from_slice(&self.local_bits().to_be_bytes());
+        out.extend_from_slice(&bitmap);
+        let sum = checksum(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    /// Decodes a snapshot, refusing anything malformed: wrong magic or
+    /// format, unknown or invalid params, a partition the params cannot
+    /// have, a declared bit count that disagrees with the params or with
+    /// the bytes present, a bad checksum. Never allocates more than the
+    /// input's size and never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Filter, FilterError> {
+        let min = HEADER_LEN + 1 + SUM_LEN;
+        if bytes.len() < min {
+            return Err(FilterError::Truncated {
+                needed: min,
+                got: bytes.len(),
+            });
+        }
+        if &arr::<4>(bytes, 0)? != MAGIC {
+            return Err(FilterError::BadMagic);
+        }
+        let format = byte(bytes, 4)?;
+        if format != FORMAT {
+            return Err(FilterError::UnsupportedFormat(format));
+        }
+        if arr::<2>(bytes, 10)? != [0, 0] {
+            return Err(FilterError::ReservedNonZero);
+        }
+        let params = FilterParams {
+            layout: Layout::from_wire(byte(bytes, 5)?)?,
+            hash: HashScheme::from_wire(byte(bytes, 6)?)?,
+            log2_bits: byte(bytes, 7)?,
+            k: byte(bytes, 8)?,
+        };
+        params.validate()?;
+        let part = Partition {
+            bits: byte(bytes, 9)?,
+            index: u32::from_be_bytes(arr(bytes, 28)?),
+        };
+        if part.bits > params.max_partition_bits() {
+            return Err(FilterError::PartitionUnsupported {
+                bits: part.bits,
+                max: params.max_partition_bits(),
+            });
+        }
+        if u64::from(part.index) >= 1u64 << part.bits {
+            return Err(FilterError::PartitionOutOfRange {
+                bits: part.bits,
+                index: part.index,
+            });
+        }
+        let expected_bits = 1u64 << (params.log2_bits - part.bits);
+        let declared = u64::from_be_bytes(arr(bytes, 32)?);
+        if declared != expected_bits {
+            return Err(FilterError::LengthMismatch {
+                declared,
+                actual: expected_bits,
+            });
+        }
+        let payload_len = (bytes.len() - HEADER_LEN - SUM_LEN) as u64;
+        if payload_len != declared / 8 {
+            return Err(FilterError::LengthMismatch {
+                declared: declared / 8,
+                actual: payload_len,
+            });
+        }
+        let body_end = bytes.len() - SUM_LEN;
+        let (body, sum) = bytes.split_at(body_end);
+        if checksum(body) != sum {
+            return Err(FilterError::ChecksumMismatch);
+        }
+        let header = FilterHeader {
+            version: u64::from_be_bytes(arr(bytes, 12)?),
+            created_at_ms: u64::from_be_bytes(arr(bytes, 20)?),
+            params,
+        };
+        let bitmap = body.get(HEADER_LEN..).unwrap_or(&[]);
+        Filter::from_parts(header, part, bitmap)
+    }
+}
+
+/// A decoded additions batch: 0→1 bit flips of one filter version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdditionsBatch {
+    /// The filter version the indices belong to (draft §9: "These
+    /// subscriptions are to a particular version of the bloom filter").
+    pub version: u64,
+    /// Global bit indices, strictly ascending.
+    pub indices: Vec<u64>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, FilterError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let byte = *b
+            .get(*at)
+            .ok_or(FilterError::MalformedAdditions("truncated varint"))?;
+        *at += 1;
+        let bits = u64::from(byte & 0x7f);
+        if i == 9 && byte > 1 {
+            return Err(FilterError::MalformedAdditions("varint overflows 64 bits"));
+        }
+        v |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            if i > 0 && byte == 0 {
+                return Err(FilterError::MalformedAdditions("overlong varint"));
+            }
+            return Ok(v);
+        }
+    }
+    Err(FilterError::MalformedAdditions(
+        "varint longer than 10 bytes",
+    ))
+}
+
+/// Encodes bit indices for one filter version; sorts and de-duplicates.
+pub fn encode_additions(version: u64, indices: &[u64]) -> Vec<u8> {
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::with_capacity(16 + sorted.len() * 3);
+    out.extend_from_slice(ADD_MAGIC);
+    out.push(FORMAT);
+    out.extend_from_slice(&version.to_be_bytes());
+    put_varint(&mut out, sorted.len() as u64);
+    let mut prev = None;
+    for i in sorted {
+        put_varint(&mut out, prev.map_or(i, |p| i - p));
+        prev = Some(i);
+    }
+    out
+}
+
+/// Decodes an additions batch, refusing bad magic or format, malformed or
+/// overlong varints, a count larger than the bytes can hold, zero gaps
+/// (duplicates), indices beyond 2^40 and trailing bytes. Indices are not
+/// checked against a particular filter here: [`Filter::apply`] does that.
+pub fn decode_additions(bytes: &[u8]) -> Result<AdditionsBatch, FilterError> {
+    let fixed = 4 + 1 + 8 + 1;
+    if bytes.len() < fixed {
+        return Err(FilterError::Truncated {
+            needed: fixed,
+            got: bytes.len(),
+        });
+    }
+    if &arr::<4>(bytes, 0)? != ADD_MAGIC {
+        return Err(FilterError::BadMagic);
+    }
+    let format = byte(bytes, 4)?;
+    if format != FORMAT {
+        return Err(FilterError::UnsupportedFormat(format));
+    }
+    let version = u64::from_be_bytes(arr(bytes, 5)?);
+    let mut at = 13;
+    let count = get_varint(bytes, &mut at)?;
+    let remaining = (bytes.len() - at) as u64;
+    if count > remaining {
+        return Err(FilterError::LengthMismatch {
+            declared: count,
+            actual: remaining,
+        });
+    }
+    let limit = 1u64 << super::MAX_LOG2_BITS;
+    let mut indices = Vec::with_capacity(count as usize);
+    let mut prev: Option<u64> = None;
+    for _ in 0..count {
+        let v = get_varint(bytes, &mut at)?;
+        let idx = match prev {
+            None => v,
+            Some(_) if v == 0 => {
+                return Err(FilterError::MalformedAdditions(
+                    "indices not strictly ascending",
+                ))
+            }
+            Some(p) => p
+                .checked_add(v)
+                .ok_or(FilterError::MalformedAdditions("index overflows"))?,
+        };
+        if idx >= limit {
+            return Err(FilterError::MalformedAdditions("index beyond 2^40"));
+        }
+        indices.push(idx);
+        prev = Some(idx);
+    }
+    if at != bytes.len() {
+        return Err(FilterError::LengthMismatch {
+            declared: at as u64,
+            actual: bytes.len() as u64,
+        });
+    }
+    Ok(AdditionsBatch { version, indices })
+}
