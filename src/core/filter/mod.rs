@@ -29,7 +29,7 @@ pub use params::{
 };
 pub use wire::{decode_additions, encode_additions, AdditionsBatch};
 
-use params::{for_each_slice, plain_hashes, prefix};
+use params::{block_masks, plain_hashes, prefix, top_bits, words};
 
 /// Identity of one filter version (draft §9: "Each bloom filter has a
 /// timestamp, corresponding to the time of creation on the GP" and
@@ -229,22 +229,20 @@ impl Filter {
         }
     }
 
-    /// The 8 words of the 512-bit block of a digest, if held here.
-    #[inline]
-    fn block_of(&self, d: &[u8; 32]) -> Option<usize> {
-        let n = self.header.params.log2_bits;
-        let global_block = prefix(d, n - BLOCK_LOG2);
+    /// Index into `words` of the 512-bit block whose number (top N-9
+    /// digest bits) is `global_block`, if that block is held here.
+    #[inline(always)]
+    fn block_word(&self, global_block: u64) -> Option<usize> {
         let first_block = u64::from(self.part.index) << (self.local_log2 - BLOCK_LOG2);
         let local_block = global_block.checked_sub(first_block)?;
         let w = usize::try_from(local_block).ok()?.checked_mul(8)?;
-        (w + 8 <= self.words.len()).then_some(w)
+        (w < self.words.len()).then_some(w)
     }
 
+    /// The block (8 words) starting at word `w`.
     #[inline(always)]
-    fn block_masks(d: &[u8; 32], k: u8) -> [u64; 8] {
-        let mut masks = [0u64; 8];
-        for_each_slice(d, k, |s| masks[s >> 6] |= 1u64 << (s & 63));
-        masks
+    fn block(&self, w: usize) -> Option<&[u64; 8]> {
+        self.words.get(w..)?.first_chunk::<8>()
     }
 
     /// Might the SII be held by this GP? False means certainly not.
@@ -254,16 +252,15 @@ impl Filter {
         let p = &self.header.params;
         match (p.layout, p.hash) {
             (Layout::Blocked512, HashScheme::Sha256High) => {
-                let Some(w) = self.block_of(digest) else {
+                let w = words(digest);
+                let global_block = top_bits(w[0], p.log2_bits - BLOCK_LOG2);
+                let Some(block) = self.block_word(global_block).and_then(|i| self.block(i)) else {
                     return false;
                 };
-                let Some(block) = self.words.get(w..w + 8) else {
-                    return false;
-                };
-                let masks = Self::block_masks(digest, p.k);
+                let masks = block_masks(&w, p.k);
                 let mut miss = 0u64;
-                for (b, m) in block.iter().zip(masks) {
-                    miss |= m & !b;
+                for i in 0..8 {
+                    miss |= masks[i] & !block[i];
                 }
                 miss == 0
             }
@@ -311,26 +308,48 @@ impl Filter {
             return add;
         }
         if p.layout == Layout::Blocked512 && p.hash == HashScheme::Sha256High {
-            let Some(w) = self.block_of(digest) else {
+            let w = words(digest);
+            let global_block = top_bits(w[0], p.log2_bits - BLOCK_LOG2);
+            let Some(wi) = self.block_word(global_block) else {
                 return add;
             };
-            let masks = Self::block_masks(digest, p.k);
-            let base_bit = self.first_bit() + (w as u64) * 64;
-            let Some(block) = self.words.get_mut(w..w + 8) else {
+            let masks = block_masks(&w, p.k);
+            let base_bit = global_block << BLOCK_LOG2;
+            let Some(block) = self
+                .words
+                .get_mut(wi..)
+                .and_then(|b| b.first_chunk_mut::<8>())
+            else {
                 return add;
             };
-            let mut newly = 0u64;
-            for (i, (b, m)) in block.iter_mut().zip(masks).enumerate() {
-                let mut new = m & !*b;
-                *b |= m;
-                newly += u64::from(new.count_ones());
+            for i in 0..8 {
+                let mut new = masks[i] & !block[i];
+                block[i] |= masks[i];
+                // Bit by bit rather than count_ones: x86-64 baseline has no
+                // popcnt, and re-inserts (new = 0) then cost nothing.
                 while new != 0 {
-                    let t = new.trailing_zeros();
-                    add.push(base_bit + (i as u64) * 64 + u64::from(t));
+                    add.push(base_bit + (i as u64) * 64 + u64::from(new.trailing_zeros()));
                     new &= new - 1;
                 }
             }
-            self.ones += newly;
+            self.ones += add.len() as u64;
+            return add;
+        }
+        if p.layout == Layout::Plain && p.hash == HashScheme::Sha256High {
+            let r = p.log2_bits.min(PLAIN_REGION_LOG2);
+            let region = prefix(digest, p.log2_bits - r) << r;
+            let Some(base) = self.local(region) else {
+                return add;
+            };
+            let mask = (1u32 << r) - 1;
+            let (mut h, h2) = plain_hashes(digest);
+            for _ in 0..p.k {
+                let off = (h & mask) as usize;
+                if self.set_bit(base + off) {
+                    add.push(region + off as u64);
+                }
+                h = h.wrapping_add(h2);
+            }
             return add;
         }
         let pos = p.positions_of(digest);

@@ -207,6 +207,24 @@ impl FilterParams {
         })
     }
 
+    /// The draft's scheme ([`draft_interop`](Self::draft_interop)) at the
+    /// smallest N whose fp after `expected_items`, 1-(1-2^-N)^n, is within
+    /// `target_fp` — about n/ε bits, e.g. ~100 bits per SII at 1%.
+    pub fn draft_for_capacity(
+        expected_items: u64,
+        target_fp: f64,
+    ) -> Result<FilterParams, FilterError> {
+        if !(target_fp > 0.0 && target_fp < 1.0) {
+            return Err(FilterError::InvalidTarget);
+        }
+        (MIN_LOG2_BITS..=MAX_LOG2_BITS)
+            .map(FilterParams::draft_interop)
+            .find(|p| p.predicted_fp(expected_items) <= target_fp)
+            .ok_or(FilterError::TooLarge {
+                log2_bits: MAX_LOG2_BITS,
+            })
+    }
+
     /// Predicted false-positive rate after `items` distinct SIIs.
     ///
     /// Items fall into groups (blocks / regions) of s bits, the count per
@@ -238,26 +256,29 @@ fn poisson_expectation(lambda: f64, f: impl Fn(f64) -> f64) -> f64 {
     let lo = (lambda - 12.0 * sd - 12.0).max(0.0).floor() as u64;
     let hi = (lambda + 12.0 * sd + 12.0).ceil() as u64;
     let step = ((sd / 16.0) as u64).max(1);
-    let ln_l = lambda.ln();
     let mut total = 0.0;
     let mut i = lo;
     while i <= hi {
-        let x = i as f64;
-        let ln_p = -lambda + x * ln_l - ln_factorial(i);
-        total += ln_p.exp() * f(x) * step as f64;
+        total += ln_poisson(i, lambda).exp() * f(i as f64) * step as f64;
         i += step;
     }
     total
 }
 
-/// ln(n!) — exact sum for small n, Stirling series beyond (error < 1e-12).
-fn ln_factorial(n: u64) -> f64 {
-    if n < 32 {
-        return (2..=n).map(|i| (i as f64).ln()).sum();
+/// ln P(X = i) for X ~ Poisson(λ). Small i: exact sum of logs. Large i:
+/// Stirling in the saddle-point form -(i·ln(i/λ) - (i-λ)) - ½ln(2πi) - ...,
+/// with ln(i/λ) via ln_1p, so huge λ does not cancel catastrophically.
+fn ln_poisson(i: u64, lambda: f64) -> f64 {
+    let x = i as f64;
+    if i < 32 {
+        let ln_fact: f64 = (2..=i).map(|j| (j as f64).ln()).sum();
+        return -lambda + x * lambda.ln() - ln_fact;
     }
-    let x = n as f64;
-    x * x.ln() - x + 0.5 * (2.0 * core::f64::consts::PI * x).ln() + 1.0 / (12.0 * x)
-        - 1.0 / (360.0 * x * x * x)
+    let d = x - lambda;
+    -(x * (d / lambda).ln_1p() - d)
+        - 0.5 * (2.0 * core::f64::consts::PI * x).ln()
+        - 1.0 / (12.0 * x)
+        + 1.0 / (360.0 * x * x * x)
 }
 
 /// The k global bit indices of one digest (at most [`MAX_K`]).
@@ -267,47 +288,59 @@ pub(crate) struct Pos {
     pub(crate) len: usize,
 }
 
-fn be_u64(d: &[u8; 32], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(src) = d.get(at..at + 8) {
-        b.copy_from_slice(src);
-    }
-    u64::from_be_bytes(b)
+/// The digest as four big-endian u64 words (word 0 = most significant).
+/// Destructuring the fixed array needs no bounds checks at any opt-level.
+#[inline(always)]
+pub(crate) fn words(d: &[u8; 32]) -> [u64; 4] {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7, e0, e1, e2, e3, e4, e5, e6, e7] =
+        *d;
+    [
+        u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+        u64::from_be_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
+        u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
+    ]
 }
 
-/// Top `bits` bits of the digest read as a big-endian integer (0 if bits = 0).
-pub(crate) fn prefix(d: &[u8; 32], bits: u8) -> u64 {
+/// Top `bits` bits of a digest word 0 (0 if bits = 0; bits ≤ 64).
+#[inline(always)]
+pub(crate) fn top_bits(w0: u64, bits: u8) -> u64 {
     if bits == 0 {
         0
     } else {
-        be_u64(d, 0) >> (64 - u32::from(bits.min(64)))
+        w0 >> (64 - u32::from(bits.min(64)))
     }
 }
 
-/// The three 64-bit words after the prefix word, from which the 9-bit
-/// in-block slices are cut (7 per word, 21 in all ≥ [`MAX_K`]).
+/// Top `bits` bits of the digest read as a big-endian integer (0 if bits = 0).
 #[inline]
-pub(crate) fn slice_words(d: &[u8; 32]) -> [u64; 3] {
-    [be_u64(d, 8), be_u64(d, 16), be_u64(d, 24)]
+pub(crate) fn prefix(d: &[u8; 32], bits: u8) -> u64 {
+    top_bits(words(d)[0], bits)
 }
 
-/// Calls `f` with each of the k in-block positions (0..512): slice j is
-/// bits `9·(j mod 7) ..` of word `j / 7` (least significant first).
+/// The k in-block positions (0..512) as eight 64-bit masks: slice j is
+/// bits `9·(j mod 7) ..` (least significant first) of digest word
+/// `1 + j / 7`, i.e. of bytes 8..32 — 21 slices available ≥ [`MAX_K`].
 #[inline(always)]
-pub(crate) fn for_each_slice(d: &[u8; 32], k: u8, mut f: impl FnMut(usize)) {
-    let words = slice_words(d);
-    let mut j = 0u8;
-    for w in words {
-        let mut w = w;
-        for _ in 0..7 {
-            if j == k {
-                return;
-            }
-            f((w & 511) as usize);
-            w >>= 9;
-            j += 1;
+pub(crate) fn block_masks(w: &[u64; 4], k: u8) -> [u64; 8] {
+    // No division or modulo here: at opt-level "z" (the worker's profile)
+    // they compile to slow `div` instructions.
+    let mut masks = [0u64; 8];
+    let mut left = k;
+    for &word in &w[1..] {
+        let mut x = word;
+        let take = if left < 7 { left } else { 7 };
+        for _ in 0..take {
+            let s = (x & 511) as usize;
+            masks[s >> 6] |= 1u64 << (s & 63);
+            x >>= 9;
+        }
+        left -= take;
+        if left == 0 {
+            break;
         }
     }
+    masks
 }
 
 impl FilterParams {
@@ -316,7 +349,7 @@ impl FilterParams {
     /// - Plain + Sha256Low (k = 1, the draft): the 256-bit digest as a
     ///   big-endian integer, mod 2^N, i.e. the low N bits of its last bytes.
     /// - Blocked512 + Sha256High: block = top N-9 bits of the digest; slot j
-    ///   = 9-bit slice j of digest bytes 8..32 (see [`for_each_slice`]);
+    ///   = 9-bit slice j of digest bytes 8..32 (see [`block_masks`]);
     ///   position = block·512 + slot.
     /// - Plain + Sha256High: T = N-16 prefix bits (0 if N ≤ 16), R = N-T;
     ///   h1, h2 = big-endian u32 at bytes 8 and 12, h2 forced odd;
@@ -331,19 +364,20 @@ impl FilterParams {
             (_, HashScheme::Sha256Low) => {
                 // draft §9: "each SII is hashed using a crypto hash. Of the
                 // results, the lowest N bits are selected."
-                out.idx[0] = be_u64(d, 24) & (self.bits() - 1);
+                out.idx[0] = words(d)[3] & (self.bits() - 1);
                 out.len = 1;
             }
             (Layout::Blocked512, HashScheme::Sha256High) => {
-                let base = prefix(d, n - BLOCK_LOG2) << BLOCK_LOG2;
-                let mut len = 0;
-                for_each_slice(d, self.k, |s| {
-                    if let Some(slot) = out.idx.get_mut(len) {
-                        *slot = base | s as u64;
-                    }
-                    len += 1;
-                });
-                out.len = len.min(MAX_K as usize);
+                let w = words(d);
+                let base = top_bits(w[0], n - BLOCK_LOG2) << BLOCK_LOG2;
+                let mut src = [w[1], w[2], w[3]];
+                let k = usize::from(self.k.min(MAX_K));
+                for (j, slot) in out.idx.iter_mut().take(k).enumerate() {
+                    let word = &mut src[(j / 7) % 3];
+                    *slot = base | (*word & 511);
+                    *word >>= 9;
+                }
+                out.len = k;
             }
             (Layout::Plain, HashScheme::Sha256High) => {
                 let r = n.min(PLAIN_REGION_LOG2);
@@ -368,7 +402,7 @@ impl FilterParams {
 /// the k offsets are distinct whenever k ≤ 2^R).
 #[inline]
 pub(crate) fn plain_hashes(d: &[u8; 32]) -> (u32, u32) {
-    let w = be_u64(d, 8);
+    let w = words(d)[1];
     ((w >> 32) as u32, (w as u32) | 1)
 }
 
@@ -376,4 +410,22 @@ pub(crate) fn plain_hashes(d: &[u8; 32]) -> (u32, u32) {
 /// `p_bits` above 32 is treated as 32.
 pub fn partition_of(digest: &[u8; 32], p_bits: u8) -> u32 {
     prefix(digest, p_bits.min(32)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_model_sums_to_one_and_has_mean_lambda() {
+        for lambda in [0.5, 20.0, 1_000.0, 1e6, 1e15] {
+            let total = poisson_expectation(lambda, |_| 1.0);
+            let mean = poisson_expectation(lambda, |x| x);
+            assert!((total - 1.0).abs() < 1e-3, "λ={lambda}: Σp = {total}");
+            assert!(
+                (mean / lambda - 1.0).abs() < 1e-3,
+                "λ={lambda}: mean {mean}"
+            );
+        }
+    }
 }

@@ -634,3 +634,12 @@ fn additions_decoder_refusals() {
         Err(FilterError::MalformedAdditions("index beyond 2^40"))
     );
 }
+
+#[test]
+fn draft_for_capacity_needs_about_n_over_eps_bits() {
+    // 1M SIIs at 1%: 1-(1-2^-N)^1e6 <= 0.01 first holds at N = 27 (134 bits/SII).
+    let p = FilterParams::draft_for_capacity(1_000_000, 0.01).unwrap();
+    assert_eq!(p, FilterParams::draft_interop(27));
+    assert!(FilterParams::draft_interop(26).predicted_fp(1_000_000) > 0.01);
+    assert!(FilterParams::draft_for_capacity(u64::MAX, 0.01).is_err());
+}
