@@ -132,7 +132,8 @@ impl FilterObject {
         let n = cfg.filter_expected_siis;
         let fp = cfg.filter_fp_rate;
         let params = match cfg.filter_layout.as_str() {
-            "draft" => draft_params(n, fp),
+            // draft §9 interop: one bit per SII from "the lowest N bits".
+            "draft" => FilterParams::draft_for_capacity(n, fp),
             "plain" => FilterParams::for_capacity(n, fp, Layout::Plain),
             _ => FilterParams::for_capacity(n, fp, Layout::Blocked512),
         }
@@ -177,15 +178,6 @@ impl FilterObject {
     fn info(&self) -> ApiResult<Value> {
         self.with_filter(filter_info)
     }
-}
-
-/// The draft's single-hash filter (draft §9, k = 1, low N bits) with the
-/// smallest N that meets the false-positive target at the expected count.
-fn draft_params(n: u64, fp: f64) -> Result<FilterParams, crate::core::filter::FilterError> {
-    (3..=40u8)
-        .map(FilterParams::draft_interop)
-        .find(|p| p.predicted_fp(n) <= fp)
-        .ok_or(crate::core::filter::FilterError::TooLarge { log2_bits: 40 })
 }
 
 /// Stable names for the filter's layout and hash scheme in JSON.
