@@ -6,12 +6,15 @@
 //! code runs natively under `cargo test`, in the worker and in the browser.
 
 pub mod country_codes;
+pub mod credentials;
+pub mod encoding;
 pub mod filter;
 pub mod mapping;
 pub mod problem;
 pub mod ratelimit;
 pub mod sii;
 pub mod ssi;
+pub mod token;
 pub mod verification;
 
 pub use problem::Problem;
