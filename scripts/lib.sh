@@ -18,11 +18,17 @@ wasm_bindgen_version() {
   awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
 }
 
+# wasm32-unknown-unknown is what Workers run; wasm32-wasip1 runs the core's
+# test suite as wasm under Node's WASI (scripts/wasi-run.mjs).
 ensure_rust_target() {
-  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-    log "adding rust target wasm32-unknown-unknown"
-    rustup target add wasm32-unknown-unknown
-  fi
+  local installed t
+  installed="$(rustup target list --installed 2>/dev/null)"
+  for t in wasm32-unknown-unknown wasm32-wasip1; do
+    if ! grep -qx "$t" <<<"$installed"; then
+      log "adding rust target $t"
+      rustup target add "$t" >&2
+    fi
+  done
 }
 
 # ensure_cargo_tool CRATE VERSION BIN [extra cargo install args...]

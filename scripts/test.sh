@@ -24,6 +24,10 @@ cargo clippy --lib --target wasm32-unknown-unknown --all-features -- -D warnings
 step "native tests (cargo test)"
 cargo test --all-targets
 
+step "core tests as wasm (wasm32-wasip1 under Node's WASI)"
+CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
+  cargo test --target wasm32-wasip1 --lib --tests
+
 step "wasm build"
 bash scripts/build-worker.sh
 
