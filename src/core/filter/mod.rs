@@ -29,7 +29,7 @@ pub use params::{
 };
 pub use wire::{decode_additions, encode_additions, AdditionsBatch};
 
-use params::{block_masks, plain_hashes, prefix, top_bits, words};
+use params::{block_masks, head, plain_hashes, prefix, tail_words, top_bits};
 
 /// Identity of one filter version (draft §9: "Each bloom filter has a
 /// timestamp, corresponding to the time of creation on the GP" and
@@ -252,17 +252,29 @@ impl Filter {
         let p = &self.header.params;
         match (p.layout, p.hash) {
             (Layout::Blocked512, HashScheme::Sha256High) => {
-                let w = words(digest);
-                let global_block = top_bits(w[0], p.log2_bits - BLOCK_LOG2);
+                let global_block = top_bits(head(digest), p.log2_bits - BLOCK_LOG2);
                 let Some(block) = self.block_word(global_block).and_then(|i| self.block(i)) else {
                     return false;
                 };
-                let masks = block_masks(&w, p.k);
-                let mut miss = 0u64;
-                for i in 0..8 {
-                    miss |= masks[i] & !block[i];
+                // Probe slice by slice with early exit: all k probes hit the
+                // one cache line already loaded, and most lookups are misses.
+                let mut left = p.k;
+                for word in tail_words(digest) {
+                    let mut x = word;
+                    let take = if left < 7 { left } else { 7 };
+                    for _ in 0..take {
+                        let s = (x & 511) as usize;
+                        if block[s >> 6] & (1u64 << (s & 63)) == 0 {
+                            return false;
+                        }
+                        x >>= 9;
+                    }
+                    left -= take;
+                    if left == 0 {
+                        break;
+                    }
                 }
-                miss == 0
+                true
             }
             (Layout::Plain, HashScheme::Sha256High) => {
                 if !self.covers(digest) {
@@ -308,12 +320,11 @@ impl Filter {
             return add;
         }
         if p.layout == Layout::Blocked512 && p.hash == HashScheme::Sha256High {
-            let w = words(digest);
-            let global_block = top_bits(w[0], p.log2_bits - BLOCK_LOG2);
+            let global_block = top_bits(head(digest), p.log2_bits - BLOCK_LOG2);
             let Some(wi) = self.block_word(global_block) else {
                 return add;
             };
-            let masks = block_masks(&w, p.k);
+            let masks = block_masks(&tail_words(digest), p.k);
             let base_bit = global_block << BLOCK_LOG2;
             let Some(block) = self
                 .words

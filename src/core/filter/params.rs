@@ -288,46 +288,55 @@ pub(crate) struct Pos {
     pub(crate) len: usize,
 }
 
-/// The digest as four big-endian u64 words (word 0 = most significant).
-/// Destructuring the fixed array needs no bounds checks at any opt-level.
+/// The digest's first 4 bytes as a big-endian u32: its top 32 bits, from
+/// which block, region and partition numbers come (all need ≤ 31 bits).
 #[inline(always)]
-pub(crate) fn words(d: &[u8; 32]) -> [u64; 4] {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7, e0, e1, e2, e3, e4, e5, e6, e7] =
+pub(crate) fn head(d: &[u8; 32]) -> u32 {
+    let [a0, a1, a2, a3, ..] = *d;
+    u32::from_be_bytes([a0, a1, a2, a3])
+}
+
+/// Bytes 8..32 as three little-endian u64 words, the source of in-block
+/// slices and double-hashing seeds. Little-endian because that is a plain
+/// load on x86 and wasm (wasm has no byte-swap instruction).
+#[inline(always)]
+pub(crate) fn tail_words(d: &[u8; 32]) -> [u64; 3] {
+    let [_, _, _, _, _, _, _, _, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7, e0, e1, e2, e3, e4, e5, e6, e7] =
         *d;
     [
-        u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
-        u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
-        u64::from_be_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
-        u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
+        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+        u64::from_le_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
+        u64::from_le_bytes([e0, e1, e2, e3, e4, e5, e6, e7]),
     ]
 }
 
-/// Top `bits` bits of a digest word 0 (0 if bits = 0; bits ≤ 64).
+/// Top `bits` bits of the 32-bit head (0 if bits = 0; bits ≤ 32).
 #[inline(always)]
-pub(crate) fn top_bits(w0: u64, bits: u8) -> u64 {
+pub(crate) fn top_bits(head: u32, bits: u8) -> u64 {
     if bits == 0 {
         0
     } else {
-        w0 >> (64 - u32::from(bits.min(64)))
+        u64::from(head >> (32 - u32::from(bits.min(32))))
     }
 }
 
-/// Top `bits` bits of the digest read as a big-endian integer (0 if bits = 0).
+/// Top `bits` bits of the digest read as a big-endian integer (0 if bits
+/// = 0; at most 32).
 #[inline]
 pub(crate) fn prefix(d: &[u8; 32], bits: u8) -> u64 {
-    top_bits(words(d)[0], bits)
+    top_bits(head(d), bits)
 }
 
 /// The k in-block positions (0..512) as eight 64-bit masks: slice j is
-/// bits `9·(j mod 7) ..` (least significant first) of digest word
-/// `1 + j / 7`, i.e. of bytes 8..32 — 21 slices available ≥ [`MAX_K`].
+/// bits `9·(j mod 7) .. 9·(j mod 7)+9` (least significant first) of tail
+/// word `j / 7` (little-endian u64 at bytes 8+8·(j/7)) — 21 slices ≥ [`MAX_K`].
 #[inline(always)]
-pub(crate) fn block_masks(w: &[u64; 4], k: u8) -> [u64; 8] {
+pub(crate) fn block_masks(t: &[u64; 3], k: u8) -> [u64; 8] {
     // No division or modulo here: at opt-level "z" (the worker's profile)
     // they compile to slow `div` instructions.
     let mut masks = [0u64; 8];
     let mut left = k;
-    for &word in &w[1..] {
+    for &word in t {
         let mut x = word;
         let take = if left < 7 { left } else { 7 };
         for _ in 0..take {
@@ -352,7 +361,8 @@ impl FilterParams {
     ///   = 9-bit slice j of digest bytes 8..32 (see [`block_masks`]);
     ///   position = block·512 + slot.
     /// - Plain + Sha256High: T = N-16 prefix bits (0 if N ≤ 16), R = N-T;
-    ///   h1, h2 = big-endian u32 at bytes 8 and 12, h2 forced odd;
+    ///   h1, h2 = high and low half of the little-endian u64 at bytes 8..16,
+    ///   h2 forced odd;
     ///   position j = (prefix_T << R) | ((h1 + j·h2) mod 2^R).
     pub(crate) fn positions_of(&self, d: &[u8; 32]) -> Pos {
         let mut out = Pos {
@@ -364,13 +374,14 @@ impl FilterParams {
             (_, HashScheme::Sha256Low) => {
                 // draft §9: "each SII is hashed using a crypto hash. Of the
                 // results, the lowest N bits are selected."
-                out.idx[0] = words(d)[3] & (self.bits() - 1);
+                let [.., e0, e1, e2, e3, e4, e5, e6, e7] = *d;
+                out.idx[0] =
+                    u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]) & (self.bits() - 1);
                 out.len = 1;
             }
             (Layout::Blocked512, HashScheme::Sha256High) => {
-                let w = words(d);
-                let base = top_bits(w[0], n - BLOCK_LOG2) << BLOCK_LOG2;
-                let mut src = [w[1], w[2], w[3]];
+                let base = prefix(d, n - BLOCK_LOG2) << BLOCK_LOG2;
+                let mut src = tail_words(d);
                 let k = usize::from(self.k.min(MAX_K));
                 for (j, slot) in out.idx.iter_mut().take(k).enumerate() {
                     let word = &mut src[(j / 7) % 3];
@@ -398,11 +409,12 @@ impl FilterParams {
     }
 }
 
-/// Double-hashing seeds for Plain/High: bytes 8..12 and 12..16 (h2 odd, so
-/// the k offsets are distinct whenever k ≤ 2^R).
+/// Double-hashing seeds for Plain/High: the little-endian u64 at bytes
+/// 8..16, high half h1, low half h2 (forced odd, so the k offsets are
+/// distinct whenever k ≤ 2^R).
 #[inline]
 pub(crate) fn plain_hashes(d: &[u8; 32]) -> (u32, u32) {
-    let w = words(d)[1];
+    let w = tail_words(d)[0];
     ((w >> 32) as u32, (w as u32) | 1)
 }
 

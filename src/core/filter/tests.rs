@@ -643,3 +643,25 @@ fn draft_for_capacity_needs_about_n_over_eps_bits() {
     assert!(FilterParams::draft_interop(26).predicted_fp(1_000_000) > 0.01);
     assert!(FilterParams::draft_for_capacity(u64::MAX, 0.01).is_err());
 }
+
+/// Vectors computed by an independent (Python) implementation of the
+/// documented schemes, for SHA-256("abc") = ba7816bf 8f01cfea 414140de ...
+#[test]
+fn default_scheme_vectors() {
+    let d = sha(b"abc");
+    // Blocked512, N = 20: block = top 11 bits of 0xba7816bf = 1491; slots =
+    // 9-bit slices of the little-endian u64 at bytes 8..16, then 16..24.
+    let b = Filter::new(header(blocked(20, 8))).unwrap();
+    assert_eq!(
+        b.positions(&d).collect::<Vec<_>>(),
+        vec![763713, 763424, 763792, 763835, 763621, 763669, 763532, 763824]
+    );
+    assert!(b.positions(&d).all(|p| p >> 9 == 1491));
+    // Plain, N = 20: region = top 4 bits (11), h1 = 0x2322ae5d,
+    // h2 = 0xde404141, offsets (h1 + j·h2) mod 2^16.
+    let p = Filter::new(header(plain(20, 4))).unwrap();
+    assert_eq!(
+        p.positions(&d).collect::<Vec<_>>(),
+        vec![765533, 782238, 733407, 750112]
+    );
+}
