@@ -61,7 +61,7 @@ fn decode_with(alphabet: &[u8; 64], text: &str) -> Result<Vec<u8>, DecodeError> 
     // Optional padding: strip up to two '=' at the end, only if the padded
     // length is a multiple of 4.
     let body = if raw.ends_with(b"=") {
-        if raw.len() % 4 != 0 {
+        if !raw.len().is_multiple_of(4) {
             return Err(DecodeError::InvalidLength);
         }
         let trimmed = raw.strip_suffix(b"==").or_else(|| raw.strip_suffix(b"="));
@@ -129,7 +129,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// Decodes hex of either case.
 pub fn hex_decode(text: &str) -> Result<Vec<u8>, DecodeError> {
     let raw = text.as_bytes();
-    if raw.len() % 2 != 0 {
+    if !raw.len().is_multiple_of(2) {
         return Err(DecodeError::InvalidLength);
     }
     let nibble = |at: usize| -> Result<u8, DecodeError> {

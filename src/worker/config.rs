@@ -31,6 +31,14 @@ pub struct GpConfig {
     pub filter_layout: String,
     /// Test-only routes (e.g. a deliberate panic); never set in production.
     pub debug_routes: bool,
+    /// draft §11.3: "glados adds a requirement for MTLS between the provider
+    /// and glados". `REQUIRE_MTLS`, default true; "false" only for local GPs.
+    pub require_mtls: bool,
+    /// Lifetime of access tokens (`TOKEN_TTL_SECONDS`, default 300, 1..=3600).
+    pub token_ttl_secs: u64,
+    /// How long an isolate trusts its cached copy of an AP's registry entry
+    /// (`AP_CACHE_SECONDS`, default 30); bounds how late a suspension bites.
+    pub ap_cache_secs: u64,
 }
 
 impl GpConfig {
@@ -52,6 +60,22 @@ impl GpConfig {
         }
         let filter_layout = optional(env, "FILTER_LAYOUT").unwrap_or_else(|| "blocked".into());
         let debug_routes = optional(env, "DEBUG_ROUTES").is_some_and(|v| v == "1" || v == "true");
+        let require_mtls = match optional(env, "REQUIRE_MTLS").as_deref() {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(ApiError::Internal(format!(
+                    "config REQUIRE_MTLS={other:?} must be \"true\" or \"false\""
+                )))
+            }
+        };
+        let token_ttl_secs = parse_num(env, "TOKEN_TTL_SECONDS", 300u64)?;
+        if !(1..=3600).contains(&token_ttl_secs) {
+            return Err(ApiError::Internal(format!(
+                "config TOKEN_TTL_SECONDS={token_ttl_secs} must be between 1 and 3600"
+            )));
+        }
+        let ap_cache_secs = parse_num(env, "AP_CACHE_SECONDS", 30u64)?.min(3600);
         Ok(GpConfig {
             id,
             name,
@@ -60,6 +84,9 @@ impl GpConfig {
             filter_fp_rate,
             filter_layout,
             debug_routes,
+            require_mtls,
+            token_ttl_secs,
+            ap_cache_secs,
         })
     }
 }

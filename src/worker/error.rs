@@ -26,6 +26,16 @@ pub enum ApiError {
         extra: Map<String, Value>,
         headers: Vec<(&'static str, String)>,
     },
+    /// An OAuth 2.0 token-endpoint error, which RFC 6749 §5.2 shapes as
+    /// `{"error", "error_description"}` JSON rather than a problem document
+    /// (OAuth clients parse exactly that).
+    OAuth {
+        status: u16,
+        /// RFC 6749 §5.2 error code, e.g. `invalid_client`.
+        error: &'static str,
+        description: String,
+        headers: Vec<(&'static str, String)>,
+    },
     /// A bug or misconfiguration: logged in full, reported generically.
     Internal(String),
 }
@@ -53,10 +63,22 @@ impl ApiError {
 
     /// Adds a response header to a client problem (e.g. `Allow`, `Retry-After`).
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        if let ApiError::Client { headers, .. } = &mut self {
+        if let ApiError::Client { headers, .. } | ApiError::OAuth { headers, .. } = &mut self {
             headers.push((name, value.into()));
         }
         self
+    }
+
+    /// An RFC 6749 §5.2 error response ("The authorization server responds
+    /// with an HTTP 400 (Bad Request) status code (unless specified
+    /// otherwise)").
+    pub fn oauth(status: u16, error: &'static str, description: impl Into<String>) -> Self {
+        ApiError::OAuth {
+            status,
+            error,
+            description: description.into(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn not_found(path: &str) -> Self {
@@ -100,6 +122,25 @@ impl ApiError {
                     doc.entry(k).or_insert(v);
                 }
                 (status, Value::Object(doc), headers)
+            }
+            ApiError::OAuth {
+                status,
+                error,
+                description,
+                headers,
+            } => {
+                let body = json!({ "error": error, "error_description": description });
+                let h = Headers::new();
+                h.set("Content-Type", "application/json")?;
+                // RFC 6749 §5.1/§5.2: "Cache-Control: no-store", "Pragma: no-cache".
+                h.set("Cache-Control", "no-store")?;
+                h.set("Pragma", "no-cache")?;
+                for (k, v) in &headers {
+                    h.set(k, v)?;
+                }
+                return Ok(Response::ok(body.to_string())?
+                    .with_status(status)
+                    .with_headers(h));
             }
             ApiError::Internal(cause) => {
                 worker::console_error!("500 at {instance}: {cause}");

@@ -4,10 +4,15 @@
 //! requests, calls core, persists, and turns errors into responses in one
 //! place (`error`).
 
+mod admin;
+mod auth;
+mod body;
 mod config;
 mod error;
 mod filter_object;
+mod oauth;
 mod peers;
+mod registry_object;
 mod routes;
 
 use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};

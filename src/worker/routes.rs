@@ -1,47 +1,177 @@
 //! Request routing: path → handler, with 404/405 answered as problems.
+//!
+//! [`ROUTES`] is the one route table: the router matches against it, and
+//! `GET /__debug/routes` serves it so the end-to-end suite can check that
+//! every route is documented in `/openapi.json` (and nothing else is).
 
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
-use super::{filter_object, peers};
+use super::{admin, auth, filter_object, oauth, peers};
+use crate::core::ratelimit::allowed_rate;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
 
-/// The routes this GP serves; also the list checked against `/openapi.json`.
+/// Everything the GP serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Healthz,
     GpInfo,
     Peers,
+    OpenApi,
+    OAuthToken,
+    Me,
+    AdminAps,
+    AdminAp,
+    AdminApSuspend,
+    AdminApReinstate,
+    AdminApRotate,
     DebugPanic,
+    DebugRoutes,
 }
 
-/// Finds the route for a path, with the methods it accepts.
-fn resolve(path: &str, cfg: &GpConfig) -> Option<(Route, &'static [Method])> {
-    const GET: &[Method] = &[Method::Get];
-    match path {
-        "/healthz" => Some((Route::Healthz, GET)),
-        "/v1/gp" => Some((Route::GpInfo, GET)),
-        "/v1/peers" => Some((Route::Peers, GET)),
-        // A deliberate panic, so the suite can prove a panicking handler
-        // does not break later requests. Only with DEBUG_ROUTES set.
-        "/__debug/panic" if cfg.debug_routes => Some((Route::DebugPanic, GET)),
-        _ => None,
+/// One row of the route table: an OpenAPI-style path template (`{id}`
+/// matches one non-empty segment), the route, its methods, and whether it
+/// exists only with DEBUG_ROUTES.
+struct RouteDef {
+    template: &'static str,
+    route: Route,
+    methods: &'static [Method],
+    debug_only: bool,
+}
+
+const GET: &[Method] = &[Method::Get];
+const POST: &[Method] = &[Method::Post];
+
+const ROUTES: &[RouteDef] = &[
+    RouteDef {
+        template: "/healthz",
+        route: Route::Healthz,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/gp",
+        route: Route::GpInfo,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/peers",
+        route: Route::Peers,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/openapi.json",
+        route: Route::OpenApi,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/oauth/token",
+        route: Route::OAuthToken,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/me",
+        route: Route::Me,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps",
+        route: Route::AdminAps,
+        methods: &[Method::Get, Method::Post],
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps/{id}",
+        route: Route::AdminAp,
+        methods: &[Method::Get, Method::Patch],
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps/{id}/suspend",
+        route: Route::AdminApSuspend,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps/{id}/reinstate",
+        route: Route::AdminApReinstate,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps/{id}/rotate-secret",
+        route: Route::AdminApRotate,
+        methods: POST,
+        debug_only: false,
+    },
+    // A deliberate panic, so the suite can prove a panicking handler does
+    // not break later requests.
+    RouteDef {
+        template: "/__debug/panic",
+        route: Route::DebugPanic,
+        methods: GET,
+        debug_only: true,
+    },
+    // The route table itself, for the OpenAPI completeness test.
+    RouteDef {
+        template: "/__debug/routes",
+        route: Route::DebugRoutes,
+        methods: GET,
+        debug_only: true,
+    },
+];
+
+/// The OpenAPI 3.1 description of the client and admin API.
+const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Matches `path` against a template; returns the `{…}` segment, if any.
+fn match_template<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
+    let mut param = None;
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(param),
+            (Some(ts), Some(ps)) if ts.starts_with('{') && ts.ends_with('}') => {
+                if ps.is_empty() {
+                    return None;
+                }
+                param = Some(ps);
+            }
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return None,
+        }
     }
+}
+
+/// Finds the route for a path, with the methods it accepts and its path
+/// parameter.
+fn resolve<'p>(path: &'p str, cfg: &GpConfig) -> Option<(&'static RouteDef, Option<&'p str>)> {
+    ROUTES
+        .iter()
+        .filter(|r| !r.debug_only || cfg.debug_routes)
+        .find_map(|r| match_template(r.template, path).map(|param| (r, param)))
 }
 
 /// Handles one API request.
 pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let url = req.url().internal("request url")?;
-    let path = url.path();
-    let Some((route, methods)) = resolve(path, cfg) else {
-        return Err(ApiError::not_found(path));
+    let path = url.path().to_string();
+    let Some((def, param)) = resolve(&path, cfg) else {
+        return Err(ApiError::not_found(&path));
     };
     let method = req.method();
-    if !methods.contains(&method) {
-        let allow: Vec<&str> = methods.iter().map(|m| m.as_ref()).collect();
-        return Err(ApiError::method_not_allowed(method.as_ref(), path, &allow));
+    if !def.methods.contains(&method) {
+        let allow: Vec<&str> = def.methods.iter().map(|m| m.as_ref()).collect();
+        return Err(ApiError::method_not_allowed(method.as_ref(), &path, &allow));
     }
-    match route {
+    let id = param.unwrap_or("");
+    match def.route {
         Route::Healthz => json_ok(&json!({ "status": "ok", "gp": cfg.id })),
         Route::GpInfo => {
             let filter = filter_object::current_info(env).await?;
@@ -61,6 +191,29 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
             let report = peers::probe_all(cfg).await;
             json_ok(&json!({ "gp": cfg.id, "peers": report }))
         }
+        Route::OpenApi => {
+            let mut resp = Response::ok(OPENAPI_JSON).internal("openapi")?;
+            resp.headers_mut()
+                .set("Content-Type", "application/json")
+                .internal("set header")?;
+            Ok(resp)
+        }
+        Route::OAuthToken => oauth::token(req, env, cfg).await,
+        Route::Me => me(&req, env, cfg).await,
+        Route::AdminAps if method == Method::Post => admin::enroll(req, env, cfg).await,
+        Route::AdminAps => admin::list(req, env).await,
+        Route::AdminAp if method == Method::Patch => admin::update(req, env, cfg, id).await,
+        Route::AdminAp => admin::show(req, env, id).await,
+        Route::AdminApSuspend => admin::suspend(req, env, id).await,
+        Route::AdminApReinstate => admin::reinstate(req, env, id).await,
+        Route::AdminApRotate => admin::rotate(req, env, id).await,
+        Route::DebugRoutes => json_ok(&json!({
+            "routes": ROUTES.iter().map(|r| json!({
+                "path": r.template,
+                "methods": r.methods.iter().map(|m| m.as_ref()).collect::<Vec<_>>(),
+                "debug_only": r.debug_only,
+            })).collect::<Vec<_>>(),
+        })),
         Route::DebugPanic => {
             #[allow(clippy::panic)]
             {
@@ -68,6 +221,33 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
             }
         }
     }
+}
+
+/// `GET /v1/me`: the authenticated AP as the GP sees it. The first client
+/// API route; it proves the whole chain (token, certificate binding,
+/// registry state) and shows the AP its current rate limit (draft §11.2:
+/// "rate limited based on the number of enrolled users").
+async fn me(req: &Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let ap = auth::authenticate(req, env, cfg).await?;
+    let r = &ap.record;
+    let rate = allowed_rate(&r.rate_params, r.enrolled_users, r.strikes);
+    json_ok(&json!({
+        "id": r.id,
+        "name": r.name,
+        "bulk_allowed": r.bulk_allowed,
+        "enrolled_users": r.enrolled_users,
+        "strikes": r.strikes,
+        "rate": { "per_sec": rate.per_sec, "burst": rate.burst },
+        "token": {
+            "expires_at": ap.claims.expires_at,
+            "generation": ap.claims.generation,
+            "cnf": ap.claims.cnf.map(|f| json!({ "x5t#S256": f.to_x5t_s256() })),
+        },
+        "mtls": {
+            "required": cfg.require_mtls,
+            "certificate_sha256": ap.cert.map(|f| f.to_hex()),
+        },
+    }))
 }
 
 /// A 200 JSON response.

@@ -1,0 +1,104 @@
+//! Reading request bodies safely: capped in size (a 413 problem, never an
+//! out-of-memory isolate), typed by Content-Type (415), parsed into 400s.
+
+use super::error::{ApiError, ApiResult};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use worker::Request;
+
+/// Largest admin or token-endpoint body. Real ones are well under 4 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+fn too_large(cap: usize) -> ApiError {
+    ApiError::client(
+        413,
+        "body-too-large",
+        "Request body too large",
+        format!("the request body exceeds {cap} bytes"),
+    )
+}
+
+/// Reads the whole body, refusing more than `cap` bytes: first by the
+/// declared Content-Length, then while streaming (a chunked body declares
+/// nothing), so at most `cap` bytes are ever buffered. No body reads as empty.
+pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
+    if let Ok(Some(len)) = req.headers().get("Content-Length") {
+        match len.trim().parse::<u64>() {
+            Ok(n) if n > cap as u64 => return Err(too_large(cap)),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(ApiError::client(
+                    400,
+                    "invalid-content-length",
+                    "Invalid Content-Length",
+                    format!("Content-Length {len:?} is not a number"),
+                ))
+            }
+        }
+    }
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::client(
+                400,
+                "body-unreadable",
+                "Request body unreadable",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if out.len() + chunk.len() > cap {
+            return Err(too_large(cap));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The media type of the request, lowercased, without parameters.
+pub fn media_type(req: &Request) -> Option<String> {
+    let ct = req.headers().get("Content-Type").ok().flatten()?;
+    let mt = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (!mt.is_empty()).then_some(mt)
+}
+
+/// Parses a JSON body. An empty body with no Content-Type reads as `{}`
+/// when `empty_ok` (for action endpoints whose body is optional).
+pub async fn read_json<T: DeserializeOwned>(req: &mut Request, empty_ok: bool) -> ApiResult<T> {
+    let mt = media_type(req);
+    let bytes = read_capped(req, MAX_BODY_BYTES).await?;
+    if bytes.is_empty() && empty_ok && mt.is_none() {
+        return parse_json(b"{}");
+    }
+    if mt.as_deref() != Some("application/json") {
+        return Err(ApiError::client(
+            415,
+            "unsupported-media-type",
+            "Unsupported Media Type",
+            format!(
+                "the body must be application/json, got {}",
+                mt.as_deref().unwrap_or("no Content-Type")
+            ),
+        )
+        .with_header("Accept-Post", "application/json"));
+    }
+    parse_json(&bytes)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::client(
+            400,
+            "invalid-json",
+            "Invalid JSON body",
+            format!("the JSON body was not understood: {e}"),
+        )
+    })
+}
