@@ -5,17 +5,22 @@
 //! entropy source: time and randomness come in as arguments, so the same
 //! code runs natively under `cargo test`, in the worker and in the browser.
 
+pub mod bulk;
 pub mod country_codes;
+pub mod creation;
 pub mod credentials;
 pub mod encoding;
 pub mod filter;
 pub mod mapping;
+pub mod outbox;
 pub mod problem;
 pub mod ratelimit;
+pub mod shard;
 pub mod sii;
 pub mod ssi;
 pub mod token;
 pub mod verification;
+pub mod webhook;
 
 pub use problem::Problem;
 pub use sii::Sii;
