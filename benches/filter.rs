@@ -124,7 +124,7 @@ fn bench(c: &mut Criterion) {
     // fastbloom with our blocked filter's size and k (same memory, same
     // number of probes per item).
     let same = FilterParams::for_capacity(N, FP, Layout::Blocked512).unwrap();
-    let mut fb2 = BloomFilter::with_num_bits(1usize << same.log2_bits)
+    let mut fb2 = BloomFilter::with_num_bits(same.bits as usize)
         .seed(&42)
         .hashes(u32::from(same.k));
     for d in &members {

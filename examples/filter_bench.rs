@@ -2,7 +2,9 @@
 //! natively and under WASI (Node's `node:wasi`) — see scripts/bench-filter.sh.
 //!
 //! `filter_bench speed [items]` prints ns/op medians; `filter_bench fp
-//! [items]` prints bits per element and measured false-positive rates.
+//! [items]` prints bits per element and measured false-positive rates;
+//! `filter_bench sizing [items]` prints, for each k, the fewest bits per
+//! SII at which a blocked filter meets the target (the k trade-off).
 //!
 //! What is compared (the same work for both):
 //! - `*-digest` rows: given the SII's SHA-256 (precomputed). Ours takes the
@@ -84,7 +86,7 @@ fn speed(n: u64) {
         };
         let mut f = ours(p);
         rows.push((
-            format!("insert {name}-digest (2^{} bits, k={})", p.log2_bits, p.k),
+            format!("insert {name}-digest ({} bits, k={})", p.bits, p.k),
             median_ns(rounds, ops, || {
                 let mut c = 0;
                 for d in &members {
@@ -123,14 +125,11 @@ fn speed(n: u64) {
     // fastbloom with our blocked filter's size and k: the same memory and
     // the same number of probes per item.
     let same = FilterParams::for_capacity(n, fp, Layout::Blocked512).expect("sizing");
-    let mut b = BloomFilter::with_num_bits(1usize << same.log2_bits)
+    let mut b = BloomFilter::with_num_bits(same.bits as usize)
         .seed(&42)
         .hashes(u32::from(same.k));
     rows.push((
-        format!(
-            "insert fastbloom-digest (2^{} bits, k={})",
-            same.log2_bits, same.k
-        ),
+        format!("insert fastbloom-digest ({} bits, k={})", same.bits, same.k),
         median_ns(rounds, ops, || {
             let mut c = 0;
             for d in &members {
@@ -223,13 +222,13 @@ fn fp_table(n: u64) {
         non_members.len()
     );
     println!(
-        "{:<9} {:<22} {:>6} {:>3} {:>9} {:>11} {:>11} {:>9}",
-        "target", "scheme", "log2m", "k", "bits/el", "predicted", "measured", "meas/tgt"
+        "{:<9} {:<22} {:>11} {:>3} {:>9} {:>11} {:>11} {:>9}",
+        "target", "scheme", "m (bits)", "k", "bits/el", "predicted", "measured", "meas/tgt"
     );
     for target in [0.01f64, 0.001] {
         let optimum = 1.44 * (1.0 / target).log2();
         println!(
-            "{target:<9} {:<22} {:>6} {:>3} {optimum:>9.2} {:>11} {:>11} {:>9}",
+            "{target:<9} {:<22} {:>11} {:>3} {optimum:>9.2} {:>11} {:>11} {:>9}",
             "bloom optimum 1.44lg", "-", "-", "-", "-", "-"
         );
         let mut schemes: Vec<(&str, FilterParams)> = Vec::new();
@@ -253,10 +252,10 @@ fn fp_table(n: u64) {
             }
             let m = measure(&f);
             println!(
-                "{target:<9} {name:<22} {:>6} {:>3} {:>9.2} {:>11.6} {m:>11.6} {:>9.3}",
-                p.log2_bits,
+                "{target:<9} {name:<22} {:>11} {:>3} {:>9.2} {:>11.6} {m:>11.6} {:>9.3}",
+                p.bits,
                 p.k,
-                (1u64 << p.log2_bits) as f64 / n as f64,
+                p.bits as f64 / n as f64,
                 p.predicted_fp(n),
                 m / target
             );
@@ -271,14 +270,49 @@ fn fp_table(n: u64) {
             .count() as f64
             / non_members.len() as f64;
         println!(
-            "{target:<9} {:<22} {:>6} {:>3} {:>9.2} {:>11.6} {m:>11.6} {:>9.3}",
+            "{target:<9} {:<22} {:>11} {:>3} {:>9.2} {:>11.6} {m:>11.6} {:>9.3}",
             "fastbloom",
-            "-",
+            b.num_bits(),
             b.num_hashes(),
             b.num_bits() as f64 / n as f64,
             b.expected_false_pos(n as usize),
             m / target
         );
+    }
+}
+
+/// For each k: the fewest 512-bit blocks whose predicted fp meets the
+/// target, as bits per SII — what a smaller k costs in memory.
+fn sizing(n: u64) {
+    println!("# sizing: {n} items, blocked512, fewest bits per SII for each k");
+    for target in [0.01f64, 0.001] {
+        let chosen = FilterParams::for_capacity(n, target, Layout::Blocked512).expect("sizing");
+        println!(
+            "target {target}: for_capacity -> {} blocks, {:.3} bits/SII, k={}, \
+             max partitions 2^{}; bloom optimum {:.3}",
+            chosen.blocks(),
+            chosen.bits as f64 / n as f64,
+            chosen.k,
+            chosen.max_partition_bits(),
+            1.44 * (1.0 / target).log2()
+        );
+        println!("{:>3} {:>10} {:>9}", "k", "blocks", "bits/SII");
+        for k in 1..=16u8 {
+            let fits = |b: u64| FilterParams::blocked(b, k).predicted_fp(n) <= target;
+            let (mut lo, mut hi) = (0u64, 1u64 << 31);
+            if !fits(hi) {
+                continue;
+            }
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    hi = mid
+                } else {
+                    lo = mid
+                }
+            }
+            println!("{k:>3} {hi:>10} {:>9.3}", (hi * 512) as f64 / n as f64);
+        }
     }
 }
 
@@ -294,5 +328,8 @@ fn main() {
     }
     if what == "fp" || what == "all" {
         fp_table(n);
+    }
+    if what == "sizing" || what == "all" {
+        sizing(n);
     }
 }

@@ -7,16 +7,19 @@ use core::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FilterError {
-    /// log2_bits outside 3..=40.
+    /// Plain layout: log2_bits outside 3..=40.
     Log2BitsOutOfRange(u8),
     /// k outside 1..=16.
     KOutOfRange(u8),
-    /// Blocked layout needs at least one 512-bit block.
-    BlockedTooSmall(u8),
+    /// Blocked layout: bits must be a positive multiple of 512, at most 2^40.
+    BlockedBits(u64),
+    /// log2_bits and bits disagree (Plain: bits = 2^log2_bits; Blocked512:
+    /// log2_bits = ⌈log2 bits⌉).
+    SizeMismatch { log2_bits: u8, bits: u64 },
     /// The draft's low-bits hash is only defined for k = 1, Plain.
     LowHashNeedsPlainK1,
     /// The bits cannot be held in memory here.
-    TooLarge { log2_bits: u8 },
+    TooLarge { bits: u64 },
     /// Target false-positive rate not strictly between 0 and 1.
     InvalidTarget,
     /// A bit index outside the bits this filter (partition) holds.
@@ -53,16 +56,21 @@ impl fmt::Display for FilterError {
         match self {
             Log2BitsOutOfRange(n) => write!(f, "filter size 2^{n} bits is outside 2^3..=2^40"),
             KOutOfRange(k) => write!(f, "k = {k} hash positions is outside 1..=16"),
-            BlockedTooSmall(n) => write!(
+            BlockedBits(b) => write!(
                 f,
-                "a blocked filter needs at least 2^9 bits (one 512-bit block), got 2^{n}"
+                "a blocked filter's size must be a positive multiple of 512 bits \
+                 (whole blocks) up to 2^40, got {b} bits"
+            ),
+            SizeMismatch { log2_bits, bits } => write!(
+                f,
+                "filter size {bits} bits does not match log2 size {log2_bits}"
             ),
             LowHashNeedsPlainK1 => write!(
                 f,
                 "the draft's low-bits hash scheme is only defined for k = 1 and the plain layout"
             ),
-            TooLarge { log2_bits } => {
-                write!(f, "a filter of 2^{log2_bits} bits cannot be allocated here")
+            TooLarge { bits } => {
+                write!(f, "a filter of {bits} bits cannot be allocated here")
             }
             InvalidTarget => write!(
                 f,

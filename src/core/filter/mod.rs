@@ -14,9 +14,15 @@
 //! `1 << (i % 8)` (LSB-first), both in memory order of the wire payload and
 //! for the draft's "binary object of size 2^N/8 bytes".
 //!
-//! Positions and additions are always *global* bit indices (0..2^N), also in
-//! a partition, so an additions stream of the whole filter can be routed to
-//! partitions by `index >> (N - P)`.
+//! Blocked filters have any number of blocks B (not only powers of two), so
+//! their size follows the target fp closely: a digest's block is
+//! ⌊prefix64 · B / 2^64⌋ (multiply-shift), which keeps blocks in prefix
+//! order. Plain filters (and the draft's) keep 2^N bits.
+//!
+//! Positions and additions are always *global* bit indices (0..bits), also
+//! in a partition, so an additions stream of the whole filter can be routed
+//! to partitions by `index / (bits / 2^P)`
+//! ([`FilterParams::partition_of_bit`]).
 
 mod error;
 mod params;
@@ -24,12 +30,12 @@ mod wire;
 
 pub use error::FilterError;
 pub use params::{
-    partition_of, FilterParams, HashScheme, Layout, BLOCK_LOG2, MAX_K, MAX_LOG2_BITS,
-    MIN_LOG2_BITS, PLAIN_REGION_LOG2,
+    partition_of, FilterParams, HashScheme, Layout, BLOCK_BITS, BLOCK_LOG2, MAX_BITS, MAX_K,
+    MAX_LOG2_BITS, MIN_LOG2_BITS, PARTITION_SLACK_LOG2, PLAIN_REGION_LOG2,
 };
 pub use wire::{decode_additions, encode_additions, AdditionsBatch};
 
-use params::{block_masks, head, plain_hashes, prefix, tail_words, top_bits};
+use params::{block_masks, block_of, ceil_log2, plain_hashes, prefix, tail_words};
 
 /// Identity of one filter version (draft §9: "Each bloom filter has a
 /// timestamp, corresponding to the time of creation on the GP" and
@@ -129,16 +135,20 @@ impl Iterator for Positions {
 pub struct Filter {
     header: FilterHeader,
     part: Partition,
-    /// log2 of the number of bits held here: N - P.
-    local_log2: u8,
+    /// Global index of the first bit held here: index · bits/2^P.
+    first: u64,
+    /// Number of bits held here: bits/2^P (a whole number of blocks, or a
+    /// power of two for Plain).
+    len: u64,
     words: Vec<u64>,
     ones: u64,
 }
 
-/// Allocates `2^log2` zero bits as words without aborting on failure.
-fn alloc_words(log2: u8) -> Result<Vec<u64>, FilterError> {
-    let too_large = FilterError::TooLarge { log2_bits: log2 };
-    let n_words = 1u64 << log2.saturating_sub(6);
+/// Allocates `bits` zero bits (rounded up to whole words) without aborting
+/// on failure.
+fn alloc_words(bits: u64) -> Result<Vec<u64>, FilterError> {
+    let too_large = FilterError::TooLarge { bits };
+    let n_words = bits.div_ceil(64);
     let n = usize::try_from(n_words).map_err(|_| too_large.clone())?;
     let mut v: Vec<u64> = Vec::new();
     v.try_reserve_exact(n).map_err(|_| too_large)?;
@@ -152,12 +162,13 @@ impl Filter {
     /// or if the bits cannot be allocated (never aborts).
     pub fn new(header: FilterHeader) -> Result<Filter, FilterError> {
         header.params.validate()?;
-        let local_log2 = header.params.log2_bits;
+        let len = header.params.bits;
         Ok(Filter {
             header,
             part: Partition::default(),
-            local_log2,
-            words: alloc_words(local_log2)?,
+            first: 0,
+            len,
+            words: alloc_words(len)?,
             ones: 0,
         })
     }
@@ -174,13 +185,13 @@ impl Filter {
     pub fn partition_id(&self) -> Partition {
         self.part
     }
-    /// Number of bits held here (2^(N-P)).
+    /// Number of bits held here (bits / 2^P).
     pub fn local_bits(&self) -> u64 {
-        1u64 << self.local_log2
+        self.len
     }
     /// Global index of the first bit held here.
     pub fn first_bit(&self) -> u64 {
-        u64::from(self.part.index) << self.local_log2
+        self.first
     }
     /// Whether this filter (partition) is responsible for the digest.
     /// Always true for a whole filter.
@@ -229,12 +240,11 @@ impl Filter {
         }
     }
 
-    /// Index into `words` of the 512-bit block whose number (top N-9
-    /// digest bits) is `global_block`, if that block is held here.
+    /// Index into `words` of the 512-bit block number `global_block`, if
+    /// that block is held here.
     #[inline(always)]
     fn block_word(&self, global_block: u64) -> Option<usize> {
-        let first_block = u64::from(self.part.index) << (self.local_log2 - BLOCK_LOG2);
-        let local_block = global_block.checked_sub(first_block)?;
+        let local_block = global_block.checked_sub(self.first >> BLOCK_LOG2)?;
         let w = usize::try_from(local_block).ok()?.checked_mul(8)?;
         (w < self.words.len()).then_some(w)
     }
@@ -252,7 +262,7 @@ impl Filter {
         let p = &self.header.params;
         match (p.layout, p.hash) {
             (Layout::Blocked512, HashScheme::Sha256High) => {
-                let global_block = top_bits(head(digest), p.log2_bits - BLOCK_LOG2);
+                let global_block = block_of(digest, p.bits >> BLOCK_LOG2);
                 let Some(block) = self.block_word(global_block).and_then(|i| self.block(i)) else {
                     return false;
                 };
@@ -320,7 +330,7 @@ impl Filter {
             return add;
         }
         if p.layout == Layout::Blocked512 && p.hash == HashScheme::Sha256High {
-            let global_block = top_bits(head(digest), p.log2_bits - BLOCK_LOG2);
+            let global_block = block_of(digest, p.bits >> BLOCK_LOG2);
             let Some(wi) = self.block_word(global_block) else {
                 return add;
             };
@@ -381,9 +391,7 @@ impl Filter {
         let mut locals = Vec::new();
         locals
             .try_reserve_exact(indices.len())
-            .map_err(|_| FilterError::TooLarge {
-                log2_bits: self.local_log2,
-            })?;
+            .map_err(|_| FilterError::TooLarge { bits: self.len })?;
         for &g in indices {
             match self.local(g) {
                 Some(l) => locals.push(l),
@@ -426,11 +434,12 @@ impl Filter {
     pub fn estimated_fp_rate(&self) -> f64 {
         let p = &self.header.params;
         let k = i32::from(p.k);
+        let local_log2 = ceil_log2(self.len);
         let group_log2 = match p.layout {
             Layout::Blocked512 => BLOCK_LOG2,
             Layout::Plain => match p.hash {
-                HashScheme::Sha256Low => self.local_log2,
-                HashScheme::Sha256High => self.local_log2.min(PLAIN_REGION_LOG2),
+                HashScheme::Sha256Low => local_log2,
+                HashScheme::Sha256High => local_log2.min(PLAIN_REGION_LOG2),
             },
         };
         if group_log2 < 6 {
@@ -487,14 +496,19 @@ impl Filter {
                 index,
             });
         }
-        let local_log2 = params.log2_bits - p_bits;
-        let first = u64::from(index) << local_log2;
-        let start = self.local(first).ok_or(FilterError::PartitionOutOfRange {
+        // p_bits <= max_partition_bits: whole blocks (blocked) or whole
+        // 2^16-bit regions (plain) per partition, so whole words.
+        let len = params.bits >> p_bits;
+        let out_of_range = FilterError::PartitionOutOfRange {
             bits: p_bits,
             index,
-        })?;
-        // local_log2 >= 9 (blocked) or 16 (plain): whole words.
-        let n_words = 1usize << (local_log2 - 6);
+        };
+        let first = u64::from(index) * len;
+        let start = self.local(first).ok_or(out_of_range.clone())?;
+        if self.local(first + len - 1).is_none() {
+            return Err(out_of_range);
+        }
+        let n_words = usize::try_from(len / 64).map_err(|_| out_of_range.clone())?;
         let words = self
             .words
             .get(start / 64..start / 64 + n_words)
@@ -510,7 +524,8 @@ impl Filter {
                 bits: p_bits,
                 index,
             },
-            local_log2,
+            first,
+            len,
             words,
             ones,
         })
@@ -531,8 +546,9 @@ impl Filter {
         part: Partition,
         bitmap: &[u8],
     ) -> Result<Filter, FilterError> {
-        let local_log2 = header.params.log2_bits - part.bits;
-        let mut words = alloc_words(local_log2)?;
+        let len = header.params.bits >> part.bits;
+        let first = u64::from(part.index) * len;
+        let mut words = alloc_words(len)?;
         let mut ones = 0u64;
         for (w, chunk) in words.iter_mut().zip(bitmap.chunks(8)) {
             let mut b = [0u8; 8];
@@ -545,7 +561,8 @@ impl Filter {
         Ok(Filter {
             header,
             part,
-            local_log2,
+            first,
+            len,
             words,
             ones,
         })

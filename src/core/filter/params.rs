@@ -7,29 +7,42 @@ use super::FilterError;
 /// (draft §9: "a binary object of size 2^N/8 bytes").
 pub const MIN_LOG2_BITS: u8 = 3;
 /// Largest logical filter: 2^40 bits (128 GiB). A GP with 10^9 SIIs at ~10
-/// bits each needs 2^34; the headroom is for partitioned storage, where no
-/// single piece is that large.
+/// bits each needs ~2^33.2; the headroom is for partitioned storage, where
+/// no single piece is that large.
 pub const MAX_LOG2_BITS: u8 = 40;
+/// [`MAX_LOG2_BITS`] as a bit count: no layout may exceed it.
+pub const MAX_BITS: u64 = 1 << MAX_LOG2_BITS;
 /// Most bit positions per SII; optimum k for 0.1% is 10, 16 covers ~1e-5.
 pub const MAX_K: u8 = 16;
 /// A block of [`Layout::Blocked512`] is one 64-byte cache line.
 pub const BLOCK_LOG2: u8 = 9;
+/// Bits per block of [`Layout::Blocked512`].
+pub const BLOCK_BITS: u64 = 1 << BLOCK_LOG2;
 /// [`Layout::Plain`] with [`HashScheme::Sha256High`] keeps all k positions of
 /// one SII inside a 2^16-bit (8 KiB) region chosen by the digest prefix, so
 /// the filter can be partitioned by prefix; the region is large enough that
 /// the fp cost of this confinement is negligible (~6,500 items per region at
 /// 10 bits/item, a ±1.2% spread).
 pub const PLAIN_REGION_LOG2: u8 = 16;
+/// [`FilterParams::for_capacity`] rounds a blocked filter's block count up
+/// to a multiple of 2^(⌊log2 blocks⌋ - 8): at most 1/256 (0.4%) more bits,
+/// and the filter can then be cut into up to that many partitions by hash
+/// prefix, each at least 256 blocks (16 KiB). See
+/// [`FilterParams::max_partition_bits`] for why alignment is needed.
+pub const PARTITION_SLACK_LOG2: u8 = 8;
 
 /// How bit positions are grouped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Layout {
     /// Classic Bloom filter over the whole bitmap (or a 2^16-bit region of
-    /// it, see [`PLAIN_REGION_LOG2`]). The draft's scheme is Plain with k=1.
+    /// it, see [`PLAIN_REGION_LOG2`]); 2^N bits. The draft's scheme is Plain
+    /// with k=1.
     Plain,
     /// Blocked Bloom filter: all k positions of an SII lie in one 512-bit,
-    /// cache-line-sized block, so a lookup touches one cache line.
+    /// cache-line-sized block, so a lookup touches one cache line. Any
+    /// number of blocks (not only powers of two), so the size can follow
+    /// the target fp closely.
     Blocked512,
 }
 
@@ -77,11 +90,31 @@ impl HashScheme {
     }
 }
 
+/// ⌈log2 x⌉ (0 for x ≤ 1).
+pub(crate) fn ceil_log2(x: u64) -> u8 {
+    if x <= 1 {
+        0
+    } else {
+        (64 - (x - 1).leading_zeros()) as u8
+    }
+}
+
 /// Shape of a filter: what a peer must know to interpret its bits.
+///
+/// `bits` is the size; `log2_bits` is ⌈log2 bits⌉ and must agree with it
+/// ([`validate`](Self::validate) checks). Build with
+/// [`draft_interop`](Self::draft_interop), [`plain`](Self::plain),
+/// [`blocked`](Self::blocked) or [`for_capacity`](Self::for_capacity)
+/// rather than by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FilterParams {
-    /// N: the filter has 2^N bits (draft §9: "A bloom filter of size 2^N").
+    /// N = ⌈log2 bits⌉. For [`Layout::Plain`] (and so the draft's scheme)
+    /// the filter has exactly 2^N bits (draft §9: "A bloom filter of size
+    /// 2^N"); for [`Layout::Blocked512`] it is informational only.
     pub log2_bits: u8,
+    /// Size of the whole logical filter in bits: 2^N for Plain, any
+    /// positive multiple of 512 (whole blocks) for Blocked512.
+    pub bits: u64,
     /// Bit positions per SII.
     pub k: u8,
     /// Position grouping.
@@ -96,27 +129,72 @@ impl FilterParams {
     pub fn draft_interop(log2_bits: u8) -> Self {
         FilterParams {
             log2_bits,
+            bits: 1u64 << log2_bits.min(63),
             k: 1,
             layout: Layout::Plain,
             hash: HashScheme::Sha256Low,
         }
     }
 
+    /// A plain (unblocked) filter of 2^N bits with k positions per SII from
+    /// the digest's high bits. Not validated.
+    pub fn plain(log2_bits: u8, k: u8) -> Self {
+        FilterParams {
+            log2_bits,
+            bits: 1u64 << log2_bits.min(63),
+            k,
+            layout: Layout::Plain,
+            hash: HashScheme::Sha256High,
+        }
+    }
+
+    /// A blocked filter of `blocks` 512-bit blocks (any count) with k
+    /// positions per SII. Not validated.
+    pub fn blocked(blocks: u64, k: u8) -> Self {
+        let bits = blocks.saturating_mul(BLOCK_BITS);
+        FilterParams {
+            log2_bits: ceil_log2(bits),
+            bits,
+            k,
+            layout: Layout::Blocked512,
+            hash: HashScheme::Sha256High,
+        }
+    }
+
     /// Checks the combination is one we can build and interpret.
     ///
-    /// Rules: `3 <= log2_bits <= 40`; `1 <= k <= 16`; `Blocked512` needs
-    /// `log2_bits >= 9` (at least one block); `Sha256Low` only with `k = 1`
+    /// Rules: `1 <= k <= 16`; Plain: `3 <= log2_bits <= 40` and `bits =
+    /// 2^log2_bits`; Blocked512: `bits` a positive multiple of 512, at most
+    /// 2^40, and `log2_bits = ⌈log2 bits⌉`; `Sha256Low` only with `k = 1`
     /// and `Plain` (that is the draft's scheme; low bits cannot be
     /// partitioned by prefix, so we do not extend it).
     pub fn validate(&self) -> Result<(), FilterError> {
-        if !(MIN_LOG2_BITS..=MAX_LOG2_BITS).contains(&self.log2_bits) {
-            return Err(FilterError::Log2BitsOutOfRange(self.log2_bits));
-        }
         if !(1..=MAX_K).contains(&self.k) {
             return Err(FilterError::KOutOfRange(self.k));
         }
-        if self.layout == Layout::Blocked512 && self.log2_bits < BLOCK_LOG2 {
-            return Err(FilterError::BlockedTooSmall(self.log2_bits));
+        match self.layout {
+            Layout::Plain => {
+                if !(MIN_LOG2_BITS..=MAX_LOG2_BITS).contains(&self.log2_bits) {
+                    return Err(FilterError::Log2BitsOutOfRange(self.log2_bits));
+                }
+                if self.bits != 1u64 << self.log2_bits {
+                    return Err(FilterError::SizeMismatch {
+                        log2_bits: self.log2_bits,
+                        bits: self.bits,
+                    });
+                }
+            }
+            Layout::Blocked512 => {
+                if self.bits == 0 || !self.bits.is_multiple_of(BLOCK_BITS) || self.bits > MAX_BITS {
+                    return Err(FilterError::BlockedBits(self.bits));
+                }
+                if self.log2_bits != ceil_log2(self.bits) {
+                    return Err(FilterError::SizeMismatch {
+                        log2_bits: self.log2_bits,
+                        bits: self.bits,
+                    });
+                }
+            }
         }
         if self.hash == HashScheme::Sha256Low && (self.k != 1 || self.layout != Layout::Plain) {
             return Err(FilterError::LowHashNeedsPlainK1);
@@ -126,37 +204,73 @@ impl FilterParams {
 
     /// Number of bits in the whole logical filter.
     pub fn bits(&self) -> u64 {
-        1u64 << self.log2_bits.min(63)
+        self.bits
+    }
+
+    /// Number of 512-bit blocks (Blocked512; 0 for Plain).
+    pub fn blocks(&self) -> u64 {
+        match self.layout {
+            Layout::Blocked512 => self.bits >> BLOCK_LOG2,
+            Layout::Plain => 0,
+        }
     }
 
     /// Largest P such that the filter can be cut into 2^P partitions by
     /// digest prefix, every SII's positions falling in one partition.
+    ///
+    /// Blocked: the block of a digest is ⌊prefix64 · blocks / 2^64⌋, which
+    /// keeps blocks in prefix order; partition p of 2^P (prefixes whose top
+    /// P bits are p) is then exactly blocks p·c .. (p+1)·c when blocks =
+    /// c·2^P. Otherwise some block straddles two partitions, so P is the
+    /// number of trailing zero bits of the block count.
     pub fn max_partition_bits(&self) -> u8 {
         match (self.layout, self.hash) {
             (_, HashScheme::Sha256Low) => 0,
-            (Layout::Blocked512, _) => self.log2_bits.saturating_sub(BLOCK_LOG2),
+            (Layout::Blocked512, _) => {
+                let b = self.blocks();
+                if b == 0 {
+                    0
+                } else {
+                    b.trailing_zeros().min(32) as u8
+                }
+            }
             (Layout::Plain, _) => self.log2_bits.saturating_sub(PLAIN_REGION_LOG2),
         }
     }
 
-    /// log2 of the group of bits that all k positions of one SII share:
-    /// 512 for blocked; the region for plain (the whole filter if small).
-    fn group_log2(&self) -> u8 {
+    /// Which of 2^p_bits partitions holds global bit `index`, if the filter
+    /// can be cut that way and the index is in range: routes a whole
+    /// filter's additions stream to partitions.
+    pub fn partition_of_bit(&self, index: u64, p_bits: u8) -> Option<u32> {
+        if p_bits > self.max_partition_bits() || index >= self.bits {
+            return None;
+        }
+        let per_part = self.bits >> p_bits;
+        u32::try_from(index.checked_div(per_part)?).ok()
+    }
+
+    /// Bits in the group that all k positions of one SII share: a block
+    /// for Blocked512; the region for Plain (the whole filter if small).
+    fn group_bits(&self) -> u64 {
         match self.layout {
-            Layout::Blocked512 => BLOCK_LOG2,
-            Layout::Plain => self.log2_bits.min(PLAIN_REGION_LOG2),
+            Layout::Blocked512 => BLOCK_BITS,
+            Layout::Plain => 1u64 << self.log2_bits.min(PLAIN_REGION_LOG2),
         }
     }
 
-    /// Chooses a power-of-two size and k for `expected_items` at no more
-    /// than `target_fp` predicted false positives, with the default
+    /// Chooses a size and k for `expected_items` at no more than
+    /// `target_fp` predicted false positives, with the default
     /// [`HashScheme::Sha256High`].
     ///
-    /// The smallest 2^N for which some k reaches the target wins, then the k
-    /// with the lowest predicted fp at that size. The prediction accounts
-    /// for blocking (items per block vary, Poisson), so a blocked filter gets
-    /// the extra bits it needs instead of missing the target. Because N is
-    /// an integer, the fp at `expected_items` is often well below target.
+    /// The smallest size for which some k reaches the target wins, then the
+    /// smallest k that reaches it at that size (fewer bits flipped per
+    /// insert: less subscription traffic, faster inserts). Blocked512: any
+    /// block count, rounded up by at most 1/256 so that the filter stays
+    /// partitionable (see [`PARTITION_SLACK_LOG2`]). Plain: a power of two,
+    /// so its fp at `expected_items` is often well below target. The
+    /// prediction accounts for blocking (items per block vary, Poisson),
+    /// so a blocked filter gets the extra bits it needs instead of missing
+    /// the target.
     pub fn for_capacity(
         expected_items: u64,
         target_fp: f64,
@@ -165,46 +279,51 @@ impl FilterParams {
         if !(target_fp > 0.0 && target_fp < 1.0) {
             return Err(FilterError::InvalidTarget);
         }
-        let min = match layout {
-            Layout::Plain => MIN_LOG2_BITS,
-            Layout::Blocked512 => BLOCK_LOG2,
+        let too_large = FilterError::TooLarge { bits: MAX_BITS };
+        // No Bloom filter beats 2^-(m/n·ln2) at m/n bits per item: sizes
+        // below that cannot reach the target at all.
+        let ln2sq = core::f64::consts::LN_2 * core::f64::consts::LN_2;
+        let hopeless = |bits: u64| {
+            let per_item = bits as f64 / expected_items.max(1) as f64;
+            (-(per_item * ln2sq)).exp() > target_fp
         };
-        for log2_bits in min..=MAX_LOG2_BITS {
-            // No Bloom filter beats 2^-(m/n·ln2) at m/n bits per item:
-            // skip sizes that cannot reach the target at all.
-            let bits_per_item = (1u64 << log2_bits) as f64 / expected_items.max(1) as f64;
-            if (-(bits_per_item * core::f64::consts::LN_2 * core::f64::consts::LN_2)).exp()
-                > target_fp
-            {
-                continue;
-            }
-            let mut best: Option<(u8, f64)> = None;
-            for k in 1..=MAX_K {
-                let p = FilterParams {
-                    log2_bits,
-                    k,
-                    layout,
-                    hash: HashScheme::Sha256High,
+        let smallest_k = |p: FilterParams| {
+            (1..=MAX_K)
+                .map(|k| FilterParams { k, ..p })
+                .find(|q| q.predicted_fp(expected_items) <= target_fp)
+        };
+        match layout {
+            Layout::Plain => (MIN_LOG2_BITS..=MAX_LOG2_BITS)
+                .map(|n| FilterParams::plain(n, 1))
+                .filter(|p| !hopeless(p.bits))
+                .find_map(smallest_k)
+                .ok_or(too_large),
+            Layout::Blocked512 => {
+                let fits = |blocks: u64| {
+                    let p = FilterParams::blocked(blocks, 1);
+                    !hopeless(p.bits) && smallest_k(p).is_some()
                 };
-                let fp = p.predicted_fp(expected_items);
-                if best.is_none_or(|(_, b)| fp < b) {
-                    best = Some((k, fp));
+                let max_blocks = MAX_BITS >> BLOCK_LOG2;
+                if !fits(max_blocks) {
+                    return Err(too_large);
                 }
-            }
-            if let Some((k, fp)) = best {
-                if fp <= target_fp {
-                    return Ok(FilterParams {
-                        log2_bits,
-                        k,
-                        layout,
-                        hash: HashScheme::Sha256High,
-                    });
+                // fp falls as blocks grow (for every k): binary search for
+                // the first block count that fits. lo never fits, hi does.
+                let (mut lo, mut hi) = (0u64, max_blocks);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if fits(mid) {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
                 }
+                let align =
+                    1u64 << (63 - hi.leading_zeros() as u8).saturating_sub(PARTITION_SLACK_LOG2);
+                let blocks = hi.div_ceil(align).saturating_mul(align).min(max_blocks);
+                smallest_k(FilterParams::blocked(blocks, 1)).ok_or(too_large)
             }
         }
-        Err(FilterError::TooLarge {
-            log2_bits: MAX_LOG2_BITS,
-        })
     }
 
     /// The draft's scheme ([`draft_interop`](Self::draft_interop)) at the
@@ -220,9 +339,7 @@ impl FilterParams {
         (MIN_LOG2_BITS..=MAX_LOG2_BITS)
             .map(FilterParams::draft_interop)
             .find(|p| p.predicted_fp(expected_items) <= target_fp)
-            .ok_or(FilterError::TooLarge {
-                log2_bits: MAX_LOG2_BITS,
-            })
+            .ok_or(FilterError::TooLarge { bits: MAX_BITS })
     }
 
     /// Predicted false-positive rate after `items` distinct SIIs.
@@ -230,16 +347,16 @@ impl FilterParams {
     /// Items fall into groups (blocks / regions) of s bits, the count per
     /// group is Poisson(λ = items·s/m), and within a group of i items a
     /// non-member hits k independent positions: fp = Σ_i P(i)·(1-(1-1/s)^{ki})^k.
-    /// With one group (small plain filter) the count is exactly `items`.
+    /// With one group (small filter) the count is exactly `items`.
     pub fn predicted_fp(&self, items: u64) -> f64 {
         let k = f64::from(self.k);
-        let s_log2 = self.group_log2();
-        let s = (1u64 << s_log2) as f64;
+        let group = self.group_bits();
+        let s = group as f64;
         let fp_in_group = |i: f64| (1.0 - (1.0 - 1.0 / s).powf(k * i)).powf(k);
-        if s_log2 == self.log2_bits {
+        if group >= self.bits {
             return fp_in_group(items as f64);
         }
-        let m = self.bits() as f64;
+        let m = self.bits as f64;
         let lambda = items as f64 * s / m;
         poisson_expectation(lambda, fp_in_group)
     }
@@ -327,6 +444,31 @@ pub(crate) fn prefix(d: &[u8; 32], bits: u8) -> u64 {
     top_bits(head(d), bits)
 }
 
+/// The digest's first 8 bytes as a big-endian u64: the fraction
+/// prefix64 / 2^64 in [0, 1) that places a digest among the blocks.
+#[inline(always)]
+pub(crate) fn head64(d: &[u8; 32]) -> u64 {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, ..] = *d;
+    u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7])
+}
+
+/// ⌊x · n / 2^64⌋ for n < 2^32 (Lemire's multiply-shift range reduction,
+/// with a 64-bit fraction), from two 32×32→64-bit products: exact, and
+/// cheap in wasm, which has no 64×64→128 multiply. For n = 2^b this is
+/// the top b bits of x. Monotone in x, so blocks stay in prefix order.
+#[inline(always)]
+pub(crate) fn mul_high(x: u64, n: u64) -> u64 {
+    let hi = (x >> 32).wrapping_mul(n);
+    let lo = (x & 0xffff_ffff).wrapping_mul(n);
+    hi.wrapping_add(lo >> 32) >> 32
+}
+
+/// The block (0..blocks) of a digest: ⌊prefix64 · blocks / 2^64⌋.
+#[inline(always)]
+pub(crate) fn block_of(d: &[u8; 32], blocks: u64) -> u64 {
+    mul_high(head64(d), blocks)
+}
+
 /// The k in-block positions (0..512) as eight 64-bit masks: slice j is
 /// bits `9·(j mod 7) .. 9·(j mod 7)+9` (least significant first) of tail
 /// word `j / 7` (little-endian u64 at bytes 8+8·(j/7)) — 21 slices ≥ [`MAX_K`].
@@ -353,13 +495,14 @@ pub(crate) fn block_masks(t: &[u64; 3], k: u8) -> [u64; 8] {
 }
 
 impl FilterParams {
-    /// All k positions, as global bit indices in 0..2^N. Assumes validated.
+    /// All k positions, as global bit indices in 0..bits. Assumes validated.
     ///
     /// - Plain + Sha256Low (k = 1, the draft): the 256-bit digest as a
     ///   big-endian integer, mod 2^N, i.e. the low N bits of its last bytes.
-    /// - Blocked512 + Sha256High: block = top N-9 bits of the digest; slot j
-    ///   = 9-bit slice j of digest bytes 8..32 (see [`block_masks`]);
-    ///   position = block·512 + slot.
+    /// - Blocked512 + Sha256High: B = bits/512 blocks; block = ⌊x·B/2^64⌋
+    ///   where x = digest bytes 0..8 as a big-endian u64 (for B = 2^b: the
+    ///   top b bits of the digest); slot j = 9-bit slice j of digest bytes
+    ///   8..32 (see [`block_masks`]); position = block·512 + slot.
     /// - Plain + Sha256High: T = N-16 prefix bits (0 if N ≤ 16), R = N-T;
     ///   h1, h2 = high and low half of the little-endian u64 at bytes 8..16,
     ///   h2 forced odd;
@@ -375,12 +518,12 @@ impl FilterParams {
                 // draft §9: "each SII is hashed using a crypto hash. Of the
                 // results, the lowest N bits are selected."
                 let [.., e0, e1, e2, e3, e4, e5, e6, e7] = *d;
-                out.idx[0] =
-                    u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]) & (self.bits() - 1);
+                let low_n = (1u64 << n.min(63)) - 1;
+                out.idx[0] = u64::from_be_bytes([e0, e1, e2, e3, e4, e5, e6, e7]) & low_n;
                 out.len = 1;
             }
             (Layout::Blocked512, HashScheme::Sha256High) => {
-                let base = prefix(d, n - BLOCK_LOG2) << BLOCK_LOG2;
+                let base = block_of(d, self.blocks()) << BLOCK_LOG2;
                 let mut src = tail_words(d);
                 let k = usize::from(self.k.min(MAX_K));
                 for (j, slot) in out.idx.iter_mut().take(k).enumerate() {

@@ -23,22 +23,13 @@ fn header(params: FilterParams) -> FilterHeader {
     }
 }
 
+/// A blocked filter of 2^log2_bits bits (a power-of-two block count).
 fn blocked(log2_bits: u8, k: u8) -> FilterParams {
-    FilterParams {
-        log2_bits,
-        k,
-        layout: Layout::Blocked512,
-        hash: HashScheme::Sha256High,
-    }
+    FilterParams::blocked(1 << (log2_bits - BLOCK_LOG2), k)
 }
 
 fn plain(log2_bits: u8, k: u8) -> FilterParams {
-    FilterParams {
-        log2_bits,
-        k,
-        layout: Layout::Plain,
-        hash: HashScheme::Sha256High,
-    }
+    FilterParams::plain(log2_bits, k)
 }
 
 const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -118,10 +109,37 @@ fn params_validation() {
     assert_eq!(plain(20, 0).validate(), Err(FilterError::KOutOfRange(0)));
     assert_eq!(plain(20, 17).validate(), Err(FilterError::KOutOfRange(17)));
     assert_eq!(
-        blocked(8, 4).validate(),
-        Err(FilterError::BlockedTooSmall(8))
+        FilterParams::blocked(0, 4).validate(),
+        Err(FilterError::BlockedBits(0))
     );
     assert!(blocked(9, 16).validate().is_ok());
+    assert!(FilterParams::blocked(19_531, 7).validate().is_ok());
+    assert_eq!(
+        FilterParams::blocked((1 << 31) + 1, 7).validate(),
+        Err(FilterError::BlockedBits(((1 << 31) + 1) * 512))
+    );
+    // Hand-built params whose two size fields disagree.
+    let mut odd = FilterParams::blocked(3, 7);
+    odd.bits += 8;
+    assert_eq!(odd.validate(), Err(FilterError::BlockedBits(3 * 512 + 8)));
+    odd.bits = 3 * 512;
+    odd.log2_bits = 12;
+    assert_eq!(
+        odd.validate(),
+        Err(FilterError::SizeMismatch {
+            log2_bits: 12,
+            bits: 1536
+        })
+    );
+    let mut p = plain(20, 3);
+    p.bits = 3 << 18;
+    assert_eq!(
+        p.validate(),
+        Err(FilterError::SizeMismatch {
+            log2_bits: 20,
+            bits: 3 << 18
+        })
+    );
     let mut low = FilterParams::draft_interop(20);
     low.k = 2;
     assert_eq!(low.validate(), Err(FilterError::LowHashNeedsPlainK1));
@@ -131,24 +149,49 @@ fn params_validation() {
 }
 
 #[test]
-fn for_capacity_picks_power_of_two_and_optimal_k() {
-    // 1M items at 1%: plain needs 9.6 Mbit -> 2^24, k ≈ 16.7·ln2 ≈ 11.6 -> 12,
-    // but k is capped to minimise fp at that size.
+fn for_capacity_plain_picks_power_of_two_and_smallest_k() {
+    // 1M items at 1%: plain needs 9.6 Mbit -> 2^24 (16.8 bits/SII), where
+    // already k = 4 reaches 1% ((1-e^{-4/16.8})^4 ≈ 0.0024).
     let p = FilterParams::for_capacity(1_000_000, 0.01, Layout::Plain).unwrap();
-    assert_eq!(p.log2_bits, 24);
-    assert!((11..=12).contains(&p.k), "k = {}", p.k);
+    assert_eq!((p.log2_bits, p.bits), (24, 1 << 24));
     assert!(p.predicted_fp(1_000_000) <= 0.01);
-    assert!(FilterParams::for_capacity(1_000_000, 0.01, Layout::Plain)
-        .map(|p| FilterParams {
-            log2_bits: p.log2_bits - 1,
-            ..p
-        }
-        .predicted_fp(1_000_000)
-            > 0.01)
-        .unwrap());
-    let b = FilterParams::for_capacity(1_000_000, 0.01, Layout::Blocked512).unwrap();
-    assert_eq!(b.layout, Layout::Blocked512);
-    assert!(b.predicted_fp(1_000_000) <= 0.01);
+    assert!(
+        FilterParams { k: p.k - 1, ..p }.predicted_fp(1_000_000) > 0.01,
+        "k = {} is the smallest that meets the target",
+        p.k
+    );
+    assert!((1..=MAX_K).all(|k| plain(23, k).predicted_fp(1_000_000) > 0.01));
+}
+
+#[test]
+fn for_capacity_blocked_sizes_by_whole_blocks_near_the_bloom_optimum() {
+    let n = 1_000_000;
+    let b = FilterParams::for_capacity(n, 0.01, Layout::Blocked512).unwrap();
+    assert_eq!(
+        (b.layout, b.hash),
+        (Layout::Blocked512, HashScheme::Sha256High)
+    );
+    assert!(b.validate().is_ok());
+    assert!(b.predicted_fp(n) <= 0.01);
+    // The Bloom optimum is 9.59 bits/SII; blocking costs a little more.
+    let per_sii = b.bits as f64 / n as f64;
+    assert!((9.6..10.6).contains(&per_sii), "{per_sii} bits/SII");
+    // Minimal: 1% fewer blocks miss the target whatever k.
+    let fewer = b.blocks() * 99 / 100;
+    assert!((1..=MAX_K).all(|k| FilterParams::blocked(fewer, k).predicted_fp(n) > 0.01));
+    // Smallest k meeting the target at that size.
+    assert!(FilterParams { k: b.k - 1, ..b }.predicted_fp(n) > 0.01);
+    // Rounded so it still cuts into 2^(⌊log2 blocks⌋ - 8) partitions.
+    let floor_log2 = 63 - b.blocks().leading_zeros() as u8;
+    assert!(b.max_partition_bits() >= floor_log2 - PARTITION_SLACK_LOG2);
+    // Tiny and huge.
+    assert_eq!(
+        FilterParams::for_capacity(1, 0.01, Layout::Blocked512).unwrap(),
+        FilterParams::blocked(1, 1)
+    );
+    let big = FilterParams::for_capacity(5_000_000_000, 0.01, Layout::Blocked512).unwrap();
+    assert!(big.bits as f64 / 5e9 < 10.6);
+    assert!(big.max_partition_bits() >= 15, "{big:?}");
     assert_eq!(
         FilterParams::for_capacity(10, 0.0, Layout::Plain),
         Err(FilterError::InvalidTarget)
@@ -169,7 +212,7 @@ fn for_capacity_picks_power_of_two_and_optimal_k() {
 fn new_refuses_what_cannot_be_allocated_instead_of_aborting() {
     // 2^40 bits = 128 GiB: refused (or, on a huge machine, allocated).
     match Filter::new(header(plain(40, 3))) {
-        Err(FilterError::TooLarge { log2_bits: 40 }) => {}
+        Err(FilterError::TooLarge { bits }) if bits == 1 << 40 => {}
         Ok(f) => assert_eq!(f.local_bits(), 1 << 40),
         Err(e) => panic!("unexpected {e}"),
     }
@@ -213,6 +256,30 @@ fn blocked_positions_share_one_block_from_the_top_bits() {
 }
 
 #[test]
+fn blocked_non_power_of_two_places_digests_by_prefix_fraction() {
+    // block = ⌊prefix64 · B / 2^64⌋: ordered by prefix, every block used,
+    // and blocks p·c..(p+1)·c hold exactly the digests with top P bits p.
+    let b = 3 * 16u64;
+    let f = Filter::new(header(FilterParams::blocked(b, 6))).unwrap();
+    let mut seen = vec![0u32; b as usize];
+    for i in 0..5_000 {
+        let d = digest("o", i);
+        let pos: Vec<u64> = f.positions(&d).collect();
+        let block = pos[0] >> 9;
+        assert!(pos.iter().all(|p| p >> 9 == block));
+        let x = u64::from_be_bytes(d[..8].try_into().unwrap());
+        assert_eq!(u128::from(block), (u128::from(x) * u128::from(b)) >> 64);
+        assert_eq!(block / 3, u64::from(partition_of(&d, 4)));
+        seen[block as usize] += 1;
+    }
+    // ~104 per block; a block never chosen would show a mapping bug.
+    assert!(seen.iter().all(|&c| (50..170).contains(&c)), "{seen:?}");
+    assert_eq!(FilterParams::blocked(b, 6).max_partition_bits(), 4);
+    assert_eq!(FilterParams::blocked(19_531, 6).max_partition_bits(), 0);
+    assert_eq!(f.partition(5, 0).unwrap_err().status(), 422);
+}
+
+#[test]
 fn plain_positions_share_prefix_region() {
     let p = plain(22, 9);
     let d = digest("p", 3);
@@ -233,12 +300,19 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
+    fn mul_high_is_the_exact_high_word(x in any::<u64>(), n in 1u64..(1 << 32)) {
+        let want = ((u128::from(x) * u128::from(n)) >> 64) as u64;
+        prop_assert_eq!(params::mul_high(x, n), want);
+        prop_assert!(want < n);
+    }
+
+    #[test]
     fn no_false_negatives(seeds in proptest::collection::vec(any::<u64>(), 1..200),
                           which in 0usize..4, k in 1u8..=16) {
         let params = match which {
             0 => blocked(12, k),
             1 => plain(12, k),
-            2 => plain(18, k),
+            2 => FilterParams::blocked(7, k),
             _ => FilterParams::draft_interop(12),
         };
         let mut f = Filter::new(header(params)).unwrap();
@@ -248,8 +322,9 @@ proptest! {
 
     #[test]
     fn additions_replayed_on_a_copy_give_identical_bits(
-        seeds in proptest::collection::vec(any::<u64>(), 0..300), which in 0usize..3) {
-        let params = [blocked(13, 6), plain(17, 4), FilterParams::draft_interop(10)][which];
+        seeds in proptest::collection::vec(any::<u64>(), 0..300), which in 0usize..4) {
+        let params = [blocked(13, 6), plain(17, 4), FilterParams::draft_interop(10),
+                      FilterParams::blocked(37, 6)][which];
         let mut owner = Filter::new(header(params)).unwrap();
         // The subscriber got the snapshot when it was half built.
         let half = seeds.len() / 2;
@@ -269,8 +344,10 @@ proptest! {
     fn partition_lookup_equals_whole_lookup(
         seeds in proptest::collection::vec(any::<u64>(), 0..300),
         probes in proptest::collection::vec(any::<u64>(), 1..100),
-        which in 0usize..2, p_bits in 0u8..=4) {
-        let params = [blocked(14, 5), plain(20, 5)][which];
+        which in 0usize..4, p_bits in 0u8..=4) {
+        // Power-of-two sizes, and 48 = 3·2^4 / 80 = 5·2^4 blocks.
+        let params = [blocked(14, 5), plain(20, 5), FilterParams::blocked(48, 5),
+                      FilterParams::blocked(80, 8)][which];
         let mut whole = Filter::new(header(params)).unwrap();
         for s in &seeds { whole.insert(&digest("w", *s)); }
         let parts: Vec<Filter> = (0..1u32 << p_bits)
@@ -285,7 +362,12 @@ proptest! {
         let mut parts2 = parts.clone();
         for d in probes.iter().map(|s| digest("q", *s)) {
             let p = partition_of(&d, p_bits) as usize;
-            prop_assert_eq!(parts2[p].insert(&d), whole.insert(&d));
+            let add = whole.insert(&d);
+            prop_assert_eq!(parts2[p].insert(&d), add);
+            // Additions of the whole route to the partition by index.
+            for &i in &add {
+                prop_assert_eq!(params.partition_of_bit(i, p_bits), Some(p as u32));
+            }
         }
         for (i, p) in parts2.iter().enumerate() {
             prop_assert_eq!(p, &whole.partition(p_bits, i as u32).unwrap());
@@ -392,6 +474,7 @@ fn measured_fp_matches_estimates_within_15_percent() {
     for (params, n) in [
         (plain(17, 7), 13_600u64),
         (blocked(17, 7), 12_000),
+        (FilterParams::blocked(200, 7), 9_200),
         (plain(20, 7), 108_000),
         (FilterParams::draft_interop(20), 10_500),
     ] {
@@ -440,21 +523,41 @@ fn wire_round_trip_and_golden_header() {
     let mut f = Filter::new(header(blocked(10, 3))).unwrap();
     f.insert(&digest("g", 0));
     let bytes = f.to_bytes();
-    assert_eq!(bytes.len(), 40 + 128 + 8);
-    assert_eq!(&bytes[..4], b"GLF1");
+    assert_eq!(bytes.len(), 48 + 128 + 8);
+    assert_eq!(&bytes[..4], b"GLF2");
     assert_eq!(
         &bytes[4..12],
-        &[1, 1, 1, 10, 3, 0, 0, 0],
-        "format, layout, hash, N, k, P, reserved"
+        &[2, 1, 1, 3, 0, 0, 0, 0],
+        "format, layout, hash, k, P, reserved"
     );
     assert_eq!(&bytes[12..20], &7u64.to_be_bytes());
     assert_eq!(&bytes[20..28], &1_700_000_000_000u64.to_be_bytes());
     assert_eq!(&bytes[28..32], &[0, 0, 0, 0]);
-    assert_eq!(&bytes[32..40], &1024u64.to_be_bytes());
-    assert_eq!(&bytes[40..168], f.bitmap_bytes().as_slice());
+    assert_eq!(&bytes[32..40], &1024u64.to_be_bytes(), "m, whole filter");
+    assert_eq!(&bytes[40..48], &1024u64.to_be_bytes(), "bits held here");
+    assert_eq!(&bytes[48..176], f.bitmap_bytes().as_slice());
     let back = Filter::from_bytes(&bytes).unwrap();
     assert_eq!(back, f);
     assert_eq!(back.count_ones(), f.count_ones());
+}
+
+#[test]
+fn wire_round_trips_a_non_power_of_two_blocked_partition() {
+    // 48 = 3·2^4 blocks: cuts into up to 16 partitions of 3 blocks.
+    let mut f = Filter::new(header(FilterParams::blocked(48, 7))).unwrap();
+    for i in 0..300 {
+        f.insert(&digest("n", i));
+    }
+    let back = Filter::from_bytes(&f.to_bytes()).unwrap();
+    assert_eq!(back, f);
+    assert_eq!(back.params().log2_bits, 15, "⌈log2 24576⌉");
+    let part = f.partition(4, 13).unwrap();
+    let bytes = part.to_bytes();
+    assert_eq!(&bytes[32..40], &(48u64 * 512).to_be_bytes());
+    assert_eq!(&bytes[40..48], &(3u64 * 512).to_be_bytes());
+    assert_eq!(bytes.len(), 48 + 3 * 64 + 8);
+    assert_eq!(Filter::from_bytes(&bytes).unwrap(), part);
+    assert_eq!(part.first_bit(), 13 * 3 * 512);
 }
 
 #[test]
@@ -473,17 +576,27 @@ fn wire_refuses_specific_malformations() {
         b[at] = v;
         resum(b)
     };
+    let with_u64 = |at: usize, v: u64| {
+        let mut b = good.clone();
+        b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        resum(b)
+    };
     assert_eq!(
         Filter::from_bytes(&[]),
-        Err(FilterError::Truncated { needed: 49, got: 0 })
+        Err(FilterError::Truncated { needed: 57, got: 0 })
     );
     assert_eq!(
         Filter::from_bytes(&mutate(0, b'X')),
         Err(FilterError::BadMagic)
     );
     assert_eq!(
-        Filter::from_bytes(&mutate(4, 2)),
-        Err(FilterError::UnsupportedFormat(2))
+        Filter::from_bytes(&mutate(3, b'1')),
+        Err(FilterError::UnsupportedFormat(1)),
+        "GLF1 snapshots (log2 size byte) are refused, not misread"
+    );
+    assert_eq!(
+        Filter::from_bytes(&mutate(4, 3)),
+        Err(FilterError::UnsupportedFormat(3))
     );
     assert_eq!(
         Filter::from_bytes(&mutate(5, 9)),
@@ -494,29 +607,51 @@ fn wire_refuses_specific_malformations() {
         Err(FilterError::UnknownHashScheme(9))
     );
     assert_eq!(
-        Filter::from_bytes(&mutate(7, 41)),
-        Err(FilterError::Log2BitsOutOfRange(41))
-    );
-    assert_eq!(
-        Filter::from_bytes(&mutate(8, 0)),
+        Filter::from_bytes(&mutate(7, 0)),
         Err(FilterError::KOutOfRange(0))
     );
+    assert!(matches!(
+        Filter::from_bytes(&mutate(8, 1)),
+        Err(FilterError::PartitionUnsupported { .. })
+    ));
     assert_eq!(
         Filter::from_bytes(&mutate(10, 1)),
         Err(FilterError::ReservedNonZero)
     );
+    // m: not a power of two for a plain filter; beyond 2^40; zero.
+    assert_eq!(
+        Filter::from_bytes(&with_u64(32, 3 << 12)),
+        Err(FilterError::SizeMismatch {
+            log2_bits: 14,
+            bits: 3 << 12
+        })
+    );
+    assert_eq!(
+        Filter::from_bytes(&with_u64(32, 1 << 41)),
+        Err(FilterError::Log2BitsOutOfRange(41))
+    );
+    assert_eq!(
+        Filter::from_bytes(&with_u64(32, 0)),
+        Err(FilterError::Log2BitsOutOfRange(0))
+    );
+    // Plain 2^12 re-labelled blocked: 4096 = 8 blocks is a valid size,
+    // but a larger m claims more bits than the bytes present.
+    assert!(Filter::from_bytes(&mutate(5, 1)).is_ok());
     assert!(matches!(
-        Filter::from_bytes(&mutate(9, 1)),
-        Err(FilterError::PartitionUnsupported { .. })
-    ));
-    // N claims a bigger filter than the bytes present.
-    assert!(matches!(
-        Filter::from_bytes(&mutate(7, 40)),
+        Filter::from_bytes(&with_u64(32, 1 << 40)),
         Err(FilterError::LengthMismatch { .. })
     ));
-    // Declared bit count lies.
+    assert_eq!(
+        Filter::from_bytes(&resum({
+            let mut b = mutate(5, 1);
+            b[32..40].copy_from_slice(&4100u64.to_be_bytes());
+            b
+        })),
+        Err(FilterError::BlockedBits(4100))
+    );
+    // Declared bit count held lies.
     assert!(matches!(
-        Filter::from_bytes(&mutate(38, 0x20)),
+        Filter::from_bytes(&with_u64(40, 2048)),
         Err(FilterError::LengthMismatch { .. })
     ));
     // Extra payload byte.
@@ -529,7 +664,7 @@ fn wire_refuses_specific_malformations() {
     ));
     // A flipped payload bit without a new checksum.
     let mut flipped = good.clone();
-    flipped[50] ^= 1;
+    flipped[60] ^= 1;
     assert_eq!(
         Filter::from_bytes(&flipped),
         Err(FilterError::ChecksumMismatch)
@@ -547,8 +682,11 @@ proptest! {
     }
 
     #[test]
-    fn decoder_refuses_every_single_byte_mutation(at in 0usize..176, x in 1u8..=255) {
-        let mut f = Filter::new(header(blocked(10, 3))).unwrap();
+    fn decoder_refuses_every_single_byte_mutation(at in 0usize..184, x in 1u8..=255,
+                                                  odd in any::<bool>()) {
+        // 2^10 bits, or 3 blocks (1536 bits: 40 more bytes, same header).
+        let params = if odd { FilterParams::blocked(3, 3) } else { blocked(10, 3) };
+        let mut f = Filter::new(header(params)).unwrap();
         f.insert(&digest("g", 0));
         let mut b = f.to_bytes();
         b[at] ^= x;
@@ -556,7 +694,7 @@ proptest! {
     }
 
     #[test]
-    fn decoder_refuses_truncation(cut in 0usize..176) {
+    fn decoder_refuses_truncation(cut in 0usize..184) {
         let f = Filter::new(header(blocked(10, 3))).unwrap();
         let b = f.to_bytes();
         prop_assert!(Filter::from_bytes(&b[..cut]).is_err());
@@ -664,4 +802,14 @@ fn default_scheme_vectors() {
         p.positions(&d).collect::<Vec<_>>(),
         vec![765533, 782238, 733407, 750112]
     );
+    // Blocked512, 1000 blocks: block = (0xba7816bf8f01cfea · 1000) >> 64
+    // = 728; same in-block slots as above.
+    let b = Filter::new(header(FilterParams::blocked(1000, 8))).unwrap();
+    assert_eq!(
+        b.positions(&d).collect::<Vec<_>>(),
+        vec![373057, 372768, 373136, 373179, 372965, 373013, 372876, 373168]
+    );
+    // 19,531 blocks (1M SIIs at ~10 bits): block 14226.
+    let b = Filter::new(header(FilterParams::blocked(19_531, 2))).unwrap();
+    assert_eq!(b.positions(&d).collect::<Vec<_>>(), vec![7284033, 7283744]);
 }

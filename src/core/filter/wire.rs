@@ -1,23 +1,27 @@
 //! Binary encodings of a filter snapshot and of an additions batch.
 //!
-//! Snapshot (`GLF1`), all integers big-endian:
+//! Snapshot (`GLF2`), all integers big-endian:
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
-//! | 0  | 4 | magic `b"GLF1"` |
-//! | 4  | 1 | format version = 1 |
+//! | 0  | 4 | magic `b"GLF2"` |
+//! | 4  | 1 | format version = 2 |
 //! | 5  | 1 | layout (0 plain, 1 blocked512) |
 //! | 6  | 1 | hash scheme (0 sha256-low, 1 sha256-high) |
-//! | 7  | 1 | log2_bits N |
-//! | 8  | 1 | k |
-//! | 9  | 1 | partition bits P |
-//! | 10 | 2 | reserved, 0 |
+//! | 7  | 1 | k |
+//! | 8  | 1 | partition bits P |
+//! | 9  | 3 | reserved, 0 |
 //! | 12 | 8 | filter version |
 //! | 20 | 8 | created_at_ms |
 //! | 28 | 4 | partition index |
-//! | 32 | 8 | bit count held = 2^(N-P) |
-//! | 40 | 2^(N-P)/8 | bitmap: bit i = byte i/8, mask 1 << (i%8) |
+//! | 32 | 8 | m: bits in the whole filter (2^N for plain, 512·blocks for blocked) |
+//! | 40 | 8 | bit count held here = m / 2^P |
+//! | 48 | (m/2^P)/8 | bitmap: bit i = byte i/8, mask 1 << (i%8) |
 //! | end-8 | 8 | first 8 bytes of SHA-256 of everything before |
+//!
+//! N (`log2_bits`) is not sent: it is ⌈log2 m⌉. Format 1 (`GLF1`, a log2
+//! size byte instead of m) is refused with `UnsupportedFormat(1)`: peers
+//! re-fetch a snapshot rather than guess at a size it cannot express.
 //!
 //! The checksum catches corruption in storage and transit (KV chunks);
 //! authenticity comes from the signed GP-to-GP transport, not from here.
@@ -26,13 +30,17 @@
 //! BE), count (LEB128), then the first index and the gaps to each next
 //! index (LEB128, gaps ≥ 1: strictly ascending, no duplicates).
 
-use super::{Filter, FilterError, FilterHeader, FilterParams, HashScheme, Layout, Partition};
+use super::{
+    params, Filter, FilterError, FilterHeader, FilterParams, HashScheme, Layout, Partition,
+};
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8; 4] = b"GLF1";
+const MAGIC: &[u8; 4] = b"GLF2";
+const OLD_MAGIC: &[u8; 4] = b"GLF1";
 const ADD_MAGIC: &[u8; 4] = b"GLA1";
-const FORMAT: u8 = 1;
-const HEADER_LEN: usize = 40;
+const FORMAT: u8 = 2;
+const ADD_FORMAT: u8 = 1;
+const HEADER_LEN: usize = 48;
 const SUM_LEN: usize = 8;
 
 fn checksum(bytes: &[u8]) -> [u8; SUM_LEN] {
@@ -68,13 +76,13 @@ impl Filter {
         out.push(FORMAT);
         out.push(p.layout.to_wire());
         out.push(p.hash.to_wire());
-        out.push(p.log2_bits);
         out.push(p.k);
         out.push(self.part.bits);
-        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&[0, 0, 0]);
         out.extend_from_slice(&self.header.version.to_be_bytes());
         out.extend_from_slice(&self.header.created_at_ms.to_be_bytes());
         out.extend_from_slice(&self.part.index.to_be_bytes());
+        out.extend_from_slice(&p.bits.to_be_bytes());
         out.extend_from_slice(&self.local_bits().to_be_bytes());
         out.extend_from_slice(&bitmap);
         let sum = checksum(&out);
@@ -95,25 +103,31 @@ impl Filter {
                 got: bytes.len(),
             });
         }
-        if &arr::<4>(bytes, 0)? != MAGIC {
+        let magic = arr::<4>(bytes, 0)?;
+        if &magic == OLD_MAGIC {
+            return Err(FilterError::UnsupportedFormat(1));
+        }
+        if &magic != MAGIC {
             return Err(FilterError::BadMagic);
         }
         let format = byte(bytes, 4)?;
         if format != FORMAT {
             return Err(FilterError::UnsupportedFormat(format));
         }
-        if arr::<2>(bytes, 10)? != [0, 0] {
+        if arr::<3>(bytes, 9)? != [0, 0, 0] {
             return Err(FilterError::ReservedNonZero);
         }
+        let bits = u64::from_be_bytes(arr(bytes, 32)?);
         let params = FilterParams {
             layout: Layout::from_wire(byte(bytes, 5)?)?,
             hash: HashScheme::from_wire(byte(bytes, 6)?)?,
-            log2_bits: byte(bytes, 7)?,
-            k: byte(bytes, 8)?,
+            log2_bits: params::ceil_log2(bits),
+            bits,
+            k: byte(bytes, 7)?,
         };
         params.validate()?;
         let part = Partition {
-            bits: byte(bytes, 9)?,
+            bits: byte(bytes, 8)?,
             index: u32::from_be_bytes(arr(bytes, 28)?),
         };
         if part.bits > params.max_partition_bits() {
@@ -128,8 +142,8 @@ impl Filter {
                 index: part.index,
             });
         }
-        let expected_bits = 1u64 << (params.log2_bits - part.bits);
-        let declared = u64::from_be_bytes(arr(bytes, 32)?);
+        let expected_bits = params.bits >> part.bits;
+        let declared = u64::from_be_bytes(arr(bytes, 40)?);
         if declared != expected_bits {
             return Err(FilterError::LengthMismatch {
                 declared,
@@ -207,7 +221,7 @@ pub fn encode_additions(version: u64, indices: &[u64]) -> Vec<u8> {
     sorted.dedup();
     let mut out = Vec::with_capacity(16 + sorted.len() * 3);
     out.extend_from_slice(ADD_MAGIC);
-    out.push(FORMAT);
+    out.push(ADD_FORMAT);
     out.extend_from_slice(&version.to_be_bytes());
     put_varint(&mut out, sorted.len() as u64);
     let mut prev = None;
@@ -234,7 +248,7 @@ pub fn decode_additions(bytes: &[u8]) -> Result<AdditionsBatch, FilterError> {
         return Err(FilterError::BadMagic);
     }
     let format = byte(bytes, 4)?;
-    if format != FORMAT {
+    if format != ADD_FORMAT {
         return Err(FilterError::UnsupportedFormat(format));
     }
     let version = u64::from_be_bytes(arr(bytes, 5)?);
