@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Routing-filter benchmark: ours vs fastbloom, natively and in wasm (WASI
-# under Node's node:wasi), plus the accuracy table. Prints medians.
+# under Node's node:wasi), plus the accuracy table and the blocked filter's
+# bits-per-SII-for-each-k table. Prints medians.
 #
 #   scripts/bench-filter.sh            # speed native + wasm, accuracy table
 #   scripts/bench-filter.sh --criterion  # also run `cargo bench --bench filter`
@@ -58,6 +59,8 @@ paste <(sed -n '3,$p' /tmp/filter-bench-native.txt) <(sed -n '3,$p' /tmp/filter-
   | awk -F'\t' 'BEGIN{printf "%-52s %10s %10s\n","operation","native","wasm"} {n=split($1,a," "); v=a[n]; sub(/[ ]+[0-9.]+$/,"",$1); printf "%-52s %10s %10s\n",$1,v,$2}'
 echo
 "$NATIVE" fp "$ITEMS"
+echo
+"$NATIVE" sizing "$ITEMS"
 
 if [[ "${1:-}" == "--criterion" ]]; then
   cargo bench --bench filter
