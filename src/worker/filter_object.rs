@@ -76,7 +76,7 @@ impl FilterObject {
         if self.filter.borrow().is_none() {
             let loaded = match self.load_current()? {
                 Some(filter) => filter,
-                None => self.create_first()?,
+                None => self.create_version(1)?,
             };
             *self.filter.borrow_mut() = Some(loaded);
         }
@@ -119,15 +119,28 @@ impl FilterObject {
             .into_iter()
             .flat_map(|c| c.bytes.into_vec())
             .collect();
-        // Our own bytes failing to decode means storage corruption: a bug,
-        // not a client error.
-        let filter = Filter::from_bytes(&bytes).map_err(|e| {
-            ApiError::Internal(format!("stored filter v{} is corrupt: {e}", row.version))
-        })?;
+        // Our own bytes failing to decode means corruption or a snapshot
+        // written in an older wire format. The filter is derived data (the
+        // mappings are authoritative), so start a fresh version instead of
+        // failing every request; the rebuild repopulates it.
+        let filter = match Filter::from_bytes(&bytes) {
+            Ok(filter) => filter,
+            Err(e) => {
+                worker::console_error!(
+                    "stored filter v{} cannot be read ({e}); starting v{}",
+                    row.version,
+                    row.version + 1
+                );
+                return self
+                    .create_version(row.version.saturating_add(1) as u64)
+                    .map(Some);
+            }
+        };
         Ok(Some(filter))
     }
 
-    fn create_first(&self) -> ApiResult<Filter> {
+    /// Creates and stores an empty filter version sized from the config.
+    fn create_version(&self, version: u64) -> ApiResult<Filter> {
         let cfg = super::config::GpConfig::from_env(&self.env)?;
         let n = cfg.filter_expected_siis;
         let fp = cfg.filter_fp_rate;
@@ -140,7 +153,7 @@ impl FilterObject {
         .map_err(|e| ApiError::Internal(format!("filter config: {e}")))?;
         let now = Date::now().as_millis();
         let header = FilterHeader {
-            version: 1,
+            version,
             created_at_ms: now,
             params,
         };
@@ -201,6 +214,7 @@ fn filter_info(f: &Filter) -> Value {
     json!({
         "version": h.version,
         "created_at_ms": h.created_at_ms,
+        "bits": h.params.bits,
         "log2_bits": h.params.log2_bits,
         "k": h.params.k,
         "layout": layout_name(h.params.layout),
