@@ -5,11 +5,15 @@
 //! place (`error`).
 
 mod admin;
+mod ap_object;
 mod auth;
 mod body;
 mod config;
+mod delivery;
 mod error;
 mod filter_object;
+mod mapping_shard;
+mod mappings;
 mod oauth;
 mod peers;
 mod registry_object;

@@ -15,7 +15,7 @@
 
 use super::error::{ApiError, ApiResult, OrInternal};
 use crate::core::credentials::CertFingerprint;
-use crate::core::ratelimit::RateParams;
+use crate::core::ratelimit::{is_suspended, RateParams};
 use serde::{Deserialize, Serialize};
 use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
 
@@ -99,6 +99,19 @@ pub enum RegistryOp {
         id: String,
         secret_hash: String,
         rotate_webhook: bool,
+        now_ms: u64,
+    },
+    /// Enrolled users changed (mapping lifecycle: creations, bulk uploads,
+    /// deletions, replacements).
+    AdjustUsers {
+        id: String,
+        delta: i64,
+        now_ms: u64,
+    },
+    /// One more strike (draft §8.2.1); suspends at the AP's threshold
+    /// (draft §11.2, `RateParams::suspend_after_strikes`).
+    Strike {
+        id: String,
         now_ms: u64,
     },
 }
@@ -299,6 +312,34 @@ impl ApRegistry {
                     r.generation += 1;
                     if rotate_webhook {
                         r.webhook_generation += 1;
+                    }
+                    r.updated_at_ms = now_ms;
+                }),
+            ),
+            RegistryOp::AdjustUsers { id, delta, now_ms } => (
+                id,
+                Box::new(move |ap: &mut StoredAp| {
+                    let r = &mut ap.record;
+                    r.enrolled_users = if delta < 0 {
+                        r.enrolled_users.saturating_sub(delta.unsigned_abs())
+                    } else {
+                        r.enrolled_users.saturating_add(delta.unsigned_abs())
+                    };
+                    r.updated_at_ms = now_ms;
+                }),
+            ),
+            RegistryOp::Strike { id, now_ms } => (
+                id,
+                Box::new(move |ap: &mut StoredAp| {
+                    let r = &mut ap.record;
+                    r.strikes = r.strikes.saturating_add(1);
+                    if !r.suspended && is_suspended(&r.rate_params, r.strikes) {
+                        r.suspended = true;
+                        r.suspended_reason = Some(format!(
+                            "{} strikes: changes reported as malicious by other providers' users",
+                            r.strikes
+                        ));
+                        r.generation += 1;
                     }
                     r.updated_at_ms = now_ms;
                 }),

@@ -6,6 +6,7 @@
 
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
+use super::mappings::{self, Action};
 use super::{admin, auth, filter_object, oauth, peers};
 use crate::core::ratelimit::allowed_rate;
 use serde_json::json;
@@ -25,6 +26,16 @@ enum Route {
     AdminApSuspend,
     AdminApReinstate,
     AdminApRotate,
+    AdminApAnalytics,
+    MappingCreate,
+    Verification,
+    MappingChoice,
+    MappingReestablish,
+    MappingPreferBack,
+    MappingReport,
+    MappingDelete,
+    MappingMine,
+    MappingBulk,
     DebugPanic,
     DebugRoutes,
 }
@@ -106,6 +117,66 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         template: "/admin/v1/aps/{id}/rotate-secret",
         route: Route::AdminApRotate,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps/{id}/analytics",
+        route: Route::AdminApAnalytics,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings",
+        route: Route::MappingCreate,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/verifications/{handle}",
+        route: Route::Verification,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/choice",
+        route: Route::MappingChoice,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/reestablish",
+        route: Route::MappingReestablish,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/prefer-back",
+        route: Route::MappingPreferBack,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/report",
+        route: Route::MappingReport,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/delete",
+        route: Route::MappingDelete,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/mine",
+        route: Route::MappingMine,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/mappings/bulk",
+        route: Route::MappingBulk,
         methods: POST,
         debug_only: false,
     },
@@ -207,6 +278,16 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::AdminApSuspend => admin::suspend(req, env, id).await,
         Route::AdminApReinstate => admin::reinstate(req, env, id).await,
         Route::AdminApRotate => admin::rotate(req, env, id).await,
+        Route::AdminApAnalytics => mappings::analytics(req, env, id).await,
+        Route::MappingCreate => mappings::create(req, env, cfg).await,
+        Route::Verification => mappings::confirm(req, env, cfg, id).await,
+        Route::MappingChoice => mappings::action(req, env, cfg, Action::Choice).await,
+        Route::MappingReestablish => mappings::action(req, env, cfg, Action::Reestablish).await,
+        Route::MappingPreferBack => mappings::action(req, env, cfg, Action::PreferBack).await,
+        Route::MappingReport => mappings::action(req, env, cfg, Action::Report).await,
+        Route::MappingDelete => mappings::action(req, env, cfg, Action::Delete).await,
+        Route::MappingMine => mappings::action(req, env, cfg, Action::Mine).await,
+        Route::MappingBulk => mappings::bulk(req, env, cfg).await,
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,

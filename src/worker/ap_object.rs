@@ -1,0 +1,612 @@
+//! ApObject: one SQLite Durable Object per enrolled AP (named by its id).
+//!
+//! It holds what is per AP and written on the creation path, so that no
+//! single object per GP sees every creation:
+//! - the AP's webhook **outbox** (signed, Standard Webhooks; retried with
+//!   `core::outbox` backoff from the object's alarm until the horizon, then
+//!   dead-lettered and visible to the operator) — one outbox per AP, so a
+//!   receiver that is down delays only its own events;
+//! - the per-AP code-send counter (SMS-pumping limit);
+//! - registration analytics (draft §11.2: "analytics to look for odd
+//!   patterns in registrations");
+//! - bulk-upload idempotency keys.
+//!
+//! Items from mapping shards ([`ApItem`]) are applied once each, by id:
+//! webhook events are queued, user-count changes and strikes are applied
+//! to the AP registry (strikes also queue an `ap.strike` event).
+
+use super::auth;
+use super::error::{ApiError, ApiResult, OrInternal};
+use super::mapping_shard::object_call;
+use super::registry_object::{self, RegistryOp, RegistryReply};
+use crate::core::bulk::KeyRecord;
+use crate::core::credentials::derive_webhook_secret;
+use crate::core::mapping::Strike;
+use crate::core::outbox::{delivered, Delivery, RetryPolicy};
+use crate::core::ratelimit::is_suspended;
+use crate::core::verification::{SendLimit, WindowCounter};
+use crate::core::webhook::{self, Event, EventData};
+use serde::{Deserialize, Serialize};
+use worker::{
+    durable_object, AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+    SqlStorage, State,
+};
+
+/// Something a mapping shard hands to an AP's object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApItem {
+    /// A webhook to deliver.
+    Event { id: String, event: Event },
+    /// Enrolled users changed (draft §11.2: rate limits "based on the
+    /// number of enrolled users"); `overlap` counts new mappings of SIIs
+    /// other APs already hold (an analytics signal).
+    Users {
+        id: String,
+        delta: i64,
+        overlap: u32,
+    },
+    /// A strike against this AP (draft §8.2.1).
+    Strike { id: String, strike: Strike },
+}
+
+impl ApItem {
+    /// The item's id (applied at most once).
+    pub fn id(&self) -> &str {
+        match self {
+            ApItem::Event { id, .. } | ApItem::Users { id, .. } | ApItem::Strike { id, .. } => id,
+        }
+    }
+}
+
+/// Registration signals per AP (draft §11.2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Analytics {
+    pub codes_sent: u64,
+    pub verified: u64,
+    pub wrong_codes: u64,
+    pub mappings_created: u64,
+    pub mappings_removed: u64,
+    /// New mappings for SIIs another AP already held.
+    pub overlapping: u64,
+    /// Phone numbers requested within ±16 of the previous one.
+    pub sequential: u64,
+    pub peak_codes_per_minute: u32,
+    pub minute_start_ms: u64,
+    pub this_minute: u32,
+    pub last_number: Option<u64>,
+    pub send_counter: WindowCounter,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ApOp {
+    Take {
+        ap: String,
+        items: Vec<ApItem>,
+    },
+    /// Count a code send against the AP's hourly limit (and analytics).
+    RecordSend {
+        per_ap_per_hour: u32,
+        /// The phone number as an integer, for the sequential-number signal.
+        number: Option<u64>,
+        now_ms: u64,
+    },
+    RefundSend,
+    NoteVerify {
+        ok: bool,
+    },
+    Stats,
+    IdemGet {
+        key: String,
+    },
+    IdemPut {
+        key: String,
+        record: KeyRecord,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ApReply {
+    Ok,
+    Limited {
+        retry_after_ms: Option<u64>,
+    },
+    Stats {
+        analytics: Analytics,
+        outbox: OutboxStats,
+    },
+    Idem {
+        record: Option<KeyRecord>,
+    },
+}
+
+/// What the operator sees of an AP's outbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutboxStats {
+    pub queued: u64,
+    pub dead: u64,
+    pub delivered: u64,
+    pub oldest_queued_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[durable_object]
+pub struct ApObject {
+    state: State,
+    env: Env,
+}
+
+impl worker::DurableObject for ApObject {
+    fn new(state: State, env: Env) -> Self {
+        ApObject { state, env }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let result = match req.json::<ApOp>().await {
+            Ok(op) => self.apply(op).await,
+            Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
+        };
+        match result {
+            Ok(reply) => Response::from_json(&reply),
+            Err(e) => e.into_response("/ap-object"),
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        match self.deliver_due().await {
+            Ok(Some(next)) => {
+                let wait = next.saturating_sub(auth::now_ms()) as i64;
+                self.state.storage().set_alarm(wait.max(0)).await?;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                worker::console_error!("webhook outbox: {e:?}");
+                self.state.storage().set_alarm(5_000i64).await?;
+            }
+        }
+        Response::ok("")
+    }
+}
+
+#[derive(Deserialize)]
+struct KvRow {
+    v: String,
+}
+
+#[derive(Deserialize)]
+struct EventRow {
+    id: String,
+    body: String,
+    delivery: String,
+}
+
+fn enc<T: Serialize>(v: &T) -> ApiResult<String> {
+    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(s: &str) -> ApiResult<T> {
+    serde_json::from_str(s).map_err(|e| ApiError::Internal(format!("stored row is corrupt: {e}")))
+}
+
+/// Webhook retry policy; the vars exist so tests can compress a day.
+fn retry_policy(env: &Env) -> RetryPolicy {
+    let num = |name: &str| {
+        env.var(name)
+            .ok()
+            .and_then(|v| v.to_string().trim().parse::<u64>().ok())
+    };
+    let d = RetryPolicy::default();
+    RetryPolicy {
+        base_ms: num("WEBHOOK_RETRY_BASE_MS").unwrap_or(d.base_ms).max(1),
+        max_delay_ms: num("WEBHOOK_RETRY_MAX_MS").unwrap_or(d.max_delay_ms).max(1),
+        horizon_ms: num("WEBHOOK_RETRY_HORIZON_MS").unwrap_or(d.horizon_ms),
+    }
+}
+
+const WEBHOOK_TIMEOUT_MS: u32 = 5_000;
+const MAX_PER_ALARM: usize = 50;
+
+impl ApObject {
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    fn ensure_schema(&self) -> ApiResult<()> {
+        for q in [
+            "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, body TEXT NOT NULL, delivery TEXT NOT NULL, next_at INTEGER, dead INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE IF NOT EXISTS idem (k TEXT PRIMARY KEY, record TEXT NOT NULL)",
+        ] {
+            self.sql().exec(q, None).internal("ap schema")?;
+        }
+        Ok(())
+    }
+
+    fn get_kv<T: serde::de::DeserializeOwned + Default>(&self, k: &str) -> ApiResult<T> {
+        let rows: Vec<KvRow> = self
+            .sql()
+            .exec("SELECT v FROM kv WHERE k = ?", Some(vec![k.into()]))
+            .internal("kv select")?
+            .to_array()
+            .internal("kv read")?;
+        match rows.first() {
+            Some(r) => dec(&r.v),
+            None => Ok(T::default()),
+        }
+    }
+
+    fn put_kv<T: Serialize>(&self, k: &str, v: &T) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)",
+                Some(vec![k.into(), enc(v)?.into()]),
+            )
+            .internal("kv write")?;
+        Ok(())
+    }
+
+    fn seen(&self, id: &str) -> ApiResult<bool> {
+        let rows: Vec<KvRow> = self
+            .sql()
+            .exec(
+                "SELECT id AS v FROM seen WHERE id = ?",
+                Some(vec![id.into()]),
+            )
+            .internal("seen select")?
+            .to_array()
+            .internal("seen read")?;
+        Ok(!rows.is_empty())
+    }
+
+    fn mark_seen(&self, id: &str) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR IGNORE INTO seen (id) VALUES (?)",
+                Some(vec![id.into()]),
+            )
+            .internal("seen insert")?;
+        Ok(())
+    }
+
+    fn enqueue(&self, id: &str, event: &Event, now_ms: u64) -> ApiResult<()> {
+        let delivery = Delivery::new(now_ms);
+        self.sql()
+            .exec(
+                "INSERT OR IGNORE INTO events (id, body, delivery, next_at) VALUES (?, ?, ?, ?)",
+                Some(vec![
+                    id.into(),
+                    enc(event)?.into(),
+                    enc(&delivery)?.into(),
+                    (now_ms as i64).into(),
+                ]),
+            )
+            .internal("event insert")?;
+        Ok(())
+    }
+
+    async fn apply(&self, op: ApOp) -> ApiResult<ApReply> {
+        self.ensure_schema()?;
+        let now = auth::now_ms();
+        match op {
+            ApOp::Take { ap, items } => {
+                // Remembered for the alarm, which has no request to read it from.
+                self.put_kv("ap_id", &ap)?;
+                let mut queued = false;
+                for item in items {
+                    if self.seen(item.id())? {
+                        continue;
+                    }
+                    match &item {
+                        ApItem::Event { id, event } => {
+                            self.enqueue(id, event, now)?;
+                            queued = true;
+                        }
+                        ApItem::Users { delta, overlap, .. } => {
+                            let reply = registry_object::call(
+                                &self.env,
+                                &RegistryOp::AdjustUsers {
+                                    id: ap.clone(),
+                                    delta: *delta,
+                                    now_ms: now,
+                                },
+                            )
+                            .await?;
+                            if let RegistryReply::Ap { ap: stored } = reply {
+                                auth::remember(&stored.record);
+                            }
+                            let mut a: Analytics = self.get_kv("analytics")?;
+                            if *delta > 0 {
+                                a.mappings_created += delta.unsigned_abs();
+                            } else {
+                                a.mappings_removed += delta.unsigned_abs();
+                            }
+                            a.overlapping += u64::from(*overlap);
+                            self.put_kv("analytics", &a)?;
+                        }
+                        ApItem::Strike { strike, .. } => {
+                            let reply = registry_object::call(
+                                &self.env,
+                                &RegistryOp::Strike {
+                                    id: ap.clone(),
+                                    now_ms: now,
+                                },
+                            )
+                            .await?;
+                            if let RegistryReply::Ap { ap: stored } = reply {
+                                let r = &stored.record;
+                                auth::remember(r);
+                                let data = EventData::from_strike(
+                                    strike,
+                                    r.strikes,
+                                    is_suspended(&r.rate_params, r.strikes),
+                                );
+                                let id = format!("evt_{}", item.id());
+                                self.enqueue(&id, &Event::new(data, id.clone(), now), now)?;
+                                queued = true;
+                            }
+                        }
+                    }
+                    self.mark_seen(item.id())?;
+                }
+                if queued {
+                    self.state
+                        .storage()
+                        .set_alarm(0i64)
+                        .await
+                        .internal("alarm")?;
+                }
+                Ok(ApReply::Ok)
+            }
+            ApOp::RecordSend {
+                per_ap_per_hour,
+                number,
+                now_ms,
+            } => {
+                let mut a: Analytics = self.get_kv("analytics")?;
+                let limit = SendLimit {
+                    per_ap_per_hour,
+                    ..SendLimit::default()
+                };
+                if let Err(e) = limit.record_ap(&mut a.send_counter, now_ms) {
+                    return Ok(ApReply::Limited {
+                        retry_after_ms: e.retry_after_ms,
+                    });
+                }
+                a.codes_sent += 1;
+                let minute = now_ms - now_ms % 60_000;
+                if minute != a.minute_start_ms {
+                    a.minute_start_ms = minute;
+                    a.this_minute = 0;
+                }
+                a.this_minute = a.this_minute.saturating_add(1);
+                a.peak_codes_per_minute = a.peak_codes_per_minute.max(a.this_minute);
+                if let Some(n) = number {
+                    if a.last_number.is_some_and(|l| l != n && l.abs_diff(n) <= 16) {
+                        a.sequential += 1;
+                    }
+                    a.last_number = Some(n);
+                }
+                self.put_kv("analytics", &a)?;
+                Ok(ApReply::Ok)
+            }
+            ApOp::RefundSend => {
+                let mut a: Analytics = self.get_kv("analytics")?;
+                a.send_counter.current = a.send_counter.current.saturating_sub(1);
+                a.codes_sent = a.codes_sent.saturating_sub(1);
+                self.put_kv("analytics", &a)?;
+                Ok(ApReply::Ok)
+            }
+            ApOp::NoteVerify { ok } => {
+                let mut a: Analytics = self.get_kv("analytics")?;
+                if ok {
+                    a.verified += 1;
+                } else {
+                    a.wrong_codes += 1;
+                }
+                self.put_kv("analytics", &a)?;
+                Ok(ApReply::Ok)
+            }
+            ApOp::Stats => {
+                let analytics: Analytics = self.get_kv("analytics")?;
+                let mut outbox: OutboxStats = self.get_kv("outbox_stats")?;
+                #[derive(Deserialize)]
+                struct Agg {
+                    queued: Option<i64>,
+                    dead: Option<i64>,
+                }
+                let agg: Vec<Agg> = self
+                    .sql()
+                    .exec(
+                        "SELECT SUM(dead = 0) AS queued, SUM(dead = 1) AS dead FROM events",
+                        None,
+                    )
+                    .internal("outbox stats")?
+                    .to_array()
+                    .internal("outbox stats read")?;
+                if let Some(a) = agg.first() {
+                    outbox.queued = a.queued.unwrap_or(0).max(0) as u64;
+                    outbox.dead = a.dead.unwrap_or(0).max(0) as u64;
+                }
+                outbox.oldest_queued_ms = self.oldest_queued()?;
+                Ok(ApReply::Stats { analytics, outbox })
+            }
+            ApOp::IdemGet { key } => {
+                let rows: Vec<KvRow> = self
+                    .sql()
+                    .exec(
+                        "SELECT record AS v FROM idem WHERE k = ?",
+                        Some(vec![key.into()]),
+                    )
+                    .internal("idem select")?
+                    .to_array()
+                    .internal("idem read")?;
+                let record = match rows.first() {
+                    Some(r) => Some(dec(&r.v)?),
+                    None => None,
+                };
+                Ok(ApReply::Idem { record })
+            }
+            ApOp::IdemPut { key, record } => {
+                self.sql()
+                    .exec(
+                        "INSERT OR REPLACE INTO idem (k, record) VALUES (?, ?)",
+                        Some(vec![key.into(), enc(&record)?.into()]),
+                    )
+                    .internal("idem write")?;
+                Ok(ApReply::Ok)
+            }
+        }
+    }
+
+    fn oldest_queued(&self) -> ApiResult<Option<u64>> {
+        let rows: Vec<KvRow> = self
+            .sql()
+            .exec(
+                "SELECT delivery AS v FROM events WHERE dead = 0 ORDER BY seq LIMIT 1",
+                None,
+            )
+            .internal("oldest")?
+            .to_array()
+            .internal("oldest read")?;
+        match rows.first() {
+            Some(r) => Ok(Some(dec::<Delivery>(&r.v)?.created_ms)),
+            None => Ok(None),
+        }
+    }
+
+    /// Delivers due events in order; returns when the next one is due.
+    async fn deliver_due(&self) -> ApiResult<Option<u64>> {
+        self.ensure_schema()?;
+        let now = auth::now_ms();
+        let rows: Vec<EventRow> = self
+            .sql()
+            .exec(
+                "SELECT id, body, delivery FROM events WHERE dead = 0 AND next_at <= ? ORDER BY seq LIMIT ?",
+                Some(vec![(now as i64).into(), (MAX_PER_ALARM as i64).into()]),
+            )
+            .internal("due events")?
+            .to_array()
+            .internal("due events read")?;
+        if !rows.is_empty() {
+            let policy = retry_policy(&self.env);
+            let target = self.target().await;
+            let mut stats: OutboxStats = self.get_kv("outbox_stats")?;
+            for row in rows {
+                let mut d: Delivery = dec(&row.delivery)?;
+                let outcome = match &target {
+                    Ok((url, key)) => post_webhook(url, key, &row.id, &row.body).await,
+                    Err(e) => Err(format!("{e:?}")),
+                };
+                match outcome {
+                    Ok(()) => {
+                        self.sql()
+                            .exec("DELETE FROM events WHERE id = ?", Some(vec![row.id.into()]))
+                            .internal("event delete")?;
+                        stats.delivered += 1;
+                    }
+                    Err(err) => {
+                        let mut r = [0u8; 4];
+                        let _ = getrandom::fill(&mut r);
+                        d.failed(&policy, err.clone(), auth::now_ms(), u32::from_le_bytes(r));
+                        stats.last_error = Some(err);
+                        if d.dead {
+                            worker::console_error!(
+                                "webhook {} dead-lettered after {} attempts",
+                                row.id,
+                                d.failures
+                            );
+                        }
+                        self.sql()
+                            .exec(
+                                "UPDATE events SET delivery = ?, next_at = ?, dead = ? WHERE id = ?",
+                                Some(vec![
+                                    enc(&d)?.into(),
+                                    d.next_at_ms.map(|t| t as i64).unwrap_or(0).into(),
+                                    i64::from(d.dead).into(),
+                                    row.id.into(),
+                                ]),
+                            )
+                            .internal("event update")?;
+                        // The receiver is failing: later events wait for
+                        // the head's retry instead of hammering it.
+                        break;
+                    }
+                }
+            }
+            self.put_kv("outbox_stats", &stats)?;
+        }
+        #[derive(Deserialize)]
+        struct Next {
+            t: Option<i64>,
+        }
+        let next: Vec<Next> = self
+            .sql()
+            .exec("SELECT MIN(next_at) AS t FROM events WHERE dead = 0", None)
+            .internal("next due")?
+            .to_array()
+            .internal("next due read")?;
+        Ok(next.first().and_then(|n| n.t).map(|t| t.max(0) as u64))
+    }
+
+    /// The AP's webhook URL and signing key (registry + derivation).
+    async fn target(&self) -> ApiResult<(String, Vec<u8>)> {
+        let id: String = self.get_kv("ap_id")?;
+        let record =
+            match registry_object::call(&self.env, &RegistryOp::Get { id: id.clone() }).await? {
+                RegistryReply::Ap { ap } => ap.record,
+                _ => return Err(ApiError::Internal(format!("AP {id} is not enrolled"))),
+            };
+        let master = auth::webhook_master_key(&self.env)?;
+        let key = derive_webhook_secret(&master, &record.id, record.webhook_generation);
+        Ok((record.webhook_url, key.to_vec()))
+    }
+}
+
+async fn post_webhook(url: &str, key: &[u8], id: &str, body: &str) -> Result<(), String> {
+    let ts = auth::now_ms() / 1000;
+    let headers = Headers::new();
+    for (k, v) in webhook::headers(key, id, ts, body.as_bytes()) {
+        headers.set(k, &v).map_err(|e| e.to_string())?;
+    }
+    headers
+        .set("Content-Type", "application/json")
+        .map_err(|e| e.to_string())?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(body)));
+    let req = Request::new_with_init(url, &init).map_err(|e| format!("bad url: {e}"))?;
+    let signal: AbortSignal = web_sys::AbortSignal::timeout_with_u32(WEBHOOK_TIMEOUT_MS).into();
+    let resp = Fetch::Request(req)
+        .send_with_signal(&signal)
+        .await
+        .map_err(|e| format!("fetch: {e}"))?;
+    let status = resp.status_code();
+    if delivered(status) {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// Hands shard items to AP `ap`'s object.
+pub async fn take(env: &Env, ap: &str, items: Vec<ApItem>) -> ApiResult<()> {
+    call(
+        env,
+        ap,
+        &ApOp::Take {
+            ap: ap.to_owned(),
+            items,
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+/// One operation on AP `ap`'s object.
+pub async fn call(env: &Env, ap: &str, op: &ApOp) -> ApiResult<ApReply> {
+    object_call(env, "AP_OBJECT", ap, op).await
+}

@@ -1,0 +1,166 @@
+//! Sending verification codes: SMS through a Twilio-compatible Messages
+//! API, email through the SendGrid v3 Mail Send API.
+//!
+//! draft §8.2: "Glados will then construct a short lived code, and either
+//! email or SMS it to the user." The base URLs are vars (`TWILIO_BASE_URL`,
+//! `SENDGRID_BASE_URL`, defaulting to the real providers) and the
+//! credentials secrets (`TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`,
+//! `TWILIO_FROM`, `SENDGRID_API_KEY`, `EMAIL_FROM`), so a local stand-in
+//! receives byte for byte what the real provider would.
+//!
+//! Any failure (unreachable, timeout, non-2xx) is a retryable 503 problem
+//! with `Retry-After`; the caller undoes its reservation, so nothing is
+//! left half-made.
+
+use super::error::{ApiError, ApiResult};
+use crate::core::creation::CodeMessage;
+use crate::core::encoding::b64_encode;
+use crate::core::sii::{Sii, SiiKind};
+use serde_json::json;
+use worker::{AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit};
+
+const TWILIO_DEFAULT: &str = "https://api.twilio.com";
+const SENDGRID_DEFAULT: &str = "https://api.sendgrid.com";
+/// A provider slower than this counts as failed (the AP is waiting).
+const SEND_TIMEOUT_MS: u32 = 5_000;
+/// What the AP is told to wait before retrying.
+const RETRY_AFTER_S: u32 = 5;
+
+fn binding(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+fn required(env: &Env, name: &str) -> ApiResult<String> {
+    binding(env, name).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "code delivery: {name} is not set (wrangler secret put {name})"
+        ))
+    })
+}
+
+/// Which channel an SII is reached on.
+pub fn channel(sii: &Sii) -> &'static str {
+    match sii.kind() {
+        SiiKind::Email => "email",
+        _ => "sms",
+    }
+}
+
+/// The retryable problem every delivery failure becomes. The cause goes to
+/// the log only (it may name the provider's internals).
+fn unavailable(cause: String) -> ApiError {
+    worker::console_error!("code delivery failed: {cause}");
+    ApiError::client(
+        503,
+        "code-delivery-failed",
+        "Code delivery failed",
+        format!(
+            "the verification code could not be sent right now; nothing was stored, retry in {RETRY_AFTER_S} s"
+        ),
+    )
+    .with_header("Retry-After", RETRY_AFTER_S.to_string())
+}
+
+/// Sends `msg` to `sii` by SMS or email.
+pub async fn send(env: &Env, sii: &Sii, msg: &CodeMessage) -> ApiResult<()> {
+    match sii.kind() {
+        SiiKind::Email => send_email(env, sii.as_str(), msg).await,
+        _ => send_sms(env, sii.as_str(), msg).await,
+    }
+}
+
+async fn send_sms(env: &Env, to: &str, msg: &CodeMessage) -> ApiResult<()> {
+    let base = binding(env, "TWILIO_BASE_URL").unwrap_or_else(|| TWILIO_DEFAULT.into());
+    let sid = required(env, "TWILIO_ACCOUNT_SID")?;
+    let token = required(env, "TWILIO_AUTH_TOKEN")?;
+    let from = required(env, "TWILIO_FROM")?;
+    let url = format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        base.trim_end_matches('/'),
+        form_encode(&sid)
+    );
+    let body = format!(
+        "To={}&From={}&Body={}",
+        form_encode(to),
+        form_encode(&from),
+        form_encode(&msg.sms)
+    );
+    let headers = Headers::new();
+    let auth = format!("Basic {}", b64_encode(format!("{sid}:{token}").as_bytes()));
+    headers
+        .set("Authorization", &auth)
+        .and_then(|_| headers.set("Content-Type", "application/x-www-form-urlencoded"))
+        .map_err(|e| ApiError::Internal(format!("headers: {e}")))?;
+    post(&url, headers, body).await
+}
+
+async fn send_email(env: &Env, to: &str, msg: &CodeMessage) -> ApiResult<()> {
+    let base = binding(env, "SENDGRID_BASE_URL").unwrap_or_else(|| SENDGRID_DEFAULT.into());
+    let key = required(env, "SENDGRID_API_KEY")?;
+    let from = required(env, "EMAIL_FROM")?;
+    let url = format!("{}/v3/mail/send", base.trim_end_matches('/'));
+    let body = json!({
+        "personalizations": [{ "to": [{ "email": to }] }],
+        "from": { "email": from },
+        "subject": msg.email_subject,
+        "content": [{ "type": "text/plain", "value": msg.email_text }],
+        // Codes must not be rewritten into tracking links.
+        "tracking_settings": {
+            "click_tracking": { "enable": false },
+            "open_tracking": { "enable": false }
+        }
+    })
+    .to_string();
+    let headers = Headers::new();
+    headers
+        .set("Authorization", &format!("Bearer {key}"))
+        .and_then(|_| headers.set("Content-Type", "application/json"))
+        .map_err(|e| ApiError::Internal(format!("headers: {e}")))?;
+    post(&url, headers, body).await
+}
+
+async fn post(url: &str, headers: Headers, body: String) -> ApiResult<()> {
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
+    let req = Request::new_with_init(url, &init)
+        .map_err(|e| ApiError::Internal(format!("code delivery url {url}: {e}")))?;
+    let signal: AbortSignal = web_sys::AbortSignal::timeout_with_u32(SEND_TIMEOUT_MS).into();
+    let mut resp = Fetch::Request(req)
+        .send_with_signal(&signal)
+        .await
+        .map_err(|e| unavailable(format!("POST {url}: {e}")))?;
+    let status = resp.status_code();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let text: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    Err(unavailable(format!("POST {url} answered {status}: {text}")))
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value (and of the
+/// account SID in the path, where it is harmless for Twilio's `AC…` ids).
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,1022 @@
+//! MappingShard: the SQLite Durable Object that owns a slice of the SIIs
+//! (DESIGN.md: "sharded by hash of the SII"; `core::shard` picks the shard).
+//!
+//! Everything about one SII lives in its shard: the [`SiiRecord`]
+//! (mappings, displacements), open verifications (hashed codes, attempts,
+//! expiry) and the per-SII send counter. Every operation below runs
+//! synchronously inside the object — no `await` between reading and writing
+//! — so operations on one SII are serialized and racing creations end in
+//! one consistent state (the object's input gate does the locking).
+//!
+//! Side effects for other objects (webhooks to displaced APs, user-count
+//! changes, strikes) are written to this shard's outbox table *in the same
+//! synchronous block* as the state change and forwarded by the alarm to the
+//! addressed AP's `ApObject`, which applies each item once (by id). So an
+//! acknowledged change never loses its notification, even if the worker
+//! dies right after.
+
+use super::ap_object::{self, ApItem};
+use super::error::{ApiError, ApiResult, OrInternal};
+use crate::core::bulk::{line_effect, LineEffect};
+use crate::core::creation::{repeat_rule, OpenPending, Repeat};
+use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
+use crate::core::mapping::{
+    Choice, DisplaceAction, MappingError, Notification, Party, SiiRecord, VerifiedBy,
+};
+use crate::core::sii::{Sii, SiiKind};
+use crate::core::ssi::{ProviderId, Ssi, UserId};
+use crate::core::verification::{
+    CodePolicy, PendingVerification, SendLimit, SendLimited, SendScope, VerifyError, WindowCounter,
+};
+use crate::core::webhook::{Event, EventData};
+use serde::{Deserialize, Serialize};
+use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
+
+/// Shard-internal request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ShardOp {
+    /// Start (or repeat) a verification: see `core::creation::repeat_rule`.
+    Begin {
+        sii: String,
+        ap: String,
+        user: String,
+        /// Fresh random salt (hex) and the code's hash under it (hex).
+        salt: String,
+        code_hash: String,
+        /// Lifetime of the code (from the GP's code policy).
+        ttl_ms: u64,
+        per_sii_per_hour: u32,
+        now_ms: u64,
+    },
+    /// Undo a `Begin` whose message could not be sent.
+    Abort {
+        sii: String,
+        ap: String,
+        salt: String,
+        previous: Option<String>,
+        now_ms: u64,
+    },
+    /// Check a code; on a match store the mapping.
+    Confirm {
+        salt: String,
+        ap: String,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    },
+    Choose {
+        sii: String,
+        ap: String,
+        choice: Choice,
+        gp: String,
+        now_ms: u64,
+    },
+    Reestablish {
+        sii: String,
+        ap: String,
+        now_ms: u64,
+    },
+    PreferBack {
+        sii: String,
+        ap: String,
+        now_ms: u64,
+    },
+    Report {
+        sii: String,
+        ap: String,
+        now_ms: u64,
+    },
+    Delete {
+        sii: String,
+        ap: String,
+        now_ms: u64,
+    },
+    /// The caller's own mapping for an SII and who is preferred.
+    Status { sii: String, ap: String },
+    /// Bulk lines of one AP that fall into this shard.
+    Bulk {
+        ap: String,
+        lines: Vec<(String, String)>,
+        now_ms: u64,
+    },
+}
+
+/// A mapping as shown to its own AP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MappingView {
+    pub sii: String,
+    pub user: String,
+    pub verified_by: VerifiedBy,
+    pub created_at_ms: u64,
+    pub preferred: bool,
+}
+
+/// Shard-internal reply.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ShardReply {
+    Begun {
+        reused: bool,
+        salt: String,
+        expires_at_ms: u64,
+        existing: Option<Party>,
+        previous: Option<String>,
+    },
+    Confirmed {
+        mapping: MappingView,
+        existing: Option<Party>,
+    },
+    Done {
+        notified: Vec<String>,
+    },
+    Status {
+        mapping: Option<MappingView>,
+        /// Another AP (on this GP) whose mapping is preferred.
+        preferred_elsewhere: Option<Party>,
+    },
+    Bulk {
+        effects: Vec<Result<LineEffect, String>>,
+    },
+    Refused(Refusal),
+}
+
+/// A client-caused refusal, carried across the object boundary and turned
+/// back into the core error (and thus its problem document) by the caller.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "kebab-case")]
+pub enum Refusal {
+    WrongCode { attempts_left: u32 },
+    MalformedCode,
+    Expired,
+    Exhausted,
+    AlreadyVerified,
+    NoSuchVerification,
+    TooManyCodes { retry_after_ms: Option<u64> },
+    Mapping { slug: String },
+}
+
+impl Refusal {
+    fn verify(e: VerifyError) -> Refusal {
+        match e {
+            VerifyError::WrongCode { attempts_left } => Refusal::WrongCode { attempts_left },
+            VerifyError::MalformedCode => Refusal::MalformedCode,
+            VerifyError::Expired => Refusal::Expired,
+            VerifyError::Exhausted => Refusal::Exhausted,
+            _ => Refusal::AlreadyVerified,
+        }
+    }
+
+    fn mapping(e: MappingError) -> Refusal {
+        use crate::core::Problem;
+        Refusal::Mapping {
+            slug: e.slug().to_owned(),
+        }
+    }
+
+    /// The problem the AP gets.
+    pub fn into_api(self) -> ApiError {
+        match self {
+            Refusal::WrongCode { attempts_left } => {
+                let mut e = ApiError::from(VerifyError::WrongCode { attempts_left });
+                if let ApiError::Client { extra, .. } = &mut e {
+                    extra.insert("attempts_left".into(), attempts_left.into());
+                }
+                e
+            }
+            Refusal::MalformedCode => VerifyError::MalformedCode.into(),
+            Refusal::Expired => VerifyError::Expired.into(),
+            Refusal::Exhausted => VerifyError::Exhausted.into(),
+            Refusal::AlreadyVerified => VerifyError::AlreadyVerified.into(),
+            Refusal::NoSuchVerification => crate::core::creation::BadHandle.into(),
+            Refusal::TooManyCodes { retry_after_ms } => {
+                let e = ApiError::from(SendLimited {
+                    scope: SendScope::Sii,
+                    retry_after_ms,
+                });
+                match retry_after_ms {
+                    Some(ms) => e.with_header("Retry-After", ms.div_ceil(1000).to_string()),
+                    None => e,
+                }
+            }
+            Refusal::Mapping { slug } => ApiError::from(match slug.as_str() {
+                "no-such-mapping" => MappingError::NoSuchMapping,
+                "not-your-mapping" => MappingError::NotYourMapping,
+                "nothing-to-remedy" => MappingError::NothingToRemedy,
+                "already-mapped" => MappingError::AlreadyMapped,
+                "already-reported" => MappingError::AlreadyReported,
+                "ssi-not-of-caller" => MappingError::SsiNotOfCaller,
+                _ => MappingError::WrongSii,
+            }),
+        }
+    }
+}
+
+#[durable_object]
+pub struct MappingShard {
+    state: State,
+    env: Env,
+}
+
+impl worker::DurableObject for MappingShard {
+    fn new(state: State, env: Env) -> Self {
+        MappingShard { state, env }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let result = match req.json::<ShardOp>().await {
+            Ok(op) => self.apply(op),
+            Err(e) => Err(ApiError::Internal(format!("shard op: {e}"))),
+        };
+        match result {
+            Ok((reply, wrote_outbox)) => {
+                if wrote_outbox {
+                    // As soon as possible; the alarm forwards the outbox.
+                    self.state.storage().set_alarm(0i64).await?;
+                }
+                Response::from_json(&reply)
+            }
+            Err(e) => e.into_response("/shard"),
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        if let Err(e) = self.forward_outbox().await {
+            worker::console_error!("shard outbox: {e:?}");
+            self.state.storage().set_alarm(5_000i64).await?;
+        }
+        Response::ok("")
+    }
+}
+
+#[derive(Deserialize)]
+struct RecordRow {
+    record: String,
+}
+
+#[derive(Deserialize)]
+struct PendingRow {
+    salt: String,
+    sii: String,
+    ap: String,
+    user: String,
+    row: String,
+}
+
+#[derive(Deserialize)]
+struct CounterRow {
+    counter: String,
+}
+
+#[derive(Deserialize)]
+struct OutboxRow {
+    id: String,
+    to_ap: String,
+    item: String,
+}
+
+fn enc<T: Serialize>(v: &T) -> ApiResult<String> {
+    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(s: &str) -> ApiResult<T> {
+    serde_json::from_str(s).map_err(|e| ApiError::Internal(format!("stored row is corrupt: {e}")))
+}
+
+fn parse_sii(s: &str) -> ApiResult<Sii> {
+    Sii::parse(s).map_err(|e| ApiError::Internal(format!("shard got a bad sii: {e}")))
+}
+
+fn parse_ap(s: &str) -> ApiResult<ProviderId> {
+    ProviderId::parse(s).map_err(|e| ApiError::Internal(format!("shard got a bad ap: {e}")))
+}
+
+fn random_id() -> ApiResult<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("getrandom: {e}")))?;
+    Ok(b64url_encode(&b))
+}
+
+type Applied = (ShardReply, bool);
+
+impl MappingShard {
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    fn ensure_schema(&self) -> ApiResult<()> {
+        let sql = self.sql();
+        for q in [
+            "CREATE TABLE IF NOT EXISTS records (sii TEXT PRIMARY KEY, record TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS pending (salt TEXT PRIMARY KEY, sii TEXT NOT NULL, ap TEXT NOT NULL, user TEXT NOT NULL, row TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS pending_by_pair ON pending (sii, ap)",
+            "CREATE TABLE IF NOT EXISTS sends (sii TEXT PRIMARY KEY, counter TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL)",
+        ] {
+            sql.exec(q, None).internal("shard schema")?;
+        }
+        Ok(())
+    }
+
+    fn load_record(&self, sii: &Sii) -> ApiResult<SiiRecord> {
+        let rows: Vec<RecordRow> = self
+            .sql()
+            .exec(
+                "SELECT record FROM records WHERE sii = ?",
+                Some(vec![sii.as_str().into()]),
+            )
+            .internal("select record")?
+            .to_array()
+            .internal("read record")?;
+        match rows.first() {
+            Some(r) => dec(&r.record),
+            None => Ok(SiiRecord::new(sii.clone())),
+        }
+    }
+
+    fn store_record(&self, r: &SiiRecord) -> ApiResult<()> {
+        if r.is_empty() {
+            self.sql()
+                .exec(
+                    "DELETE FROM records WHERE sii = ?",
+                    Some(vec![r.sii().as_str().into()]),
+                )
+                .internal("delete record")?;
+        } else {
+            self.sql()
+                .exec(
+                    "INSERT OR REPLACE INTO records (sii, record) VALUES (?, ?)",
+                    Some(vec![r.sii().as_str().into(), enc(r)?.into()]),
+                )
+                .internal("store record")?;
+        }
+        Ok(())
+    }
+
+    fn pending_for(&self, sii: &str, ap: &str) -> ApiResult<Option<PendingRow>> {
+        let rows: Vec<PendingRow> = self
+            .sql()
+            .exec(
+                "SELECT salt, sii, ap, user, row FROM pending WHERE sii = ? AND ap = ?",
+                Some(vec![sii.into(), ap.into()]),
+            )
+            .internal("select pending")?
+            .to_array()
+            .internal("read pending")?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn pending_by_salt(&self, salt: &str) -> ApiResult<Option<PendingRow>> {
+        let rows: Vec<PendingRow> = self
+            .sql()
+            .exec(
+                "SELECT salt, sii, ap, user, row FROM pending WHERE salt = ?",
+                Some(vec![salt.into()]),
+            )
+            .internal("select pending")?
+            .to_array()
+            .internal("read pending")?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn put_pending(&self, salt: &str, sii: &str, ap: &str, user: &str, row: &str) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO pending (salt, sii, ap, user, row) VALUES (?, ?, ?, ?, ?)",
+                Some(vec![
+                    salt.into(),
+                    sii.into(),
+                    ap.into(),
+                    user.into(),
+                    row.into(),
+                ]),
+            )
+            .internal("store pending")?;
+        Ok(())
+    }
+
+    fn delete_pending(&self, salt: &str) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "DELETE FROM pending WHERE salt = ?",
+                Some(vec![salt.into()]),
+            )
+            .internal("delete pending")?;
+        Ok(())
+    }
+
+    fn counter(&self, sii: &str) -> ApiResult<WindowCounter> {
+        let rows: Vec<CounterRow> = self
+            .sql()
+            .exec(
+                "SELECT counter FROM sends WHERE sii = ?",
+                Some(vec![sii.into()]),
+            )
+            .internal("select counter")?
+            .to_array()
+            .internal("read counter")?;
+        match rows.first() {
+            Some(r) => dec(&r.counter),
+            None => Ok(WindowCounter::default()),
+        }
+    }
+
+    fn store_counter(&self, sii: &str, c: &WindowCounter) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO sends (sii, counter) VALUES (?, ?)",
+                Some(vec![sii.into(), enc(c)?.into()]),
+            )
+            .internal("store counter")?;
+        Ok(())
+    }
+
+    fn push(&self, to_ap: &str, item: &ApItem) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT INTO outbox (id, to_ap, item) VALUES (?, ?, ?)",
+                Some(vec![item.id().into(), to_ap.into(), enc(item)?.into()]),
+            )
+            .internal("outbox insert")?;
+        Ok(())
+    }
+
+    /// Queues the webhooks (and user-count changes) for core notifications.
+    fn push_notifications(
+        &self,
+        before: &SiiRecord,
+        notes: &[Notification],
+        now_ms: u64,
+    ) -> ApiResult<Vec<String>> {
+        let mut notified = Vec::new();
+        for n in notes {
+            let (to_ap, user) = match n {
+                Notification::Displaced { to_ap, action, .. } => {
+                    if *action == DisplaceAction::Replaced {
+                        self.push(
+                            to_ap.as_str(),
+                            &ApItem::Users {
+                                id: random_id()?,
+                                delta: -1,
+                                overlap: 0,
+                            },
+                        )?;
+                    }
+                    let user = before.mapping_of(to_ap).map(|m| m.ssi.user().to_string());
+                    (to_ap.to_string(), user)
+                }
+                Notification::Remedied { to, .. } if to.gp.is_none() => (to.ap.to_string(), None),
+                // Claims to peer GPs and remedies for remote APs travel
+                // through the federation protocol (not built yet).
+                _ => continue,
+            };
+            if let Some(data) = EventData::from_notification(n, user) {
+                let id = format!("evt_{}", random_id()?);
+                let event = Event::new(data, id.clone(), now_ms);
+                self.push(&to_ap, &ApItem::Event { id, event })?;
+                notified.push(to_ap);
+            }
+        }
+        Ok(notified)
+    }
+
+    fn apply(&self, op: ShardOp) -> ApiResult<Applied> {
+        self.ensure_schema()?;
+        match op {
+            ShardOp::Begin {
+                sii,
+                ap,
+                user,
+                salt,
+                code_hash,
+                ttl_ms,
+                per_sii_per_hour,
+                now_ms,
+            } => self.begin(
+                sii,
+                ap,
+                user,
+                (salt, code_hash),
+                ttl_ms,
+                per_sii_per_hour,
+                now_ms,
+            ),
+            ShardOp::Abort {
+                sii,
+                ap,
+                salt,
+                previous,
+                now_ms,
+            } => {
+                if let Some(p) = self.pending_by_salt(&salt)? {
+                    if p.sii == sii && p.ap == ap {
+                        self.delete_pending(&salt)?;
+                        if let Some(prev) = previous {
+                            let pv = dec_prev(&prev)?;
+                            self.put_pending(&pv.salt, &pv.sii, &pv.ap, &pv.user, &pv.row)?;
+                        }
+                        // Give back the send that did not happen.
+                        let mut c = self.counter(&sii)?;
+                        if c.window_start_ms <= now_ms {
+                            c.current = c.current.saturating_sub(1);
+                        }
+                        self.store_counter(&sii, &c)?;
+                    }
+                }
+                Ok((ShardReply::Done { notified: vec![] }, false))
+            }
+            ShardOp::Confirm {
+                salt,
+                ap,
+                code,
+                pepper,
+                now_ms,
+            } => self.confirm(salt, ap, code, pepper, now_ms),
+            ShardOp::Choose {
+                sii,
+                ap,
+                choice,
+                gp,
+                now_ms,
+            } => {
+                let sii = parse_sii(&sii)?;
+                let caller = parse_ap(&ap)?;
+                let mut r = self.load_record(&sii)?;
+                let before = r.clone();
+                match r.choose(&caller, choice, &gp, &[], now_ms) {
+                    Ok(notes) => {
+                        self.store_record(&r)?;
+                        let notified = self.push_notifications(&before, &notes, now_ms)?;
+                        let wrote = !notified.is_empty();
+                        Ok((ShardReply::Done { notified }, wrote))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
+            ShardOp::Reestablish { sii, ap, now_ms } => {
+                let sii = parse_sii(&sii)?;
+                let caller = parse_ap(&ap)?;
+                let mut r = self.load_record(&sii)?;
+                let before = r.clone();
+                match r.reestablish(&caller, now_ms) {
+                    Ok(notes) => {
+                        self.store_record(&r)?;
+                        self.push(
+                            caller.as_str(),
+                            &ApItem::Users {
+                                id: random_id()?,
+                                delta: 1,
+                                overlap: 0,
+                            },
+                        )?;
+                        let notified = self.push_notifications(&before, &notes, now_ms)?;
+                        Ok((ShardReply::Done { notified }, true))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
+            ShardOp::PreferBack { sii, ap, now_ms } => {
+                let sii = parse_sii(&sii)?;
+                let caller = parse_ap(&ap)?;
+                let mut r = self.load_record(&sii)?;
+                let before = r.clone();
+                match r.prefer_back(&caller, now_ms) {
+                    Ok(notes) => {
+                        self.store_record(&r)?;
+                        let notified = self.push_notifications(&before, &notes, now_ms)?;
+                        let wrote = !notified.is_empty();
+                        Ok((ShardReply::Done { notified }, wrote))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
+            ShardOp::Report { sii, ap, now_ms } => {
+                let sii = parse_sii(&sii)?;
+                let caller = parse_ap(&ap)?;
+                let mut r = self.load_record(&sii)?;
+                match r.report_malicious(&caller, now_ms) {
+                    Ok(strike) => {
+                        self.store_record(&r)?;
+                        let mut notified = Vec::new();
+                        // Strikes against APs of other GPs are forwarded by
+                        // the federation protocol (not built yet).
+                        if strike.against.gp.is_none() {
+                            let to = strike.against.ap.to_string();
+                            self.push(
+                                &to,
+                                &ApItem::Strike {
+                                    id: random_id()?,
+                                    strike,
+                                },
+                            )?;
+                            notified.push(to);
+                        }
+                        let wrote = !notified.is_empty();
+                        Ok((ShardReply::Done { notified }, wrote))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
+            ShardOp::Delete { sii, ap, now_ms } => {
+                let sii = parse_sii(&sii)?;
+                let caller = parse_ap(&ap)?;
+                let mut r = self.load_record(&sii)?;
+                let Some(ssi) = r.mapping_of(&caller).map(|m| m.ssi.clone()) else {
+                    return Ok((
+                        ShardReply::Refused(Refusal::mapping(MappingError::NoSuchMapping)),
+                        false,
+                    ));
+                };
+                match r.delete(&caller, &ssi, now_ms) {
+                    Ok(_) => {
+                        self.store_record(&r)?;
+                        self.push(
+                            caller.as_str(),
+                            &ApItem::Users {
+                                id: random_id()?,
+                                delta: -1,
+                                overlap: 0,
+                            },
+                        )?;
+                        Ok((ShardReply::Done { notified: vec![] }, true))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
+            ShardOp::Status { sii, ap } => {
+                let sii = parse_sii(&sii)?;
+                let caller = parse_ap(&ap)?;
+                let r = self.load_record(&sii)?;
+                let preferred = r.preferred().map(|m| m.ap().clone());
+                let mapping = r.mapping_of(&caller).map(|m| MappingView {
+                    sii: sii.to_string(),
+                    user: m.ssi.user().to_string(),
+                    verified_by: m.verified_by,
+                    created_at_ms: m.created_at_ms,
+                    preferred: preferred.as_ref() == Some(&caller),
+                });
+                let preferred_elsewhere = preferred
+                    .filter(|p| p != &caller)
+                    .map(|ap| Party { ap, gp: None });
+                Ok((
+                    ShardReply::Status {
+                        mapping,
+                        preferred_elsewhere,
+                    },
+                    false,
+                ))
+            }
+            ShardOp::Bulk { ap, lines, now_ms } => self.bulk(ap, lines, now_ms),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        &self,
+        sii: String,
+        ap: String,
+        user: String,
+        (salt, code_hash): (String, String),
+        ttl_ms: u64,
+        per_sii_per_hour: u32,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii_v = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let record = self.load_record(&sii_v)?;
+        let existing = record
+            .preferred()
+            .filter(|m| m.ap() != &caller)
+            .map(|m| Party {
+                ap: m.ap().clone(),
+                gp: None,
+            });
+        let open = self.pending_for(&sii, &ap)?;
+        let open_pv: Option<PendingVerification> = match &open {
+            Some(p) => Some(dec(&p.row)?),
+            None => None,
+        };
+        let rule = repeat_rule(
+            open.as_ref()
+                .zip(open_pv.as_ref())
+                .map(|(p, pv)| OpenPending {
+                    user: &p.user,
+                    sent_at_ms: pv.created_at_ms,
+                    dead: pv.is_dead(now_ms),
+                }),
+            &user,
+            now_ms,
+        );
+        if let (Repeat::Reuse, Some(p), Some(pv)) = (rule, &open, &open_pv) {
+            return Ok((
+                ShardReply::Begun {
+                    reused: true,
+                    salt: p.salt.clone(),
+                    expires_at_ms: pv.expires_at_ms,
+                    existing,
+                    previous: None,
+                },
+                false,
+            ));
+        }
+        let limit = SendLimit {
+            per_sii_per_hour,
+            ..SendLimit::default()
+        };
+        let mut counter = self.counter(&sii)?;
+        if let Err(e) = limit.record_sii(&mut counter, now_ms) {
+            return Ok((
+                ShardReply::Refused(Refusal::TooManyCodes {
+                    retry_after_ms: e.retry_after_ms,
+                }),
+                false,
+            ));
+        }
+        let salt_b: [u8; 16] = hex_decode(&salt)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::Internal("bad salt".into()))?;
+        let hash_b: [u8; 32] = hex_decode(&code_hash)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::Internal("bad code hash".into()))?;
+        let policy = CodePolicy::default();
+        let attempts = match (rule, &open_pv) {
+            // Resends do not reset the attempt budget.
+            (Repeat::Resend, Some(pv)) => pv.attempts,
+            _ => 0,
+        };
+        let pv = PendingVerification {
+            salt: salt_b,
+            code_hash: hash_b,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(ttl_ms),
+            attempts,
+            max_attempts: policy.max_attempts(),
+            state: crate::core::verification::PendingState::Open,
+        };
+        let previous = match &open {
+            Some(p) => {
+                self.delete_pending(&p.salt)?;
+                Some(enc(&PrevRow {
+                    salt: p.salt.clone(),
+                    sii: p.sii.clone(),
+                    ap: p.ap.clone(),
+                    user: p.user.clone(),
+                    row: p.row.clone(),
+                })?)
+            }
+            None => None,
+        };
+        self.put_pending(&salt, &sii, &ap, &user, &enc(&pv)?)?;
+        self.store_counter(&sii, &counter)?;
+        Ok((
+            ShardReply::Begun {
+                reused: false,
+                salt,
+                expires_at_ms: pv.expires_at_ms,
+                existing,
+                previous,
+            },
+            false,
+        ))
+    }
+
+    fn confirm(
+        &self,
+        salt: String,
+        ap: String,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let Some(p) = self.pending_by_salt(&salt)? else {
+            return Ok((ShardReply::Refused(Refusal::NoSuchVerification), false));
+        };
+        // Another AP's handle reads as unknown (no probing of others' flows).
+        if p.ap != ap {
+            return Ok((ShardReply::Refused(Refusal::NoSuchVerification), false));
+        }
+        let mut pv: PendingVerification = dec(&p.row)?;
+        let pepper = hex_decode(&pepper).map_err(|_| ApiError::Internal("bad pepper".into()))?;
+        let policy = CodePolicy::default();
+        if let Err(e) = pv.attempt(&policy, &pepper, &code, now_ms) {
+            if matches!(e, VerifyError::WrongCode { .. }) {
+                self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &enc(&pv)?)?;
+            }
+            return Ok((ShardReply::Refused(Refusal::verify(e)), false));
+        }
+        let sii = parse_sii(&p.sii)?;
+        let caller = parse_ap(&p.ap)?;
+        let user = UserId::parse(&p.user)
+            .map_err(|e| ApiError::Internal(format!("stored user id: {e}")))?;
+        let by = match sii.kind() {
+            SiiKind::Email => VerifiedBy::Email,
+            _ => VerifiedBy::Sms,
+        };
+        let mut r = self.load_record(&sii)?;
+        let was_new = r.mapping_of(&caller).is_none();
+        let others = r.mappings().iter().any(|m| m.ap() != &caller);
+        let created =
+            match r.create_verified(&caller, Ssi::new(caller.clone(), user), by, None, now_ms) {
+                Ok(c) => c,
+                Err(e) => return Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+            };
+        self.store_record(&r)?;
+        // draft §8.2: "If there is a match, it considers the mapping
+        // validated, and stores it." The verification is used up.
+        self.delete_pending(&p.salt)?;
+        if was_new {
+            self.push(
+                caller.as_str(),
+                &ApItem::Users {
+                    id: random_id()?,
+                    delta: 1,
+                    overlap: u32::from(others),
+                },
+            )?;
+        }
+        let mapping = MappingView {
+            sii: sii.to_string(),
+            user: p.user.clone(),
+            verified_by: by,
+            created_at_ms: now_ms,
+            preferred: created.preferred,
+        };
+        Ok((
+            ShardReply::Confirmed {
+                mapping,
+                existing: created.existing,
+            },
+            was_new,
+        ))
+    }
+
+    fn bulk(&self, ap: String, lines: Vec<(String, String)>, now_ms: u64) -> ApiResult<Applied> {
+        let caller = parse_ap(&ap)?;
+        let mut effects = Vec::with_capacity(lines.len());
+        let mut created = 0i64;
+        let mut overlap = 0u32;
+        for (sii, user) in lines {
+            let (Ok(sii), Ok(user)) = (Sii::parse(&sii), UserId::parse(&user)) else {
+                effects.push(Err("invalid line".to_owned()));
+                continue;
+            };
+            let ssi = Ssi::new(caller.clone(), user);
+            let mut r = self.load_record(&sii)?;
+            let effect = line_effect(r.mapping_of(&caller), &ssi);
+            if effect != LineEffect::Unchanged {
+                let others = r.mappings().iter().any(|m| m.ap() != &caller);
+                if let Err(e) = r.create_verified(&caller, ssi, VerifiedBy::Bulk, None, now_ms) {
+                    effects.push(Err(e.to_string()));
+                    continue;
+                }
+                self.store_record(&r)?;
+                if effect == LineEffect::Created {
+                    created += 1;
+                    overlap += u32::from(others);
+                }
+            }
+            effects.push(Ok(effect));
+        }
+        let wrote = created > 0;
+        if wrote {
+            self.push(
+                caller.as_str(),
+                &ApItem::Users {
+                    id: random_id()?,
+                    delta: created,
+                    overlap,
+                },
+            )?;
+        }
+        Ok((ShardReply::Bulk { effects }, wrote))
+    }
+
+    /// Hands every outbox item to its AP's object; deletes what was taken.
+    async fn forward_outbox(&self) -> ApiResult<()> {
+        self.ensure_schema()?;
+        let rows: Vec<OutboxRow> = self
+            .sql()
+            .exec("SELECT id, to_ap, item FROM outbox LIMIT 500", None)
+            .internal("outbox select")?
+            .to_array()
+            .internal("outbox read")?;
+        let mut by_ap: std::collections::BTreeMap<String, Vec<(String, ApItem)>> =
+            Default::default();
+        for r in rows {
+            by_ap
+                .entry(r.to_ap)
+                .or_default()
+                .push((r.id, dec(&r.item)?));
+        }
+        let mut failed = None;
+        for (ap, items) in by_ap {
+            let (ids, items): (Vec<String>, Vec<ApItem>) = items.into_iter().unzip();
+            match ap_object::take(&self.env, &ap, items).await {
+                Ok(()) => {
+                    for id in ids {
+                        self.sql()
+                            .exec("DELETE FROM outbox WHERE id = ?", Some(vec![id.into()]))
+                            .internal("outbox delete")?;
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let left: Vec<CountRow> = self
+            .sql()
+            .exec("SELECT COUNT(*) AS n FROM outbox", None)
+            .internal("outbox count")?
+            .to_array()
+            .internal("outbox count")?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if left.first().is_some_and(|c| c.n > 0) {
+            self.state
+                .storage()
+                .set_alarm(0i64)
+                .await
+                .internal("alarm")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct CountRow {
+    n: i64,
+}
+
+/// A pending row as carried to `Abort` to be put back.
+#[derive(Serialize, Deserialize)]
+struct PrevRow {
+    salt: String,
+    sii: String,
+    ap: String,
+    user: String,
+    row: String,
+}
+
+fn dec_prev(s: &str) -> ApiResult<PendingRow> {
+    let p: PrevRow = dec(s)?;
+    Ok(PendingRow {
+        salt: p.salt,
+        sii: p.sii,
+        ap: p.ap,
+        user: p.user,
+        row: p.row,
+    })
+}
+
+/// Number of shards (`MAPPING_SHARDS`, default 16).
+pub fn shard_count(env: &Env) -> u32 {
+    env.var("MAPPING_SHARDS")
+        .ok()
+        .and_then(|v| v.to_string().trim().parse().ok())
+        .unwrap_or(16)
+}
+
+/// Sends one operation to shard `index`.
+pub async fn call(env: &Env, index: u32, op: &ShardOp) -> ApiResult<ShardReply> {
+    let name = crate::core::shard::shard_name(index, shard_count(env));
+    object_call(env, "MAPPING_SHARD", &name, op).await
+}
+
+/// POSTs a JSON op to a named Durable Object and parses its JSON reply.
+pub async fn object_call<O: Serialize, R: serde::de::DeserializeOwned>(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    op: &O,
+) -> ApiResult<R> {
+    let stub = env
+        .durable_object(binding)
+        .internal(binding)?
+        .id_from_name(name)
+        .internal("object id")?
+        .get_stub()
+        .internal("object stub")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&enc(op)?)));
+    let req = Request::new_with_init("https://object/op", &init).internal("object request")?;
+    let mut resp = stub
+        .fetch_with_request(req)
+        .await
+        .internal("object fetch")?;
+    if resp.status_code() != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(ApiError::Internal(format!(
+            "{binding}/{name} answered {}: {text}",
+            resp.status_code()
+        )));
+    }
+    resp.json::<R>().await.internal("object reply")
+}
+
+/// Hex helpers for the ops above.
+pub fn hex(b: &[u8]) -> String {
+    hex_encode(b)
+}

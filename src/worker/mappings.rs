@@ -1,0 +1,598 @@
+//! The mapping lifecycle API (draft §8.2, §8.2.1, §8.3, §10, §11.2).
+//!
+//! - `POST /v1/mappings` — create: sends a code to the SII, answers a handle
+//!   and expiry (never the code) and the existing holder, if any;
+//! - `POST /v1/verifications/{handle}` — confirm with the code the user typed;
+//! - `POST /v1/mappings/{choice,reestablish,prefer-back,report,delete,mine}`;
+//! - `POST /v1/mappings/bulk` — NDJSON bulk registration;
+//! - `GET /admin/v1/aps/{id}/analytics` — registration signals.
+//!
+//! SIIs travel in bodies, never in URLs (they are personal data and URLs
+//! end up in logs).
+
+use super::ap_object::{self, ApOp, ApReply};
+use super::auth::{self, AuthedAp};
+use super::body::{media_type, read_capped, read_json};
+use super::config::GpConfig;
+use super::delivery;
+use super::error::{ApiError, ApiResult, OrInternal};
+use super::mapping_shard::{self, hex, MappingView, ShardOp, ShardReply};
+use super::registry_object::{self, RegistryOp, RegistryReply};
+use crate::core::bulk::{
+    decide_key, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision, KeyRecord,
+    LineSplitter, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
+};
+use crate::core::creation::{code_message, Handle};
+use crate::core::mapping::{Choice, Party};
+use crate::core::shard::shard_of;
+use crate::core::sii::{Sii, SiiKind};
+use crate::core::ssi::UserId;
+use crate::core::verification::{generate_code, hash_code, CodePolicy, SendLimit};
+use crate::core::webhook::rfc3339_ms;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use worker::{Env, Request, Response};
+
+fn respond(body: &Value, status: u16) -> ApiResult<Response> {
+    let mut resp = Response::from_json(body)
+        .internal("serialize")?
+        .with_status(status);
+    resp.headers_mut()
+        .set("Cache-Control", "no-store")
+        .internal("header")?;
+    Ok(resp)
+}
+
+fn random<const N: usize>() -> ApiResult<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("getrandom: {e}")))?;
+    Ok(b)
+}
+
+/// The pepper of stored code hashes: `CODE_PEPPER` if set, else derived
+/// from `WEBHOOK_MASTER_KEY` under its own label (never stored with the
+/// hashes, so a leaked shard does not give codes back).
+fn pepper(env: &Env) -> ApiResult<Vec<u8>> {
+    if let Ok(s) = env.secret("CODE_PEPPER") {
+        let s = s.to_string();
+        if !s.is_empty() {
+            return Ok(s.into_bytes());
+        }
+    }
+    let master = auth::webhook_master_key(env)?;
+    let mut h = Sha256::new();
+    h.update(b"glados/code-pepper/v1\0");
+    h.update(&master);
+    Ok(h.finalize().to_vec())
+}
+
+fn var_u32(env: &Env, name: &str, default: u32) -> u32 {
+    env.var(name)
+        .ok()
+        .and_then(|v| v.to_string().trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The code policy (6 digits, 5 attempts) and the codes' lifetime from
+/// `CODE_TTL_SECONDS` (default 600). The policy bounds the lifetime to
+/// 1 min..1 day; a GP with DEBUG_ROUTES (local and test GPs only) may go
+/// lower, so the suite can watch a code expire.
+fn code_policy(env: &Env, cfg: &GpConfig) -> ApiResult<(CodePolicy, u64)> {
+    let d = CodePolicy::default();
+    let ttl_ms = u64::from(var_u32(env, "CODE_TTL_SECONDS", (d.ttl_ms() / 1000) as u32)) * 1000;
+    if cfg.debug_routes && ttl_ms >= 1000 {
+        return Ok((d, ttl_ms));
+    }
+    let p = CodePolicy::new(d.length(), d.alphabet(), ttl_ms, d.max_attempts())
+        .map_err(|e| ApiError::Internal(format!("config CODE_TTL_SECONDS: {e}")))?;
+    Ok((p, ttl_ms))
+}
+
+fn parse_sii(s: &str) -> ApiResult<Sii> {
+    Sii::parse(s).map_err(ApiError::from)
+}
+
+async fn shard_call(env: &Env, sii: &Sii, op: ShardOp) -> ApiResult<ShardReply> {
+    let index = shard_of(sii, mapping_shard::shard_count(env));
+    mapping_shard::call(env, index, &op).await
+}
+
+/// `{provider, name, gp}` for the holder named in §8.2.1 answers (draft:
+/// "include that provider ID and name").
+async fn party_json(env: &Env, p: &Option<Party>) -> ApiResult<Value> {
+    let Some(p) = p else {
+        return Ok(Value::Null);
+    };
+    let name = if p.gp.is_none() {
+        match registry_object::call(
+            env,
+            &RegistryOp::Get {
+                id: p.ap.to_string(),
+            },
+        )
+        .await?
+        {
+            RegistryReply::Ap { ap } => Some(ap.record.name),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Ok(json!({ "provider": p.ap.as_str(), "name": name, "gp": p.gp }))
+}
+
+fn mapping_json(ap: &str, m: &MappingView) -> Value {
+    json!({
+        "sii": m.sii,
+        "user": m.user,
+        "ssi": format!("{ap}:{}", m.user),
+        "verified_by": m.verified_by,
+        "created_at": rfc3339_ms(m.created_at_ms),
+        "preferred": m.preferred,
+    })
+}
+
+/// Phone numbers as integers, for the sequential-number signal.
+fn phone_number(sii: &Sii) -> Option<u64> {
+    (sii.kind() == SiiKind::Phone)
+        .then(|| sii.as_str().trim_start_matches('+').parse().ok())
+        .flatten()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    sii: String,
+    user: String,
+}
+
+/// `POST /v1/mappings` (draft §8.2, Figure 3: "create map(userID, SII)").
+pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let ap = auth::authenticate(&req, env, cfg).await?;
+    let body: CreateBody = read_json(&mut req, false).await?;
+    let sii = parse_sii(&body.sii)?;
+    let user = UserId::parse(&body.user)?;
+    let ap_id = ap.record.id.clone();
+    let now = auth::now_ms();
+    let (policy, ttl_ms) = code_policy(env, cfg)?;
+    let code = generate_code(&policy, &mut |b: &mut [u8]| {
+        let _ = getrandom::fill(b);
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let salt: [u8; 16] = random()?;
+    let pepper = pepper(env)?;
+    let limits = SendLimit::default();
+    let op = ShardOp::Begin {
+        sii: sii.to_string(),
+        ap: ap_id.clone(),
+        user: user.to_string(),
+        salt: hex(&salt),
+        code_hash: hex(&hash_code(&pepper, &salt, code.as_str())),
+        ttl_ms,
+        per_sii_per_hour: var_u32(env, "CODES_PER_SII_PER_HOUR", limits.per_sii_per_hour),
+        now_ms: now,
+    };
+    let (reused, salt_hex, expires_at_ms, existing, previous) =
+        match shard_call(env, &sii, op).await? {
+            ShardReply::Begun {
+                reused,
+                salt,
+                expires_at_ms,
+                existing,
+                previous,
+            } => (reused, salt, expires_at_ms, existing, previous),
+            ShardReply::Refused(r) => return Err(r.into_api()),
+            _ => {
+                return Err(ApiError::Internal(
+                    "shard: unexpected reply to begin".into(),
+                ))
+            }
+        };
+    if !reused {
+        let abort = |env: &Env| {
+            let op = ShardOp::Abort {
+                sii: sii.to_string(),
+                ap: ap_id.clone(),
+                salt: salt_hex.clone(),
+                previous: previous.clone(),
+                now_ms: now,
+            };
+            let sii = sii.clone();
+            let env = env.clone();
+            async move { shard_call(&env, &sii, op).await.map(|_| ()) }
+        };
+        // Per-AP limit (SMS pumping through one AP), then the message.
+        let send = ApOp::RecordSend {
+            per_ap_per_hour: var_u32(env, "CODES_PER_AP_PER_HOUR", limits.per_ap_per_hour),
+            number: phone_number(&sii),
+            now_ms: now,
+        };
+        if let ApReply::Limited { retry_after_ms } = ap_object::call(env, &ap_id, &send).await? {
+            abort(env).await?;
+            let e = ApiError::from(crate::core::verification::SendLimited {
+                scope: crate::core::verification::SendScope::Ap,
+                retry_after_ms,
+            });
+            return Err(match retry_after_ms {
+                Some(ms) => e.with_header("Retry-After", ms.div_ceil(1000).to_string()),
+                None => e,
+            });
+        }
+        let msg = code_message(&ap.record.name, &cfg.name, code.as_str(), ttl_ms);
+        if let Err(e) = delivery::send(env, &sii, &msg).await {
+            // No half-made state: the pending verification and both
+            // counters are rolled back before the AP hears of the failure.
+            abort(env).await?;
+            ap_object::call(env, &ap_id, &ApOp::RefundSend).await?;
+            return Err(e);
+        }
+    }
+    let salt_b: [u8; 16] = crate::core::encoding::hex_decode(&salt_hex)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ApiError::Internal("shard returned a bad salt".into()))?;
+    let handle = Handle {
+        shard: shard_of(&sii, mapping_shard::shard_count(env)),
+        salt: salt_b,
+    };
+    respond(
+        &json!({
+            "handle": handle.encode(),
+            "channel": delivery::channel(&sii),
+            "expires_at": rfc3339_ms(expires_at_ms),
+            "expires_in": expires_at_ms.saturating_sub(now) / 1000,
+            "resent": !reused,
+            "existing": party_json(env, &existing).await?,
+        }),
+        202,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    code: String,
+}
+
+/// `POST /v1/verifications/{handle}` (draft §8.2: "the AP invokes another
+/// API on its GP, providing the code").
+pub async fn confirm(
+    mut req: Request,
+    env: &Env,
+    cfg: &GpConfig,
+    handle: &str,
+) -> ApiResult<Response> {
+    let ap = auth::authenticate(&req, env, cfg).await?;
+    let handle = Handle::parse(handle)?;
+    let body: ConfirmBody = read_json(&mut req, false).await?;
+    let ap_id = ap.record.id.clone();
+    let op = ShardOp::Confirm {
+        salt: hex(&handle.salt),
+        ap: ap_id.clone(),
+        code: body.code,
+        pepper: hex(&pepper(env)?),
+        now_ms: auth::now_ms(),
+    };
+    let name = crate::core::shard::shard_name(handle.shard, mapping_shard::shard_count(env));
+    let reply: ShardReply = mapping_shard::object_call(env, "MAPPING_SHARD", &name, &op).await?;
+    match reply {
+        ShardReply::Confirmed { mapping, existing } => {
+            ap_object::call(env, &ap_id, &ApOp::NoteVerify { ok: true }).await?;
+            respond(
+                &json!({
+                    "mapping": mapping_json(&ap_id, &mapping),
+                    "existing": party_json(env, &existing).await?,
+                }),
+                201,
+            )
+        }
+        ShardReply::Refused(r) => {
+            if matches!(r, mapping_shard::Refusal::WrongCode { .. }) {
+                ap_object::call(env, &ap_id, &ApOp::NoteVerify { ok: false }).await?;
+            }
+            Err(r.into_api())
+        }
+        _ => Err(ApiError::Internal(
+            "shard: unexpected reply to confirm".into(),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiiBody {
+    sii: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChoiceBody {
+    sii: String,
+    choice: Choice,
+}
+
+/// The mapping actions of the new and the old AP.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Choice,
+    Reestablish,
+    PreferBack,
+    Report,
+    Delete,
+    Mine,
+}
+
+/// `POST /v1/mappings/{choice|reestablish|prefer-back|report|delete|mine}`.
+pub async fn action(
+    mut req: Request,
+    env: &Env,
+    cfg: &GpConfig,
+    action: Action,
+) -> ApiResult<Response> {
+    let ap: AuthedAp = auth::authenticate(&req, env, cfg).await?;
+    let ap_id = ap.record.id.clone();
+    let now = auth::now_ms();
+    let (sii, op) = match action {
+        Action::Choice => {
+            let b: ChoiceBody = read_json(&mut req, false).await?;
+            let sii = parse_sii(&b.sii)?;
+            let op = ShardOp::Choose {
+                sii: sii.to_string(),
+                ap: ap_id.clone(),
+                choice: b.choice,
+                gp: cfg.id.clone(),
+                now_ms: now,
+            };
+            (sii, op)
+        }
+        _ => {
+            let b: SiiBody = read_json(&mut req, false).await?;
+            let sii = parse_sii(&b.sii)?;
+            let (s, a) = (sii.to_string(), ap_id.clone());
+            let op = match action {
+                Action::Reestablish => ShardOp::Reestablish {
+                    sii: s,
+                    ap: a,
+                    now_ms: now,
+                },
+                Action::PreferBack => ShardOp::PreferBack {
+                    sii: s,
+                    ap: a,
+                    now_ms: now,
+                },
+                Action::Report => ShardOp::Report {
+                    sii: s,
+                    ap: a,
+                    now_ms: now,
+                },
+                Action::Delete => ShardOp::Delete {
+                    sii: s,
+                    ap: a,
+                    now_ms: now,
+                },
+                _ => ShardOp::Status { sii: s, ap: a },
+            };
+            (sii, op)
+        }
+    };
+    match shard_call(env, &sii, op).await? {
+        ShardReply::Done { notified } => respond(
+            &json!({ "sii": sii.as_str(), "done": true, "notified": notified }),
+            200,
+        ),
+        ShardReply::Status {
+            mapping,
+            preferred_elsewhere,
+        } => respond(
+            &json!({
+                "mapping": mapping.as_ref().map(|m| mapping_json(&ap_id, m)),
+                "preferred_elsewhere": party_json(env, &preferred_elsewhere).await?,
+            }),
+            200,
+        ),
+        ShardReply::Refused(r) => Err(r.into_api()),
+        _ => Err(ApiError::Internal("shard: unexpected reply".into())),
+    }
+}
+
+/// Lines per shard request of a bulk upload.
+const BULK_BATCH: usize = 2_000;
+
+/// `POST /v1/mappings/bulk` (draft §8.3).
+pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let ap = auth::authenticate(&req, env, cfg).await?;
+    if !ap.record.bulk_allowed {
+        return Err(BulkError::NotAllowed.into());
+    }
+    if media_type(&req).as_deref() != Some("application/x-ndjson") {
+        return Err(ApiError::from(BulkError::WrongContentType)
+            .with_header("Accept-Post", "application/x-ndjson"));
+    }
+    let key = IdempotencyKey::parse(
+        &req.headers()
+            .get("Idempotency-Key")
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    )?;
+    let bytes = read_capped(&mut req, MAX_UPLOAD_BYTES)
+        .await
+        .map_err(|e| match e {
+            ApiError::Client { status: 413, .. } => BulkError::TooLarge.into(),
+            other => other,
+        })?;
+    let body_sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let ap_id = ap.record.id.clone();
+    let now = auth::now_ms();
+    let idem_key = format!("bulk:{}", key.as_str());
+    let stored = match ap_object::call(
+        env,
+        &ap_id,
+        &ApOp::IdemGet {
+            key: idem_key.clone(),
+        },
+    )
+    .await?
+    {
+        ApReply::Idem { record } => record,
+        _ => None,
+    };
+    if let KeyDecision::Replay(summary) = decide_key(stored.as_ref(), &body_sha256, now)? {
+        let mut resp = respond(&json!(summary), 200)?;
+        resp.headers_mut()
+            .set("Idempotent-Replayed", "true")
+            .internal("header")?;
+        return Ok(resp);
+    }
+
+    // Parse everything first: a too-large upload is refused before any write.
+    let count = mapping_shard::shard_count(env);
+    let mut summary = BulkSummary::default();
+    let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
+        Default::default();
+    let mut splitter = LineSplitter::new();
+    let mut sink = |n: u32, line: Result<&[u8], crate::core::bulk::LineProblem>| match line
+        .and_then(parse_line)
+    {
+        Ok(Some(l)) => per_shard.entry(shard_of(&l.sii, count)).or_default().push((
+            n,
+            l.sii.to_string(),
+            l.user.to_string(),
+        )),
+        Ok(None) => {}
+        Err(p) => summary.refused(p.at(n)),
+    };
+    splitter.push(&bytes, &mut sink);
+    splitter.finish(&mut sink);
+    summary.lines = splitter.lines();
+    if summary.lines > MAX_LINES_PER_UPLOAD {
+        return Err(BulkError::TooLarge.into());
+    }
+    ap_object::call(
+        env,
+        &ap_id,
+        &ApOp::IdemPut {
+            key: idem_key.clone(),
+            record: KeyRecord {
+                body_sha256,
+                started_ms: now,
+                summary: None,
+            },
+        },
+    )
+    .await?;
+
+    let mut batches = Vec::new();
+    for (shard, lines) in per_shard {
+        for chunk in lines.chunks(BULK_BATCH) {
+            batches.push((shard, chunk.to_vec()));
+        }
+    }
+    let results = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
+        let ap_id = ap_id.clone();
+        async move {
+            let op = ShardOp::Bulk {
+                ap: ap_id,
+                lines: chunk
+                    .iter()
+                    .map(|(_, s, u)| (s.clone(), u.clone()))
+                    .collect(),
+                now_ms: now,
+            };
+            let reply = mapping_shard::call(env, shard, &op).await;
+            (chunk, reply)
+        }
+    }))
+    .await;
+    for (chunk, reply) in results {
+        match reply? {
+            ShardReply::Bulk { effects } => {
+                for ((n, _, _), effect) in chunk.iter().zip(effects) {
+                    match effect {
+                        Ok(e) => summary.applied(e),
+                        Err(detail) => summary.refused(crate::core::bulk::LineError {
+                            line: *n,
+                            problem: "mapping-refused".into(),
+                            detail,
+                        }),
+                    }
+                }
+            }
+            _ => return Err(ApiError::Internal("shard: unexpected bulk reply".into())),
+        }
+    }
+    summary.errors.sort_by_key(|e| e.line);
+    ap_object::call(
+        env,
+        &ap_id,
+        &ApOp::IdemPut {
+            key: idem_key,
+            record: KeyRecord {
+                body_sha256,
+                started_ms: now,
+                summary: Some(summary.clone()),
+            },
+        },
+    )
+    .await?;
+    respond(&json!(summary), 200)
+}
+
+/// `GET /admin/v1/aps/{id}/analytics` (draft §11.2: "Glados can
+/// additionally use analytics to look for odd patterns in registrations,
+/// including clearly fake or genreated email addresses, overlaps with
+/// existing email addresses and so on").
+pub async fn analytics(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
+    auth::check_admin(&req, env)?;
+    let record = match registry_object::call(env, &RegistryOp::Get { id: id.into() }).await? {
+        RegistryReply::Ap { ap } => ap.record,
+        _ => {
+            return Err(ApiError::client(
+                404,
+                "no-such-ap",
+                "No such AP",
+                format!("no AP with id {id:?} is enrolled here"),
+            ))
+        }
+    };
+    let (a, outbox) = match ap_object::call(env, id, &ApOp::Stats).await? {
+        ApReply::Stats { analytics, outbox } => (analytics, outbox),
+        _ => return Err(ApiError::Internal("ap object: unexpected reply".into())),
+    };
+    let ratio = |num: u64, den: u64| {
+        if den == 0 {
+            Value::Null
+        } else {
+            json!(num as f64 / den as f64)
+        }
+    };
+    respond(
+        &json!({
+            "ap": record.id,
+            "enrolled_users": record.enrolled_users,
+            "strikes": record.strikes,
+            "suspended": record.suspended,
+            "codes_sent": a.codes_sent,
+            "verified": a.verified,
+            "wrong_codes": a.wrong_codes,
+            "failed_verification_ratio": ratio(a.wrong_codes, a.wrong_codes + a.verified),
+            "unconfirmed_ratio": ratio(a.codes_sent.saturating_sub(a.verified), a.codes_sent),
+            "peak_codes_per_minute": a.peak_codes_per_minute,
+            "sequential_numbers": a.sequential,
+            "sequential_ratio": ratio(a.sequential, a.codes_sent),
+            "mappings_created": a.mappings_created,
+            "mappings_removed": a.mappings_removed,
+            "overlapping": a.overlapping,
+            "overlap_ratio": ratio(a.overlapping, a.mappings_created),
+            "webhooks": {
+                "queued": outbox.queued,
+                "dead_lettered": outbox.dead,
+                "delivered": outbox.delivered,
+                "oldest_queued_at": outbox.oldest_queued_ms.map(rfc3339_ms),
+                "last_error": outbox.last_error,
+            },
+        }),
+        200,
+    )
+}
