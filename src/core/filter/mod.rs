@@ -126,6 +126,17 @@ impl Iterator for Positions {
     }
 }
 
+/// Set bits per group of a filter's bitmap ([`Filter::fill_map`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FillMap {
+    /// Global index of group 0's first bit (non-zero for a partition).
+    pub first_bit: u64,
+    /// Bits per group; the last group may hold fewer.
+    pub group_bits: u64,
+    /// Number of set bits in each group, in bit order.
+    pub ones: Vec<u64>,
+}
+
 /// A routing filter (or one partition of it).
 ///
 /// Bits are kept in `u64` words (bit i = word i/64, bit i%64), which
@@ -412,6 +423,89 @@ impl Filter {
         self.ones
     }
 
+    /// Whether global bit `index` is set; `None` if this filter (partition)
+    /// does not hold it. The inspector shows which of an SII's k positions
+    /// are set, not only the overall verdict.
+    pub fn bit(&self, index: u64) -> Option<bool> {
+        self.local(index).map(|l| self.get_bit(l))
+    }
+
+    /// How full each part of the bitmap is, in at most `max_groups` groups
+    /// of equal size (the last may be shorter): a heat map, or a public
+    /// summary that shows load without revealing which bits are set.
+    ///
+    /// Groups are whole 512-bit blocks for a blocked filter (so a group's
+    /// fill is what a lookup landing there sees) and whole 64-bit words for
+    /// a plain one; as few bits per group as `max_groups` allows.
+    /// `max_groups` = 0 is treated as 1.
+    pub fn fill_map(&self, max_groups: u64) -> FillMap {
+        let unit: u64 = match self.header.params.layout {
+            Layout::Blocked512 => BLOCK_BITS,
+            Layout::Plain => 64,
+        };
+        let units = self.len.div_ceil(unit).max(1);
+        let per_group = units.div_ceil(max_groups.max(1));
+        let group_bits = per_group * unit;
+        // group_bits / 64 ≤ words.len() ≤ usize::MAX, so this cannot fail.
+        let words_per_group = usize::try_from(group_bits / 64).unwrap_or(usize::MAX);
+        let ones = self
+            .words
+            .chunks(words_per_group)
+            .map(|g| g.iter().map(|w| u64::from(w.count_ones())).sum())
+            .collect();
+        FillMap {
+            first_bit: self.first,
+            group_bits,
+            ones,
+        }
+    }
+
+    /// Bits per group over which [`estimated_fp_rate`](Self::estimated_fp_rate)
+    /// and [`fp_rate_at`](Self::fp_rate_at) average: the group that holds all
+    /// k positions of one SII (block, region, or the whole bitmap).
+    fn fp_group_log2(&self) -> u8 {
+        let p = &self.header.params;
+        let local_log2 = ceil_log2(self.len);
+        match p.layout {
+            Layout::Blocked512 => BLOCK_LOG2,
+            Layout::Plain => match p.hash {
+                HashScheme::Sha256Low => local_log2,
+                HashScheme::Sha256High => local_log2.min(PLAIN_REGION_LOG2),
+            },
+        }
+    }
+
+    /// False-positive rate for non-members whose positions fall in the same
+    /// group (block / region) as this digest's: (ones in group / group
+    /// size)^k. Tells the inspector how much a "may be" here is worth,
+    /// which varies from block to block. 0 for a digest this partition does
+    /// not cover.
+    pub fn fp_rate_at(&self, digest: &[u8; 32]) -> f64 {
+        let p = &self.header.params;
+        let group_log2 = self.fp_group_log2();
+        if !self.covers(digest) {
+            return 0.0;
+        }
+        if group_log2 < 6 || group_log2 >= ceil_log2(self.len) {
+            return self.fill_ratio().powi(i32::from(p.k));
+        }
+        let Some(first) = self.positions(digest).next() else {
+            return 0.0;
+        };
+        let start = (first >> group_log2) << group_log2;
+        let ones: u64 = match self.local(start).map(|l| l / 64) {
+            Some(w) => self
+                .words
+                .iter()
+                .skip(w)
+                .take(1usize << (group_log2 - 6))
+                .map(|w| u64::from(w.count_ones()))
+                .sum(),
+            None => return 0.0,
+        };
+        (ones as f64 / (1u64 << group_log2) as f64).powi(i32::from(p.k))
+    }
+
     /// Fraction of bits set, X/m.
     pub fn fill_ratio(&self) -> f64 {
         self.ones as f64 / self.local_bits() as f64
@@ -432,16 +526,8 @@ impl Filter {
     /// within a block); for Plain it is the classic (X/m)^k approximation,
     /// slightly high because double-hashed positions are distinct.
     pub fn estimated_fp_rate(&self) -> f64 {
-        let p = &self.header.params;
-        let k = i32::from(p.k);
-        let local_log2 = ceil_log2(self.len);
-        let group_log2 = match p.layout {
-            Layout::Blocked512 => BLOCK_LOG2,
-            Layout::Plain => match p.hash {
-                HashScheme::Sha256Low => local_log2,
-                HashScheme::Sha256High => local_log2.min(PLAIN_REGION_LOG2),
-            },
-        };
+        let k = i32::from(self.header.params.k);
+        let group_log2 = self.fp_group_log2();
         if group_log2 < 6 {
             return self.fill_ratio().powi(k);
         }

@@ -457,6 +457,80 @@ fn diff_lists_missing_bits_and_requires_same_params() {
     assert_eq!(a.diff(&c), Err(FilterError::ParamsMismatch));
 }
 
+// ---- inspector views: single bits, fill map, local fp ----
+
+#[test]
+fn bit_reads_set_bits_and_refuses_bits_not_held() {
+    let mut f = Filter::new(header(plain(10, 2))).unwrap();
+    f.apply(&[3, 1023]).unwrap();
+    assert_eq!(f.bit(3), Some(true));
+    assert_eq!(f.bit(4), Some(false));
+    assert_eq!(f.bit(1023), Some(true));
+    assert_eq!(f.bit(1024), None, "beyond the filter");
+    let mut whole = Filter::new(header(blocked(12, 3))).unwrap();
+    whole.apply(&[10, 4000]).unwrap();
+    let second_half = whole.partition(1, 1).unwrap();
+    assert_eq!(second_half.bit(10), None, "held by the other partition");
+    assert_eq!(second_half.bit(4000), Some(true));
+}
+
+#[test]
+fn fill_map_counts_ones_per_whole_block_group() {
+    // 8 blocks of 512 bits.
+    let mut f = Filter::new(header(blocked(12, 3))).unwrap();
+    f.apply(&[0, 1, 511, 512, 4095]).unwrap();
+    let per_block = f.fill_map(100);
+    assert_eq!(per_block.group_bits, 512, "one block per group when room allows");
+    assert_eq!(per_block.ones, vec![3, 1, 0, 0, 0, 0, 0, 1]);
+    let pairs = f.fill_map(4);
+    assert_eq!(pairs.group_bits, 1024);
+    assert_eq!(pairs.ones, vec![4, 0, 0, 1]);
+    let three = f.fill_map(3);
+    assert_eq!(three.group_bits, 1536, "whole blocks, never split");
+    assert_eq!(three.ones, vec![4, 0, 1]);
+    assert_eq!(f.fill_map(0).ones, vec![5], "0 groups means one");
+    assert_eq!(per_block.ones.iter().sum::<u64>(), f.count_ones());
+    // A partition's groups start at its first bit.
+    let p = f.partition(1, 1).unwrap();
+    let pm = p.fill_map(100);
+    assert_eq!(pm.first_bit, 2048);
+    assert_eq!(pm.ones, vec![0, 0, 0, 1]);
+    // Plain: whole words; a tiny filter is one short group.
+    let mut tiny = Filter::new(header(FilterParams::draft_interop(3))).unwrap();
+    tiny.apply(&[2, 7]).unwrap();
+    let tm = tiny.fill_map(10);
+    assert_eq!((tm.group_bits, tm.ones), (64, vec![2]));
+}
+
+#[test]
+fn fp_rate_at_is_the_fill_of_the_digests_block_to_the_k() {
+    let mut f = Filter::new(header(blocked(14, 4))).unwrap();
+    for i in 0..300 {
+        f.insert(&digest("member", i));
+    }
+    let d = digest("probe", 1);
+    let first = f.positions(&d).next().unwrap();
+    let block = first / 512;
+    let ones = (block * 512..block * 512 + 512)
+        .filter(|&i| f.bit(i) == Some(true))
+        .count();
+    let expected = (ones as f64 / 512.0).powi(4);
+    assert!((f.fp_rate_at(&d) - expected).abs() < 1e-15);
+    // Averaged over many digests, the local rate is the filter's estimate.
+    let n = 20_000;
+    let mean: f64 = (0..n).map(|i| f.fp_rate_at(&digest("x", i))).sum::<f64>() / n as f64;
+    assert!((mean / f.estimated_fp_rate() - 1.0).abs() < 0.05, "{mean}");
+    // Draft interop: one group, the whole filter: fill^1.
+    let mut draft = Filter::new(header(FilterParams::draft_interop(12))).unwrap();
+    for i in 0..100 {
+        draft.insert(&digest("member", i));
+    }
+    assert!((draft.fp_rate_at(&d) - draft.fill_ratio()).abs() < 1e-15);
+    // A partition that does not cover the digest never says "may be".
+    let other = (0..2u32).find(|&i| i != partition_of(&d, 1)).unwrap();
+    assert_eq!(f.partition(1, other).unwrap().fp_rate_at(&d), 0.0);
+}
+
 // ---- estimates and measured false positives ----
 
 /// Measured fp on 100k non-members, for a filter filled to ~1%.
