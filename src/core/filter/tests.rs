@@ -480,7 +480,10 @@ fn fill_map_counts_ones_per_whole_block_group() {
     let mut f = Filter::new(header(blocked(12, 3))).unwrap();
     f.apply(&[0, 1, 511, 512, 4095]).unwrap();
     let per_block = f.fill_map(100);
-    assert_eq!(per_block.group_bits, 512, "one block per group when room allows");
+    assert_eq!(
+        per_block.group_bits, 512,
+        "one block per group when room allows"
+    );
     assert_eq!(per_block.ones, vec![3, 1, 0, 0, 0, 0, 0, 1]);
     let pairs = f.fill_map(4);
     assert_eq!(pairs.group_bits, 1024);
