@@ -94,7 +94,17 @@ const hooks = await startWebhookReceiver({ port: WEBHOOK_PORT, log: true });
 const fed = await startFederation({
   stateRoot: path.join(ROOT, '.state', 'dev'),
   ports: GP_PORTS,
-  bindings: { '*': { ...secrets } },
+  bindings: {
+    '*': {
+      ...secrets,
+      // Verification codes go to the stand-in inbox, over the same
+      // Twilio/SendGrid wire APIs the real providers speak.
+      TWILIO_BASE_URL: inbox.url,
+      SENDGRID_BASE_URL: inbox.url,
+      TWILIO_FROM: '+15005550006',
+      EMAIL_FROM: 'codes@glados.localhost',
+    },
+  },
   verbose: process.env.GLADOS_VERBOSE === '1',
 });
 
