@@ -67,12 +67,13 @@ const phone = () => `+1415${String(5_550_000 + (++seq) * 37 + Math.floor(Math.ra
 const esc = (x) => x.replaceAll('~', '~0').replaceAll('/', '~1');
 const templateOf = (path) => path
   .replace(/^\/v1\/verifications\/[^/]+$/, '/v1/verifications/{handle}')
-  .replace(/^\/admin\/v1\/aps\/[^/]+\/analytics$/, '/admin/v1/aps/{id}/analytics');
+  .replace(/^\/admin\/v1\/aps\/[^/]+\/analytics$/, '/admin/v1/aps/{id}/analytics')
+  .replace(/^\/admin\/v1\/aps\/[^/]+\/webhooks\/replay$/, '/admin/v1/aps/{id}/webhooks/replay');
 
 /** Validates a response of a lifecycle operation against openapi.json. */
 function validate(method, path, res, text, parsed) {
   const template = templateOf(path);
-  if (!/^\/v1\/(mappings|verifications)|\/analytics$/.test(template)) return;
+  if (!/^\/v1\/(mappings|verifications)|\/analytics$|\/webhooks\/replay$/.test(template)) return;
   const m = method.toLowerCase();
   const op = doc.paths[template]?.[m];
   if (!op) return; // 405s etc.: not an operation
@@ -384,6 +385,8 @@ test('§8.2.1: prefer keeps the old mapping; the old AP prefers back, and the ne
   assert.equal((await act(neu, 'delete', { sii })).status, 200);
   assert.equal((await mine(old, sii)).body.mapping.user, 'o2', 'untouched');
   assert.equal((await mine(neu, sii)).body.mapping, null);
+  // Without a mapping of its own, an AP learns nothing about the SII here.
+  assert.equal((await mine(neu, sii)).body.preferred_elsewhere, null);
 });
 
 test('§8.2.1: re-establish after replace, report as malicious: strikes, then suspension at the threshold', async () => {
@@ -446,6 +449,41 @@ test('webhooks: a receiver that fails for a while gets every event once it is ba
   assert.equal(a.body.webhooks.queued, 0);
   assert.equal(a.body.webhooks.dead_lettered, 0);
   assert.ok(a.body.webhooks.delivered >= 3);
+});
+
+test('webhooks: past the retry horizon an event is dead-lettered, visible to the operator, and can be replayed', async () => {
+  const short = new Gp({
+    env: 'gp-b', port: await freePort(), stateDir: `${state.dir}/horizon`,
+    bindings: { ...gp.bindings, WEBHOOK_RETRY_HORIZON_MS: '1500' },
+  });
+  await short.start();
+  const saved = gp;
+  gp = short;
+  try {
+    // Its endpoint refuses connections (nothing listens on port 9).
+    const old = await enrollAp('life-dl-old', { webhook_url: 'http://127.0.0.1:9/down' });
+    const neu = await enrollAp('life-dl-new');
+    const sii = phone();
+    await register(old, sii, 'dl');
+    await register(neu, sii, 'dl2');
+    assert.equal((await act(neu, 'choice', { sii, choice: 'prefer' })).status, 200);
+    const analytics = async () => (await req('GET', `/admin/v1/aps/${old.id}/analytics`, { headers: admin })).body;
+    const dead = await eventually(async () => { const a = await analytics(); return a.webhooks.dead_lettered === 1 ? a : null; }, { what: 'a dead letter' });
+    assert.equal(dead.webhooks.queued, 0);
+    assert.match(dead.webhooks.last_error, /fetch|connect|refused|network/i);
+    // The AP fixes its endpoint; the operator replays.
+    const patch = await req('PATCH', `/admin/v1/aps/${old.id}`, { headers: admin, json: { webhook_url: `${hooks.url}/${old.id}` } });
+    assert.equal(patch.status, 200, JSON.stringify(patch.body));
+    const r = await req('POST', `/admin/v1/aps/${old.id}/webhooks/replay`, { headers: admin });
+    assert.deepEqual(r.body, { ap: old.id, requeued: 1 });
+    const hook = await hooks.waitFor((h) => h.path === `/${old.id}` && h.json?.type === 'mapping.outpreferred', 8000);
+    assert.ok(verifyStandardWebhook(hook, old.webhookSecret));
+    await eventually(async () => { const a = await analytics(); return a.webhooks.dead_lettered === 0 && a.webhooks.delivered === 1; }, { what: 'delivered after replay' });
+    problem(await req('POST', '/admin/v1/aps/nobody/webhooks/replay', { headers: admin }), 404, 'no-such-ap');
+  } finally {
+    gp = saved;
+    await short.stop();
+  }
 });
 
 test('two APs racing for one SII end in one consistent state', async () => {
@@ -568,7 +606,7 @@ test('a GP restarted while verifications are pending loses nothing', async () =>
 
 test('OpenAPI: every lifecycle operation was exercised and matched its documented schema', () => {
   for (const [p, item] of Object.entries(doc.paths)) {
-    if (!/^\/v1\/(mappings|verifications)(\/|$)|\/analytics$/.test(p)) continue;
+    if (!/^\/v1\/(mappings|verifications)(\/|$)|\/analytics$|\/webhooks\/replay$/.test(p)) continue;
     for (const m of ['get', 'post']) {
       if (item[m]) assert.ok(checked.has(`${m.toUpperCase()} ${p}`), `${m.toUpperCase()} ${p} never validated`);
     }

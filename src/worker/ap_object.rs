@@ -97,6 +97,8 @@ pub enum ApOp {
         ok: bool,
     },
     Stats,
+    /// Requeue dead-lettered webhooks.
+    Replay,
     IdemGet {
         key: String,
     },
@@ -110,6 +112,9 @@ pub enum ApOp {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ApReply {
     Ok,
+    Replayed {
+        events: u64,
+    },
     Limited {
         retry_after_ms: Option<u64>,
     },
@@ -206,6 +211,7 @@ fn retry_policy(env: &Env) -> RetryPolicy {
 }
 
 const WEBHOOK_TIMEOUT_MS: u32 = 5_000;
+const SEEN_TTL_MS: u64 = 7 * 24 * 3_600_000;
 const MAX_PER_ALARM: usize = 50;
 
 impl ApObject {
@@ -216,7 +222,7 @@ impl ApObject {
     fn ensure_schema(&self) -> ApiResult<()> {
         for q in [
             "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS seen_ids (id TEXT PRIMARY KEY, at INTEGER NOT NULL)",
             "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, body TEXT NOT NULL, delivery TEXT NOT NULL, next_at INTEGER, dead INTEGER NOT NULL DEFAULT 0)",
             "CREATE TABLE IF NOT EXISTS idem (k TEXT PRIMARY KEY, record TEXT NOT NULL)",
         ] {
@@ -252,7 +258,7 @@ impl ApObject {
         let rows: Vec<KvRow> = self
             .sql()
             .exec(
-                "SELECT id AS v FROM seen WHERE id = ?",
+                "SELECT id AS v FROM seen_ids WHERE id = ?",
                 Some(vec![id.into()]),
             )
             .internal("seen select")?
@@ -261,14 +267,48 @@ impl ApObject {
         Ok(!rows.is_empty())
     }
 
-    fn mark_seen(&self, id: &str) -> ApiResult<()> {
+    fn mark_seen(&self, id: &str, now_ms: u64) -> ApiResult<()> {
         self.sql()
             .exec(
-                "INSERT OR IGNORE INTO seen (id) VALUES (?)",
-                Some(vec![id.into()]),
+                "INSERT OR IGNORE INTO seen_ids (id, at) VALUES (?, ?)",
+                Some(vec![id.into(), (now_ms as i64).into()]),
             )
             .internal("seen insert")?;
         Ok(())
+    }
+
+    /// Shards retry an item only until it was taken once (minutes at most),
+    /// so ids older than a week can be forgotten.
+    fn prune_seen(&self, now_ms: u64) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "DELETE FROM seen_ids WHERE at < ?",
+                Some(vec![(now_ms.saturating_sub(SEEN_TTL_MS) as i64).into()]),
+            )
+            .internal("seen prune")?;
+        Ok(())
+    }
+
+    /// Puts every dead-lettered event back in the queue (operator replay).
+    fn revive_dead(&self, now_ms: u64) -> ApiResult<u64> {
+        let rows: Vec<EventRow> = self
+            .sql()
+            .exec("SELECT id, body, delivery FROM events WHERE dead = 1", None)
+            .internal("dead select")?
+            .to_array()
+            .internal("dead read")?;
+        let n = rows.len() as u64;
+        for row in rows {
+            let mut d: Delivery = dec(&row.delivery)?;
+            d.revive(now_ms);
+            self.sql()
+                .exec(
+                    "UPDATE events SET delivery = ?, next_at = ?, dead = 0 WHERE id = ?",
+                    Some(vec![enc(&d)?.into(), (now_ms as i64).into(), row.id.into()]),
+                )
+                .internal("revive")?;
+        }
+        Ok(n)
     }
 
     fn enqueue(&self, id: &str, event: &Event, now_ms: u64) -> ApiResult<()> {
@@ -294,6 +334,7 @@ impl ApObject {
             ApOp::Take { ap, items } => {
                 // Remembered for the alarm, which has no request to read it from.
                 self.put_kv("ap_id", &ap)?;
+                self.prune_seen(now)?;
                 let mut queued = false;
                 for item in items {
                     if self.seen(item.id())? {
@@ -349,7 +390,7 @@ impl ApObject {
                             }
                         }
                     }
-                    self.mark_seen(item.id())?;
+                    self.mark_seen(item.id(), now)?;
                 }
                 if queued {
                     self.state
@@ -432,6 +473,17 @@ impl ApObject {
                 }
                 outbox.oldest_queued_ms = self.oldest_queued()?;
                 Ok(ApReply::Stats { analytics, outbox })
+            }
+            ApOp::Replay => {
+                let events = self.revive_dead(now)?;
+                if events > 0 {
+                    self.state
+                        .storage()
+                        .set_alarm(0i64)
+                        .await
+                        .internal("alarm")?;
+                }
+                Ok(ApReply::Replayed { events })
             }
             ApOp::IdemGet { key } => {
                 let rows: Vec<KvRow> = self

@@ -655,8 +655,11 @@ impl MappingShard {
                     created_at_ms: m.created_at_ms,
                     preferred: preferred.as_ref() == Some(&caller),
                 });
+                // Only an AP that holds a mapping for the SII learns who else
+                // is preferred: otherwise this would be an unmetered lookup
+                // (DESIGN.md: "No enumeration").
                 let preferred_elsewhere = preferred
-                    .filter(|p| p != &caller)
+                    .filter(|p| p != &caller && mapping.is_some())
                     .map(|ap| Party { ap, gp: None });
                 Ok((
                     ShardReply::Status {

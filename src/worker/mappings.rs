@@ -596,3 +596,25 @@ pub async fn analytics(req: Request, env: &Env, id: &str) -> ApiResult<Response>
         200,
     )
 }
+
+/// `POST /admin/v1/aps/{id}/webhooks/replay`: requeues the AP's
+/// dead-lettered webhooks (the retry horizon passed, e.g. because its
+/// endpoint was down for longer), with a fresh horizon.
+pub async fn replay(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
+    auth::check_admin(&req, env)?;
+    if !matches!(
+        registry_object::call(env, &RegistryOp::Get { id: id.into() }).await?,
+        RegistryReply::Ap { .. }
+    ) {
+        return Err(ApiError::client(
+            404,
+            "no-such-ap",
+            "No such AP",
+            format!("no AP with id {id:?} is enrolled here"),
+        ));
+    }
+    match ap_object::call(env, id, &ApOp::Replay).await? {
+        ApReply::Replayed { events } => respond(&json!({ "ap": id, "requeued": events }), 200),
+        _ => Err(ApiError::Internal("ap object: unexpected reply".into())),
+    }
+}

@@ -27,6 +27,7 @@ enum Route {
     AdminApReinstate,
     AdminApRotate,
     AdminApAnalytics,
+    AdminApWebhookReplay,
     MappingCreate,
     Verification,
     MappingChoice,
@@ -124,6 +125,12 @@ const ROUTES: &[RouteDef] = &[
         template: "/admin/v1/aps/{id}/analytics",
         route: Route::AdminApAnalytics,
         methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/aps/{id}/webhooks/replay",
+        route: Route::AdminApWebhookReplay,
+        methods: POST,
         debug_only: false,
     },
     RouteDef {
@@ -279,6 +286,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::AdminApReinstate => admin::reinstate(req, env, id).await,
         Route::AdminApRotate => admin::rotate(req, env, id).await,
         Route::AdminApAnalytics => mappings::analytics(req, env, id).await,
+        Route::AdminApWebhookReplay => mappings::replay(req, env, id).await,
         Route::MappingCreate => mappings::create(req, env, cfg).await,
         Route::Verification => mappings::confirm(req, env, cfg, id).await,
         Route::MappingChoice => mappings::action(req, env, cfg, Action::Choice).await,
