@@ -41,6 +41,8 @@ before(async () => {
       SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.test', EMAIL_FROM: 'codes@gp-a.test',
       // A day of webhook retries compressed into seconds.
       WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400', WEBHOOK_RETRY_HORIZON_MS: '600000',
+      // Every client call reads the registry, so rate and strike changes show at once.
+      AP_CACHE_SECONDS: '0',
     },
   });
   await gp.start();
@@ -304,6 +306,33 @@ test('sends per SII are limited (SMS pumping); the limit answers 429 with Retry-
   assert.ok(Number(r.headers.get('retry-after')) > 0);
 });
 
+test('sends per AP are limited too (SMS pumping through one AP); nothing is sent or kept', async () => {
+  const tight = new Gp({
+    env: 'gp-b', port: await freePort(), stateDir: `${state.dir}/tight`,
+    bindings: { ...gp.bindings, CODES_PER_AP_PER_HOUR: '2' },
+  });
+  await tight.start();
+  const saved = gp;
+  gp = tight;
+  try {
+    const ap = await enrollAp('life-apcap');
+    const sii = phone();
+    assert.equal((await create(ap, phone(), 'a')).status, 202);
+    assert.equal((await create(ap, phone(), 'b')).status, 202);
+    const before = codes.sms().length;
+    const r = await create(ap, sii, 'c');
+    const doc = problem(r, 429, 'too-many-codes');
+    assert.match(doc.detail, /this provider/);
+    assert.equal(codes.sms().length, before, 'nothing sent');
+    // The refused request's pending verification was rolled back: another AP starts cleanly.
+    const other = await enrollAp('life-apcap2');
+    assert.equal((await create(other, sii, 'x')).status, 202);
+  } finally {
+    gp = saved;
+    await tight.stop();
+  }
+});
+
 test('a delivery failure is a retryable 503 and leaves nothing behind', async () => {
   const ap = await enrollAp('life-fail');
   const sii = phone();
@@ -407,11 +436,16 @@ test('§8.2.1: re-establish after replace, report as malicious: strikes, then su
   problem(await act(old, 'reestablish', { sii: siis[0] }), 409, 'already-mapped');
   await hooks.waitFor((h) => h.path === '/life-bad3' && h.json?.type === 'mapping.remedied' && h.json.data.remedy === 'reestablished', 8000);
   // Report both changes: two strikes, the second suspends.
+  await eventually(async () => (await apRecord(bad)).enrolled_users === 2, { what: 'two users' });
+  const rateBefore = (await me(bad)).rate.per_sec;
   assert.equal((await act(old, 'report', { sii: siis[0] })).status, 200);
   problem(await act(old, 'report', { sii: siis[0] }), 409, 'already-reported');
   await eventually(async () => (await apRecord(bad)).strikes === 1, { what: 'one strike' });
   const strike = await hooks.waitFor((h) => h.path === '/life-bad3' && h.json?.type === 'ap.strike', 8000);
   assert.deepEqual(strike.json.data, { sii: siis[0], reported_by: { provider: 'life-old3' }, strikes: 1, suspended: false });
+  // draft §8.2.1: "With sufficient strikes, the GP can further rate limit that provider": each strike halves it.
+  const rateAfter = (await me(bad)).rate.per_sec;
+  assert.ok(Math.abs(rateAfter - rateBefore / 2) < 1e-9, `${rateBefore} -> ${rateAfter}`);
   assert.equal((await act(old, 'report', { sii: siis[1] })).status, 200);
   await eventually(async () => (await apRecord(bad)).suspended, { what: 'suspension' });
   const rec = await apRecord(bad);
