@@ -588,6 +588,19 @@ test('bulk: NDJSON upload by an allowed AP, bad lines reported while good ones a
   assert.equal((await apRecord(big)).enrolled_users, n);
 });
 
+test('bulk: an upload over 100,000 lines is refused before anything is written', async () => {
+  const big = await enrollAp('life-bulk-big', { bulk_allowed: true });
+  const lines = [];
+  for (let i = 0; i <= 100_000; i++) lines.push(`{"sii":"+4930${String(10_000_000 + i)}","user":"x${i}"}`);
+  const r = await req('POST', '/v1/mappings/bulk', {
+    token: big.token, body: lines.join('\n'),
+    headers: { 'content-type': 'application/x-ndjson', 'idempotency-key': 'too-big' },
+  });
+  problem(r, 413, 'upload-too-large');
+  assert.equal((await mine(big, '+493010000000')).body.mapping, null);
+  assert.equal((await apRecord(big)).enrolled_users, 0);
+});
+
 test('bulk: an AP not allowed to is refused and nothing is stored', async () => {
   const small = await enrollAp('life-nobulk');
   const sii = phone();

@@ -12,7 +12,7 @@
 
 use super::ap_object::{self, ApOp, ApReply};
 use super::auth::{self, AuthedAp};
-use super::body::{media_type, read_capped, read_json};
+use super::body::{media_type, read_json};
 use super::config::GpConfig;
 use super::delivery;
 use super::error::{ApiError, ApiResult, OrInternal};
@@ -29,6 +29,7 @@ use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::UserId;
 use crate::core::verification::{generate_code, hash_code, CodePolicy, SendLimit};
 use crate::core::webhook::rfc3339_ms;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -416,13 +417,6 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             .flatten()
             .unwrap_or_default(),
     )?;
-    let bytes = read_capped(&mut req, MAX_UPLOAD_BYTES)
-        .await
-        .map_err(|e| match e {
-            ApiError::Client { status: 413, .. } => BulkError::TooLarge.into(),
-            other => other,
-        })?;
-    let body_sha256: [u8; 32] = Sha256::digest(&bytes).into();
     let ap_id = ap.record.id.clone();
     let now = auth::now_ms();
     let idem_key = format!("bulk:{}", key.as_str());
@@ -438,20 +432,27 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         ApReply::Idem { record } => record,
         _ => None,
     };
-    if let KeyDecision::Replay(summary) = decide_key(stored.as_ref(), &body_sha256, now)? {
-        let mut resp = respond(&json!(summary), 200)?;
-        resp.headers_mut()
-            .set("Idempotent-Replayed", "true")
-            .internal("header")?;
-        return Ok(resp);
+    if let Ok(Some(len)) = req.headers().get("Content-Length") {
+        if len
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|n| n > MAX_UPLOAD_BYTES as u64)
+        {
+            return Err(BulkError::TooLarge.into());
+        }
     }
 
-    // Parse everything first: a too-large upload is refused before any write.
+    // The body is read as a stream: lines are cut and parsed as chunks
+    // arrive (the raw bytes are never buffered), and hashed for the
+    // idempotency check. Nothing is written before the whole upload was
+    // read, so size limits and the key decision come before any write.
     let count = mapping_shard::shard_count(env);
     let mut summary = BulkSummary::default();
     let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
         Default::default();
     let mut splitter = LineSplitter::new();
+    let mut hasher = Sha256::new();
+    let mut read = 0usize;
     let mut sink = |n: u32, line: Result<&[u8], crate::core::bulk::LineProblem>| match line
         .and_then(parse_line)
     {
@@ -463,11 +464,39 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         Ok(None) => {}
         Err(p) => summary.refused(p.at(n)),
     };
-    splitter.push(&bytes, &mut sink);
+    if let Ok(mut stream) = req.stream() {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::client(
+                    400,
+                    "body-unreadable",
+                    "Request body unreadable",
+                    format!("the upload could not be read: {e}"),
+                )
+            })?;
+            read += chunk.len();
+            if read > MAX_UPLOAD_BYTES {
+                return Err(BulkError::TooLarge.into());
+            }
+            hasher.update(&chunk);
+            splitter.push(&chunk, &mut sink);
+            if splitter.lines() > MAX_LINES_PER_UPLOAD {
+                return Err(BulkError::TooLarge.into());
+            }
+        }
+    }
     splitter.finish(&mut sink);
     summary.lines = splitter.lines();
     if summary.lines > MAX_LINES_PER_UPLOAD {
         return Err(BulkError::TooLarge.into());
+    }
+    let body_sha256: [u8; 32] = hasher.finalize().into();
+    if let KeyDecision::Replay(summary) = decide_key(stored.as_ref(), &body_sha256, now)? {
+        let mut resp = respond(&json!(summary), 200)?;
+        resp.headers_mut()
+            .set("Idempotent-Replayed", "true")
+            .internal("header")?;
+        return Ok(resp);
     }
     ap_object::call(
         env,
