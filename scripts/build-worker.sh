@@ -6,3 +6,27 @@ cd "$ROOT"
 ensure_build_tools
 log "building the worker (worker-build --release, feature worker)"
 "$WORKER_BUILD_BIN" --release --features worker >&2
+
+# The filter inspector's wasm (issue 7): the same core, feature `web`, for
+# the browser (wasm-bindgen --target web) into assets/inspector/pkg, which
+# wrangler [assets] serves. Its own target dir: other features would
+# otherwise make cargo rebuild the worker's dependencies every time.
+WEB_TARGET_DIR="$ROOT/target/web"
+WEB_WASM="$WEB_TARGET_DIR/wasm32-unknown-unknown/release/glados.wasm"
+WEB_PKG="$ROOT/assets/inspector/pkg"
+log "building the inspector's wasm (feature web)"
+# strip=false keeps the target_features section wasm-bindgen reads; it
+# removes the names itself.
+cargo build --release --target wasm32-unknown-unknown --lib --no-default-features \
+  --features web --target-dir "$WEB_TARGET_DIR" --config profile.release.strip=false >&2
+web_sum="$(sha256sum "$WEB_WASM" | cut -d' ' -f1)"
+if [ "$(cat "$WEB_TARGET_DIR/inspector-pkg.sha256" 2>/dev/null)" != "$web_sum" ] || [ ! -f "$WEB_PKG/glados_bg.wasm" ]; then
+  rm -rf "$WEB_PKG"
+  "$WASM_BINDGEN_BIN" --target web --no-typescript --remove-name-section \
+    --remove-producers-section --out-dir "$WEB_PKG" "$WEB_WASM" >&2
+  "$WASM_OPT_BIN" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals \
+    -o "$WEB_PKG/glados_bg.wasm" "$WEB_PKG/glados_bg.wasm" >&2
+  printf '%s\n' "$web_sum" > "$WEB_TARGET_DIR/inspector-pkg.sha256"
+fi
+echo "inspector wasm: $(stat -c %s "$WEB_PKG/glados_bg.wasm") bytes raw, $(gzip -9 -c "$WEB_PKG/glados_bg.wasm" | wc -c) bytes gzip" >&2

@@ -67,3 +67,19 @@ ensure_build_tools() {
   export WORKER_BUILD_BIN WASM_BINDGEN_BIN WASM_OPT_BIN ESBUILD_BIN
   export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
 }
+
+# Debian's chromium for the inspector's browser test (playwright-core drives
+# it; `npx playwright install` cannot download browsers here). CI runs as
+# root; elsewhere sudo is used if present. Quick when already installed.
+ensure_chromium() {
+  CHROMIUM_BIN="${CHROMIUM_BIN:-$(command -v chromium || true)}"
+  if [ -z "$CHROMIUM_BIN" ]; then
+    log "installing chromium (apt-get; once)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >&2
+    CHROMIUM_BIN="$(command -v chromium)" || die "chromium is not on PATH after apt-get install"
+  fi
+  export CHROMIUM_BIN
+}

@@ -9,6 +9,7 @@ step() { log "[$(( $(date +%s) - started ))s] $*"; }
 
 step "set-up"
 ensure_build_tools
+ensure_chromium
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -23,6 +24,8 @@ cargo clippy --lib --target wasm32-unknown-unknown --all-features -- -D warnings
 
 step "native tests (cargo test)"
 cargo test --all-targets
+# The inspector's bindings (feature web) have their own unit tests.
+cargo test --lib --features web web::
 
 step "core tests as wasm (wasm32-wasip1 under Node's WASI)"
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
