@@ -27,6 +27,7 @@ use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
 use crate::core::verification::{
     CodePolicy, PendingVerification, SendLimit, SendLimited, SendScope, VerifyError, WindowCounter,
+    SEND_WINDOW_MS,
 };
 use crate::core::webhook::{Event, EventData};
 use serde::{Deserialize, Serialize};
@@ -216,11 +217,17 @@ impl Refusal {
 pub struct MappingShard {
     state: State,
     env: Env,
+    /// When this instance last swept dead rows (0: not yet).
+    swept_at_ms: std::cell::Cell<u64>,
 }
 
 impl worker::DurableObject for MappingShard {
     fn new(state: State, env: Env) -> Self {
-        MappingShard { state, env }
+        MappingShard {
+            state,
+            env,
+            swept_at_ms: std::cell::Cell::new(0),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -298,6 +305,9 @@ fn random_id() -> ApiResult<String> {
 }
 
 type Applied = (ShardReply, bool);
+
+/// How often a shard sweeps dead verification rows and stale counters.
+const SWEEP_EVERY_MS: u64 = 3_600_000;
 
 impl MappingShard {
     fn sql(&self) -> SqlStorage {
@@ -480,8 +490,36 @@ impl MappingShard {
         Ok(notified)
     }
 
+    /// Deletes verifications past their expiry (plus a grace hour, so a late
+    /// confirmation still gets "expired" rather than "unknown") and send
+    /// counters whose windows are over. At most hourly per object instance;
+    /// one indexed-less scan of two small tables.
+    fn sweep(&self) -> ApiResult<()> {
+        let now = worker::Date::now().as_millis();
+        if now.saturating_sub(self.swept_at_ms.get()) < SWEEP_EVERY_MS {
+            return Ok(());
+        }
+        self.swept_at_ms.set(now);
+        let cutoff = now.saturating_sub(SWEEP_EVERY_MS) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM pending WHERE json_extract(row, '$.expires_at_ms') < ?",
+                Some(vec![cutoff.into()]),
+            )
+            .internal("sweep pending")?;
+        let stale = now.saturating_sub(2 * SEND_WINDOW_MS) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM sends WHERE json_extract(counter, '$.window_start_ms') < ?",
+                Some(vec![stale.into()]),
+            )
+            .internal("sweep sends")?;
+        Ok(())
+    }
+
     fn apply(&self, op: ShardOp) -> ApiResult<Applied> {
         self.ensure_schema()?;
+        self.sweep()?;
         match op {
             ShardOp::Begin {
                 sii,
