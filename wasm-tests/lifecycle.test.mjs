@@ -416,6 +416,29 @@ test('§8.2.1: prefer keeps the old mapping; the old AP prefers back, and the ne
   assert.equal((await mine(neu, sii)).body.mapping, null);
   // Without a mapping of its own, an AP learns nothing about the SII here.
   assert.equal((await mine(neu, sii)).body.preferred_elsewhere, null);
+  // Deletion counts: the new AP is back to no users.
+  await eventually(async () => (await apRecord(neu)).enrolled_users === 0, { what: 'user count after delete' });
+  problem(await act(neu, 'delete', { sii }), 404, 'no-such-mapping');
+});
+
+test('§8.2.2: a recycled number verified by its new owner on another app replaces the old owner\'s mapping; on the same app it is re-pointed', async () => {
+  const ap1 = await enrollAp('life-move1');
+  const ap2 = await enrollAp('life-move2');
+  const sii = phone();
+  await register(ap1, sii, 'user-a');
+  // Months later the number belongs to user B, who uses ap2 and removes the old mapping.
+  const { confirmed } = await register(ap2, sii, 'user-b');
+  assert.equal(confirmed.existing.provider, 'life-move1');
+  assert.equal((await act(ap2, 'choice', { sii, choice: 'replace' })).status, 200);
+  const hook = await hooks.waitFor((h) => h.path === '/life-move1' && h.json?.data?.sii === sii, 8000);
+  assert.equal(hook.json.type, 'mapping.replaced');
+  assert.equal(hook.json.data.user, 'user-a', 'the old app learns which of its users lost the number');
+  // Another user C of ap2 gets the number later: after verification ap2's mapping points at C.
+  const again = await register(ap2, sii, 'user-c');
+  assert.equal(again.confirmed.mapping.user, 'user-c');
+  assert.equal(again.confirmed.mapping.preferred, true);
+  assert.equal(again.confirmed.existing, null);
+  await eventually(async () => (await apRecord(ap2)).enrolled_users === 1, { what: 'still one user' });
 });
 
 test('§8.2.1: re-establish after replace, report as malicious: strikes, then suspension at the threshold', async () => {
