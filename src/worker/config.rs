@@ -15,6 +15,12 @@ pub struct Peer {
     pub id: String,
     /// Base URL the peer serves its API at (no trailing slash needed).
     pub url: String,
+    /// The peer's Ed25519 public key (32 bytes, base64 or base64url): its
+    /// signed requests verify against it (draft §11.1: GPs are "fully
+    /// trusted", DESIGN.md: "but authenticated"). A peer without one can
+    /// be called but every request it sends is refused.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 /// Everything a request handler needs to know about this GP.
@@ -96,7 +102,7 @@ impl GpConfig {
 fn parse_peers(text: &str) -> ApiResult<Vec<Peer>> {
     let peers: Vec<Peer> = serde_json::from_str(text).map_err(|e| {
         ApiError::Internal(format!(
-            "config PEERS is not a JSON array of {{id, url}}: {e}"
+            "config PEERS is not a JSON array of {{id, url, public_key}}: {e}"
         ))
     })?;
     for p in &peers {

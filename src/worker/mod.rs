@@ -11,10 +11,12 @@ mod body;
 mod config;
 mod delivery;
 mod error;
+mod federation;
 mod filter_object;
 mod mapping_shard;
 mod mappings;
 mod oauth;
+mod peer_auth;
 mod peers;
 mod registry_object;
 mod routes;
@@ -46,5 +48,11 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     match filter_object::current_info(&env).await {
         Ok(info) => worker::console_log!("cron {}: filter {}", event.cron(), info),
         Err(e) => worker::console_error!("cron {}: filter check failed: {:?}", event.cron(), e),
+    }
+    // draft §9: periodic rebuild, and catching up with every peer's
+    // additions after this GP was down.
+    match config::GpConfig::from_env(&env) {
+        Ok(cfg) => federation::cron(&env, &cfg).await,
+        Err(e) => worker::console_error!("cron {}: config: {:?}", event.cron(), e),
     }
 }

@@ -7,7 +7,7 @@
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
 use super::mappings::{self, Action};
-use super::{admin, auth, filter_object, oauth, peers};
+use super::{admin, auth, federation, filter_object, oauth, peers};
 use crate::core::ratelimit::allowed_rate;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
@@ -37,6 +37,13 @@ enum Route {
     MappingDelete,
     MappingMine,
     MappingBulk,
+    PeerFilter,
+    PeerFilterAdditions,
+    PeerFilterSubscriptions,
+    PeerFilterUpdates,
+    AdminFilterRebuild,
+    DebugFilterInsert,
+    DebugPeerFilters,
     DebugPanic,
     DebugRoutes,
 }
@@ -187,6 +194,51 @@ const ROUTES: &[RouteDef] = &[
         methods: POST,
         debug_only: false,
     },
+    // draft §9 GP-to-GP routing protocol; signed peer requests only.
+    RouteDef {
+        template: "/peer/v1/filter",
+        route: Route::PeerFilter,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/peer/v1/filter/additions",
+        route: Route::PeerFilterAdditions,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/peer/v1/filter/subscriptions",
+        route: Route::PeerFilterSubscriptions,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/peer/v1/filter-updates",
+        route: Route::PeerFilterUpdates,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/admin/v1/filter/rebuild",
+        route: Route::AdminFilterRebuild,
+        methods: POST,
+        debug_only: false,
+    },
+    // Inserts SIIs into the own filter without the mapping flow, and shows
+    // the copies of the peers' filters: tests of the routing protocol.
+    RouteDef {
+        template: "/__debug/filter/insert",
+        route: Route::DebugFilterInsert,
+        methods: POST,
+        debug_only: true,
+    },
+    RouteDef {
+        template: "/__debug/peer-filters",
+        route: Route::DebugPeerFilters,
+        methods: GET,
+        debug_only: true,
+    },
     // A deliberate panic, so the suite can prove a panicking handler does
     // not break later requests.
     RouteDef {
@@ -296,6 +348,13 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::MappingDelete => mappings::action(req, env, cfg, Action::Delete).await,
         Route::MappingMine => mappings::action(req, env, cfg, Action::Mine).await,
         Route::MappingBulk => mappings::bulk(req, env, cfg).await,
+        Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
+        Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,
+        Route::PeerFilterSubscriptions => federation::subscribe(req, env, cfg).await,
+        Route::PeerFilterUpdates => federation::receive_update(req, env, cfg).await,
+        Route::AdminFilterRebuild => federation::admin_rebuild(req, env).await,
+        Route::DebugFilterInsert => federation::debug_insert(req, env).await,
+        Route::DebugPeerFilters => federation::debug_peer_filters(req, env, cfg).await,
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,

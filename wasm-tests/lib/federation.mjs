@@ -8,6 +8,7 @@
 import { Miniflare, Log, LogLevel } from 'miniflare';
 import { unstable_getMiniflareWorkerOptions } from 'wrangler';
 import { existsSync, mkdirSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -112,8 +113,21 @@ export class Gp {
 }
 
 /**
+ * A fresh Ed25519 key pair for a GP's peer signatures (RFC 9421): the
+ * 32-byte seed (secret GP_SIGNING_KEY) and public key (PEERS public_key),
+ * both base64, plus the node KeyObjects for tests that sign by hand.
+ */
+export function gpSigningKeys() {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const seed = privateKey.export({ format: 'der', type: 'pkcs8' }).subarray(-32);
+  const pub = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
+  return { seed: seed.toString('base64'), public: pub.toString('base64'), privateKey, publicKey };
+}
+
+/**
  * Starts several peered GPs on free (or given) ports. Every GP's PEERS is
- * rewritten to point at the others' actual ports.
+ * rewritten to point at the others' actual ports, with their public keys;
+ * each GP gets its own signing key (`gp.keys`).
  */
 export async function startFederation({
   envs = ['gp-a', 'gp-b', 'gp-c'],
@@ -128,17 +142,26 @@ export async function startFederation({
     const { workerOptions } = unstable_getMiniflareWorkerOptions(WRANGLER_TOML, env);
     return workerOptions.bindings.GP_ID;
   });
+  const keys = envs.map(() => gpSigningKeys());
   const gps = envs.map((env, i) => {
     const peers = envs
-      .map((_, j) => ({ id: ids[j], url: `http://127.0.0.1:${chosen[j]}` }))
+      .map((_, j) => ({ id: ids[j], url: `http://127.0.0.1:${chosen[j]}`, public_key: keys[j].public }))
       .filter((_, j) => j !== i);
-    return new Gp({
+    const gp = new Gp({
       env,
       port: chosen[i],
       stateDir: path.join(stateRoot, env),
-      bindings: { PEERS: JSON.stringify(peers), ...(bindings[env] ?? {}), ...(bindings['*'] ?? {}) },
+      bindings: {
+        PEERS: JSON.stringify(peers),
+        GP_SIGNING_KEY: keys[i].seed,
+        ...(bindings[env] ?? {}),
+        ...(bindings['*'] ?? {}),
+      },
       verbose,
     });
+    gp.id = ids[i];
+    gp.keys = keys[i];
+    return gp;
   });
   for (const gp of gps) await gp.start();
   const byEnv = Object.fromEntries(gps.map((gp) => [gp.env, gp]));

@@ -1,0 +1,360 @@
+//! Signed GP-to-GP requests: signing what this GP sends, verifying what
+//! peers send, and the replay (nonce) store.
+//!
+//! draft §11.1: GPs are "fully trusted"; DESIGN.md: "every GP-to-GP
+//! request is signed by the sender's key and verified against the
+//! configured peer key, with a freshness window". The wire format is
+//! RFC 9421 with Ed25519 (`crate::core::httpsig`); this module adds the
+//! keys (secret `GP_SIGNING_KEY`, peers' `public_key` in `PEERS`), the
+//! clock, the body and the nonce store.
+//!
+//! Replay protection: a signature is accepted only within
+//! [`httpsig::DEFAULT_WINDOW_S`] of its `created`, and its (keyid, nonce)
+//! only once within that window. Nonces are remembered in [`PeerNonces`]
+//! Durable Objects sharded by the nonce's hash ([`NONCE_SHARDS`]) — never
+//! one object per GP on the peer query path — plus an isolate-local set
+//! that refuses a replay to the same isolate without any DO hop. A fresh
+//! nonce costs one DO request; the routed query may later fold that write
+//! into the mapping-shard call it makes anyway.
+
+use super::body::read_capped;
+use super::config::{GpConfig, Peer};
+use super::error::{ApiError, ApiResult, OrInternal};
+use crate::core::encoding::{b64_decode, b64url_decode, b64url_encode, hex_encode};
+use crate::core::httpsig::{self, PlainRequest};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use worker::{
+    durable_object, AbortSignal, Date, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+    SqlStorage, State,
+};
+
+/// Nonce-store shards: spreads peers' request rate over this many objects.
+pub const NONCE_SHARDS: u32 = 8;
+/// Isolate-local nonces kept before the set is pruned.
+const LOCAL_NONCES_MAX: usize = 8192;
+
+thread_local! {
+    /// (hash of keyid + nonce) → expiry (ms) of nonces this isolate accepted.
+    static LOCAL_NONCES: RefCell<HashMap<[u8; 32], u64>> = RefCell::new(HashMap::new());
+}
+
+/// Decodes a 32-byte key given in base64 or base64url.
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim();
+    let bytes = b64_decode(t).or_else(|_| b64url_decode(t)).ok()?;
+    bytes.try_into().ok()
+}
+
+/// This GP's signing identity: its GP id (the `keyid`) and Ed25519 seed.
+pub struct Signer {
+    pub keyid: String,
+    seed: [u8; 32],
+}
+
+impl Signer {
+    /// Reads `GP_ID` and the secret `GP_SIGNING_KEY` (32-byte seed, base64).
+    pub fn from_env(env: &Env) -> ApiResult<Signer> {
+        let keyid = env
+            .var("GP_ID")
+            .map(|v| v.to_string())
+            .map_err(|_| ApiError::Internal("config GP_ID is not set".into()))?;
+        let text = env
+            .secret("GP_SIGNING_KEY")
+            .map(|v| v.to_string())
+            .or_else(|_| env.var("GP_SIGNING_KEY").map(|v| v.to_string()))
+            .map_err(|_| {
+                ApiError::Internal(
+                    "secret GP_SIGNING_KEY (Ed25519 seed, base64) is not set: peers cannot be called"
+                        .into(),
+                )
+            })?;
+        let seed = decode_key(&text).ok_or_else(|| {
+            ApiError::Internal("secret GP_SIGNING_KEY is not 32 bytes of base64".into())
+        })?;
+        Ok(Signer { keyid, seed })
+    }
+}
+
+/// What a peer answered.
+pub struct PeerResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// Sends one signed request to a peer with a timeout. Errors are strings
+/// for logs and "incomplete" reports: a failing peer is never our 5xx.
+pub async fn signed_fetch(
+    signer: &Signer,
+    method: Method,
+    url: &str,
+    body: Option<(&[u8], &str)>,
+    extra: &[(&str, &str)],
+    timeout_ms: u32,
+) -> Result<PeerResponse, String> {
+    let parsed = worker::Url::parse(url).map_err(|e| format!("bad peer url {url}: {e}"))?;
+    let host = parsed.host_str().unwrap_or("").to_ascii_lowercase();
+    let authority = match parsed.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    };
+    let mut msg = PlainRequest {
+        method: method.to_string(),
+        authority,
+        path: parsed.path().to_string(),
+        query: parsed.query().map(str::to_string),
+        headers: Vec::new(),
+    };
+    let headers = Headers::new();
+    if let Some((bytes, ctype)) = body {
+        let digest = httpsig::content_digest(bytes);
+        headers
+            .set("Content-Type", ctype)
+            .map_err(|e| e.to_string())?;
+        headers
+            .set("Content-Digest", &digest)
+            .map_err(|e| e.to_string())?;
+        msg.headers.push(("content-digest".into(), digest));
+    }
+    for (k, v) in extra {
+        headers.set(k, v).map_err(|e| e.to_string())?;
+    }
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| format!("getrandom: {e}"))?;
+    let created = Date::now().as_millis() / 1000;
+    let signed = httpsig::sign(
+        &msg,
+        &signer.seed,
+        &signer.keyid,
+        created,
+        &b64url_encode(&nonce),
+    )
+    .map_err(|e| format!("signing: {e}"))?;
+    headers
+        .set("Signature-Input", &signed.signature_input)
+        .map_err(|e| e.to_string())?;
+    headers
+        .set("Signature", &signed.signature)
+        .map_err(|e| e.to_string())?;
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some((bytes, _)) = body {
+        init.with_body(Some(js_sys::Uint8Array::from(bytes).into()));
+    }
+    let req = Request::new_with_init(url, &init).map_err(|e| format!("request {url}: {e}"))?;
+    let signal: AbortSignal = web_sys::AbortSignal::timeout_with_u32(timeout_ms).into();
+    let mut resp = Fetch::Request(req)
+        .send_with_signal(&signal)
+        .await
+        .map_err(|e| format!("fetch {url}: {e}"))?;
+    let status = resp.status_code();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {url}: {e}"))?;
+    Ok(PeerResponse {
+        status,
+        headers: resp.headers().clone(),
+        body,
+    })
+}
+
+/// The configured peer with this id.
+pub fn peer<'a>(cfg: &'a GpConfig, id: &str) -> Option<&'a Peer> {
+    cfg.peers.iter().find(|p| p.id == id)
+}
+
+/// Verifies a peer request and returns the sending peer's id with the body
+/// (read here, capped at `cap`, because `content-digest` covers it).
+pub async fn verify(
+    req: &mut Request,
+    env: &Env,
+    cfg: &GpConfig,
+    cap: usize,
+) -> ApiResult<(String, Vec<u8>)> {
+    let body = read_capped(req, cap).await?;
+    let url = req.url().internal("request url")?;
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    };
+    let mut msg = PlainRequest {
+        method: req.method().to_string(),
+        authority,
+        path: url.path().to_string(),
+        query: url.query().map(str::to_string),
+        headers: Vec::new(),
+    };
+    for name in ["signature-input", "signature", "content-digest"] {
+        if let Ok(Some(v)) = req.headers().get(name) {
+            msg.headers.push((name.into(), v));
+        }
+    }
+    let now_s = Date::now().as_millis() / 1000;
+    let window = httpsig::DEFAULT_WINDOW_S;
+    let verified = httpsig::verify_request(&msg, !body.is_empty(), now_s, window, |id| {
+        peer(cfg, id)
+            .and_then(|p| p.public_key.as_deref())
+            .and_then(decode_key)
+    })
+    .map_err(with_accept_signature)?;
+    if !body.is_empty() {
+        let digest = req
+            .headers()
+            .get("content-digest")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        httpsig::check_content_digest(&digest, &body).map_err(with_accept_signature)?;
+    }
+    // The nonce is remembered until the signature could no longer be
+    // fresh: created + window (plus a second of rounding).
+    let expires_ms = (verified.created + window + 1) * 1000;
+    check_nonce(env, &verified.keyid, &verified.nonce, expires_ms).await?;
+    Ok((verified.keyid, body))
+}
+
+/// RFC 9421 §5.1: a 401 tells the signer what to sign with `Accept-Signature`.
+fn with_accept_signature(e: httpsig::SigError) -> ApiError {
+    ApiError::from(e).with_header(
+        "Accept-Signature",
+        format!(
+            "{}=(\"@method\" \"@authority\" \"@path\" \"@query\" \"content-digest\");created;keyid;nonce;alg=\"{}\"",
+            httpsig::LABEL,
+            httpsig::ALG
+        ),
+    )
+}
+
+fn replayed(keyid: &str) -> ApiError {
+    ApiError::client(
+        401,
+        "peer-signature-replayed",
+        "Peer request replayed",
+        format!(
+            "a request from {keyid} with this signature nonce was already accepted; \
+             every peer request needs a fresh nonce"
+        ),
+    )
+}
+
+/// Refuses a (keyid, nonce) seen before within its window.
+async fn check_nonce(env: &Env, keyid: &str, nonce: &str, expires_ms: u64) -> ApiResult<()> {
+    let mut h = Sha256::new();
+    h.update(keyid.as_bytes());
+    h.update([0u8]);
+    h.update(nonce.as_bytes());
+    let key: [u8; 32] = h.finalize().into();
+    let now = Date::now().as_millis();
+    let seen_here = LOCAL_NONCES.with(|m| m.borrow().get(&key).is_some_and(|&exp| exp > now));
+    if seen_here {
+        return Err(replayed(keyid));
+    }
+    let shard = u32::from_be_bytes([key[0], key[1], key[2], key[3]]) % NONCE_SHARDS;
+    let stub = env
+        .durable_object("PEER_NONCES")
+        .internal("PEER_NONCES binding")?
+        .id_from_name(&format!("nonces-{shard}"))
+        .internal("nonce object id")?
+        .get_stub()
+        .internal("nonce object stub")?;
+    let body = json!({ "key": hex_encode(&key), "expires_ms": expires_ms }).to_string();
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
+    let req = Request::new_with_init("https://nonces/check", &init).internal("nonce request")?;
+    let mut resp = stub.fetch_with_request(req).await.internal("nonce fetch")?;
+    #[derive(Deserialize)]
+    struct Reply {
+        fresh: bool,
+    }
+    let reply: Reply = resp.json().await.internal("nonce reply")?;
+    if !reply.fresh {
+        return Err(replayed(keyid));
+    }
+    LOCAL_NONCES.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= LOCAL_NONCES_MAX {
+            m.retain(|_, exp| *exp > now);
+            if m.len() >= LOCAL_NONCES_MAX {
+                m.clear();
+            }
+        }
+        m.insert(key, expires_ms);
+    });
+    Ok(())
+}
+
+/// One shard of the nonce store: remembers nonce hashes until they expire.
+#[durable_object]
+pub struct PeerNonces {
+    state: State,
+}
+
+impl worker::DurableObject for PeerNonces {
+    fn new(state: State, _env: Env) -> Self {
+        PeerNonces { state }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        #[derive(Deserialize)]
+        struct Check {
+            key: String,
+            expires_ms: u64,
+        }
+        let check: Check = match req.json().await {
+            Ok(c) => c,
+            Err(e) => return Response::error(format!("bad nonce check: {e}"), 400),
+        };
+        match self.check(&check.key, check.expires_ms) {
+            Ok(fresh) => Response::from_json(&json!({ "fresh": fresh })),
+            Err(e) => e.into_response("/nonces/check"),
+        }
+    }
+}
+
+impl PeerNonces {
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Records the nonce; `false` if it was already there. Single-threaded
+    /// and without an await between the read and the write, so two
+    /// concurrent replays cannot both pass.
+    fn check(&self, key: &str, expires_ms: u64) -> ApiResult<bool> {
+        let sql = self.sql();
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS nonce_exp ON nonce (exp);",
+            None,
+        )
+        .internal("nonce schema")?;
+        let now = Date::now().as_millis() as i64;
+        sql.exec("DELETE FROM nonce WHERE exp < ?", Some(vec![now.into()]))
+            .internal("nonce expiry")?;
+        #[derive(Deserialize)]
+        struct Row {
+            #[allow(dead_code)]
+            exp: i64,
+        }
+        let rows: Vec<Row> = sql
+            .exec("SELECT exp FROM nonce WHERE k = ?", Some(vec![key.into()]))
+            .internal("nonce read")?
+            .to_array()
+            .internal("nonce rows")?;
+        if !rows.is_empty() {
+            return Ok(false);
+        }
+        sql.exec(
+            "INSERT INTO nonce (k, exp) VALUES (?, ?)",
+            Some(vec![key.into(), (expires_ms as i64).into()]),
+        )
+        .internal("nonce insert")?;
+        Ok(true)
+    }
+}
