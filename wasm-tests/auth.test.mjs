@@ -511,6 +511,9 @@ test('OpenAPI: the public GP routes validate too, and every tested operation was
   assert.equal((await call(gp, 'GET', '/v1/gp')).status, 200);
   assert.equal((await call(gp, 'GET', '/v1/peers')).status, 200);
   assert.equal((await call(gp, 'GET', '/openapi.json')).status, 200);
+  // The inspector's public view (local envs: PUBLIC_FILTER=full); the
+  // summary form has a schema to check. inspector.test.mjs covers the rest.
+  assert.equal((await call(gp, 'GET', '/v1/filter', { headers: { accept: 'application/json' } })).status, 200);
   // Every documented operation has been exercised by this file at least once.
   const seen = new Set(checked.map((c) => c.split(' ').slice(0, 2).join(' ')));
   for (const [p, item] of Object.entries(doc.paths)) {

@@ -18,6 +18,7 @@ mod mappings;
 mod oauth;
 mod peer_auth;
 mod peers;
+mod public_filter;
 mod registry_object;
 mod routes;
 

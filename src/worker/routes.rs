@@ -7,7 +7,7 @@
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
 use super::mappings::{self, Action};
-use super::{admin, auth, federation, filter_object, oauth, peers};
+use super::{admin, auth, federation, filter_object, oauth, peers, public_filter};
 use crate::core::ratelimit::allowed_rate;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
@@ -37,6 +37,7 @@ enum Route {
     MappingDelete,
     MappingMine,
     MappingBulk,
+    PublicFilter,
     PeerFilter,
     PeerFilterAdditions,
     PeerFilterSubscriptions,
@@ -194,6 +195,13 @@ const ROUTES: &[RouteDef] = &[
         methods: POST,
         debug_only: false,
     },
+    // The filter inspector's public view; PUBLIC_FILTER decides how much.
+    RouteDef {
+        template: "/v1/filter",
+        route: Route::PublicFilter,
+        methods: GET,
+        debug_only: false,
+    },
     // draft §9 GP-to-GP routing protocol; signed peer requests only.
     RouteDef {
         template: "/peer/v1/filter",
@@ -348,6 +356,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::MappingDelete => mappings::action(req, env, cfg, Action::Delete).await,
         Route::MappingMine => mappings::action(req, env, cfg, Action::Mine).await,
         Route::MappingBulk => mappings::bulk(req, env, cfg).await,
+        Route::PublicFilter => public_filter::get(&req, env, &cfg.id).await,
         Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,
         Route::PeerFilterSubscriptions => federation::subscribe(req, env, cfg).await,

@@ -1,0 +1,166 @@
+//! `GET /v1/filter`: the GP's own routing filter for the public inspector
+//! (issue 7, `assets/inspector/`), as much of it as the operator allows.
+//!
+//! Why not always the full snapshot: with the bits, anyone can test any
+//! phone number offline for "may be on this GP", at any rate and without
+//! an account — an enumeration aid against draft §8.1's design (queries
+//! come from authorized APs, one SII at a time, rate limited: draft §11.2).
+//! Peers get the full filter over the signed GP-to-GP API anyway; the
+//! public has no need for it. So `PUBLIC_FILTER` chooses:
+//!
+//! - `off` (the default, and production's): 404 problem `public-filter-off`.
+//! - `summary`: JSON with the parameters, version, age, fill, estimates and
+//!   a coarse fill map (at most [`SUMMARY_GROUPS`] groups of at least
+//!   [`SUMMARY_MIN_GROUP_BITS`] bits): enough to judge the filter's health,
+//!   nothing to test an SII against. Groups are coarse so that watching
+//!   one group's count does not reveal when a given SII was added.
+//! - `full`: the GLF2 snapshot bytes (local and demo GPs), or the summary
+//!   when the client accepts JSON but not `application/octet-stream`.
+
+use super::error::{ApiError, ApiResult, OrInternal};
+use super::routes::json_ok;
+use crate::core::filter::{Filter, HashScheme, Layout};
+use serde_json::{json, Value};
+use worker::{Env, Request, Response};
+
+/// Most groups in a summary's fill map.
+pub const SUMMARY_GROUPS: u64 = 256;
+/// Fewest bits per summary group: 64 blocks, about 3,000 SIIs at 10 bits
+/// per SII, so one group's count moves with thousands of people.
+pub const SUMMARY_MIN_GROUP_BITS: u64 = 64 * 512;
+
+/// What `PUBLIC_FILTER` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    Summary,
+    Full,
+}
+
+fn mode(env: &Env) -> ApiResult<Mode> {
+    let raw = env.var("PUBLIC_FILTER").map(|v| v.to_string()).ok();
+    match raw.as_deref() {
+        None | Some("") | Some("off") => Ok(Mode::Off),
+        Some("summary") => Ok(Mode::Summary),
+        Some("full") => Ok(Mode::Full),
+        Some(other) => Err(ApiError::Internal(format!(
+            "config PUBLIC_FILTER={other:?} must be \"off\", \"summary\" or \"full\""
+        ))),
+    }
+}
+
+/// `GET /v1/filter`.
+pub async fn get(req: &Request, env: &Env, gp_id: &str) -> ApiResult<Response> {
+    let mode = mode(env)?;
+    if mode == Mode::Off {
+        return Err(ApiError::client(
+            404,
+            "public-filter-off",
+            "Public filter view is off",
+            "this GP does not publish its routing filter (its operator set \
+             PUBLIC_FILTER=off); peers fetch it over the GP-to-GP API",
+        ));
+    }
+    let bytes = snapshot_bytes(env).await?;
+    // JSON only for a client that accepts JSON but not the bytes.
+    let accept = req
+        .headers()
+        .get("Accept")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let wants_json =
+        accept.contains("application/json") && !accept.contains("application/octet-stream");
+    if mode == Mode::Full && !wants_json {
+        let mut resp = Response::from_bytes(bytes).internal("filter response")?;
+        let h = resp.headers_mut();
+        h.set("Content-Type", "application/octet-stream")
+            .internal("set header")?;
+        h.set("Cache-Control", "no-store").internal("set header")?;
+        h.set(
+            "Content-Disposition",
+            &format!("inline; filename=\"{}.glf2\"", file_stem(gp_id)),
+        )
+        .internal("set header")?;
+        return Ok(resp);
+    }
+    // Our own stored snapshot failing to decode is a bug, not the client's.
+    let filter = Filter::from_bytes(&bytes)
+        .map_err(|e| ApiError::Internal(format!("own filter snapshot: {e}")))?;
+    json_ok(&summary(&filter, gp_id, mode == Mode::Full))
+}
+
+/// A file name made of the GP id's safe characters.
+fn file_stem(gp_id: &str) -> String {
+    let s: String = gp_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{s}-filter")
+}
+
+/// The public summary: no bits, a coarse fill map.
+fn summary(f: &Filter, gp_id: &str, full_available: bool) -> Value {
+    let h = f.header();
+    let p = &h.params;
+    let groups = (f.local_bits() / SUMMARY_MIN_GROUP_BITS).clamp(1, SUMMARY_GROUPS);
+    let map = f.fill_map(groups);
+    json!({
+        "gp": gp_id,
+        "view": "summary",
+        "full_snapshot_available": full_available,
+        "version": h.version,
+        "created_at_ms": h.created_at_ms,
+        "bits": p.bits,
+        "log2_bits": p.log2_bits,
+        "k": p.k,
+        "layout": match p.layout { Layout::Blocked512 => "blocked512", Layout::Plain => "plain" },
+        "hash": match p.hash { HashScheme::Sha256High => "sha256-high", HashScheme::Sha256Low => "sha256-low" },
+        "bits_set": f.count_ones(),
+        "fill_ratio": f.fill_ratio(),
+        "estimated_siis": finite_or_null(f.estimated_items()),
+        "estimated_fp_rate": f.estimated_fp_rate(),
+        "fill_map": {
+            "group_bits": map.group_bits,
+            "ones": map.ones,
+        },
+    })
+}
+
+/// JSON has no Infinity (a filter with every bit set estimates ∞ SIIs).
+fn finite_or_null(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
+/// The current snapshot (GLF2) from the GP's filter object.
+async fn snapshot_bytes(env: &Env) -> ApiResult<Vec<u8>> {
+    let stub = env
+        .durable_object("FILTER")
+        .internal("FILTER binding")?
+        .id_from_name("own")
+        .internal("filter object id")?
+        .get_stub()
+        .internal("filter object stub")?;
+    let mut resp = stub
+        .fetch_with_str("https://filter-object/snapshot")
+        .await
+        .internal("filter object fetch")?;
+    if resp.status_code() != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(ApiError::Internal(format!(
+            "filter object /snapshot answered {}: {text}",
+            resp.status_code()
+        )));
+    }
+    resp.bytes().await.internal("filter snapshot body")
+}
