@@ -18,13 +18,24 @@ fn too_large(cap: usize) -> ApiError {
     )
 }
 
+/// A refused body up to this size is still read (and dropped) before the
+/// 413 goes out: a client that is still sending when the server answers and
+/// closes sees a connection reset instead of the problem document. Larger
+/// bodies are refused at once; nothing is buffered either way.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
 /// Reads the whole body, refusing more than `cap` bytes: first by the
 /// declared Content-Length, then while streaming (a chunked body declares
 /// nothing), so at most `cap` bytes are ever buffered. No body reads as empty.
 pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
     if let Ok(Some(len)) = req.headers().get("Content-Length") {
         match len.trim().parse::<u64>() {
-            Ok(n) if n > cap as u64 => return Err(too_large(cap)),
+            Ok(n) if n > cap as u64 => {
+                if n <= DRAIN_LIMIT {
+                    drain(req).await;
+                }
+                return Err(too_large(cap));
+            }
             Ok(_) => {}
             Err(_) => {
                 return Err(ApiError::client(
@@ -50,11 +61,25 @@ pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
             )
         })?;
         if out.len() + chunk.len() > cap {
+            let mut seen = (out.len() + chunk.len()) as u64;
+            while seen <= DRAIN_LIMIT {
+                match stream.next().await {
+                    Some(Ok(more)) => seen += more.len() as u64,
+                    _ => break,
+                }
+            }
             return Err(too_large(cap));
         }
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// Reads and drops the rest of a body (bounded by the caller's check).
+async fn drain(req: &mut Request) {
+    if let Ok(mut stream) = req.stream() {
+        while let Some(Ok(_)) = stream.next().await {}
+    }
 }
 
 /// The media type of the request, lowercased, without parameters.
