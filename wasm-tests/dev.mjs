@@ -129,6 +129,8 @@ const lines = [
   '',
   ...fed.gps.map((gp) => `  ${gp.env}  ${gp.url}   (GET ${gp.url}/v1/gp · ${gp.url}/v1/peers · landing page ${gp.url}/)`),
   '',
+  `  Filter inspector (the routing filter in your browser): ${fed.gps[0].url}/inspector/  (any GP: /inspector/)`,
+  '',
   `  SMS/email inbox (stand-in Twilio + SendGrid):  ${inbox.url}/`,
   `  Webhook receiver (stand-in AP servers):        ${hooks.url}/  (received requests are logged here)`,
   '',
