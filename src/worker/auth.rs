@@ -26,6 +26,7 @@
 //! one registry request per AP per isolate per AP_CACHE_SECONDS, not per
 //! query (DESIGN.md cost budget: no DO hop for the token check).
 
+use super::config::binding;
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult};
 use super::registry_object::{self, ApRecord, RegistryOp, RegistryReply};
@@ -65,15 +66,6 @@ pub fn note_mtls_mode(cfg: &GpConfig) {
             cfg.id
         );
     }
-}
-
-/// A secret (or var) binding as a string, if set and non-empty.
-fn binding(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
-        .filter(|s| !s.is_empty())
 }
 
 fn operator_secret(env: &Env, name: &str) -> ApiResult<String> {

@@ -116,6 +116,17 @@ fn parse_peers(text: &str) -> ApiResult<Vec<Peer>> {
     Ok(peers)
 }
 
+/// A secret (or var) binding as a string, if set and non-empty. Secrets
+/// and vars are read the same way so an operator may move a value between
+/// `wrangler secret` and `[vars]` without a code change.
+pub fn binding(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 fn optional(env: &Env, name: &str) -> Option<String> {
     env.var(name)
         .ok()

@@ -12,6 +12,7 @@
 //! with `Retry-After`; the caller undoes its reservation, so nothing is
 //! left half-made.
 
+use super::config::binding;
 use super::error::{ApiError, ApiResult};
 use crate::core::creation::CodeMessage;
 use crate::core::encoding::b64_encode;
@@ -25,14 +26,6 @@ const SENDGRID_DEFAULT: &str = "https://api.sendgrid.com";
 const SEND_TIMEOUT_MS: u32 = 5_000;
 /// What the AP is told to wait before retrying.
 const RETRY_AFTER_S: u32 = 5;
-
-fn binding(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
-        .filter(|s| !s.is_empty())
-}
 
 fn required(env: &Env, name: &str) -> ApiResult<String> {
     binding(env, name).ok_or_else(|| {

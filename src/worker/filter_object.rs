@@ -863,14 +863,7 @@ fn filter_info(f: &Filter) -> Value {
 
 /// Asks the GP's filter object for its current filter's description.
 pub async fn current_info(env: &Env) -> ApiResult<Value> {
-    let stub = env
-        .durable_object("FILTER")
-        .internal("FILTER binding")?
-        .id_from_name("own")
-        .internal("filter object id")?
-        .get_stub()
-        .internal("filter object stub")?;
-    let mut resp = stub
+    let mut resp = filter_stub(env)?
         .fetch_with_str("https://filter-object/info")
         .await
         .internal("filter object fetch")?;
@@ -884,7 +877,8 @@ pub async fn current_info(env: &Env) -> ApiResult<Value> {
     resp.json::<Value>().await.internal("filter object body")
 }
 
-fn filter_stub(env: &Env) -> ApiResult<worker::Stub> {
+/// The stub of the GP's one filter object.
+pub fn filter_stub(env: &Env) -> ApiResult<worker::Stub> {
     env.durable_object("FILTER")
         .internal("FILTER binding")?
         .id_from_name("own")

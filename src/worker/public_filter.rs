@@ -144,14 +144,7 @@ fn finite_or_null(x: f64) -> Value {
 
 /// The current snapshot (GLF2) from the GP's filter object.
 async fn snapshot_bytes(env: &Env) -> ApiResult<Vec<u8>> {
-    let stub = env
-        .durable_object("FILTER")
-        .internal("FILTER binding")?
-        .id_from_name("own")
-        .internal("filter object id")?
-        .get_stub()
-        .internal("filter object stub")?;
-    let mut resp = stub
+    let mut resp = super::filter_object::filter_stub(env)?
         .fetch_with_str("https://filter-object/snapshot")
         .await
         .internal("filter object fetch")?;
