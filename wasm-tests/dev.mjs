@@ -5,11 +5,14 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { startFederation, ROOT } from './lib/federation.mjs';
+import { startFederation, gpKeysFromSeed, ROOT } from './lib/federation.mjs';
 import { startCodeProvider, startWebhookReceiver } from './lib/standins.mjs';
 import { adminFetch } from '../scripts/glados-admin.mjs';
 
 const GP_PORTS = [8787, 8788, 8789];
+const GP_ENVS = ['gp-a', 'gp-b', 'gp-c'];
+/** .dev.vars name of a GP's signing seed: GP_SIGNING_KEY_GP_A, ... */
+const signingKeyVar = (env) => `GP_SIGNING_KEY_${env.toUpperCase().replaceAll('-', '_')}`;
 const INBOX_PORT = 8790;
 const WEBHOOK_PORT = 8791;
 const DEV_VARS = path.join(ROOT, '.dev.vars');
@@ -28,6 +31,9 @@ function loadOrCreateDevVars() {
     TOKEN_KEYS: () => `dev1:${randomBytes(32).toString('base64')}`,
     // Webhook signing secrets are derived from this (never stored).
     WEBHOOK_MASTER_KEY: () => 'whm_' + randomBytes(32).toString('base64url'),
+    // Each GP's Ed25519 seed for signing peer requests (RFC 9421); the
+    // public keys go into the other GPs' PEERS. Kept across restarts.
+    ...Object.fromEntries(GP_ENVS.map((env) => [signingKeyVar(env), () => randomBytes(32).toString('base64')])),
   };
   const parse = (text) => {
     const vars = {};
@@ -91,12 +97,18 @@ const inbox = await startCodeProvider({
   log: true,
 });
 const hooks = await startWebhookReceiver({ port: WEBHOOK_PORT, log: true });
+// Per-GP signing keys: each GP gets only its own seed (GP_SIGNING_KEY);
+// startFederation puts every public key into the other GPs' PEERS.
+const gpKeys = Object.fromEntries(GP_ENVS.map((env) => [env, gpKeysFromSeed(secrets[signingKeyVar(env)])]));
+const shared = Object.fromEntries(Object.entries(secrets).filter(([k]) => !k.startsWith('GP_SIGNING_KEY_')));
 const fed = await startFederation({
+  envs: GP_ENVS,
   stateRoot: path.join(ROOT, '.state', 'dev'),
   ports: GP_PORTS,
+  keys: gpKeys,
   bindings: {
     '*': {
-      ...secrets,
+      ...shared,
       // Verification codes go to the stand-in inbox, over the same
       // Twilio/SendGrid wire APIs the real providers speak.
       TWILIO_BASE_URL: inbox.url,
@@ -119,6 +131,7 @@ const apLines = demo.flatMap((ap) => {
     `    webhook_secret  ${ap.webhook_secret}   (webhooks go to ${hooks.url}/${ap.client_id})`,
     `    token:  TOKEN=$(curl -s -u '${basic}' -d grant_type=client_credentials ${ap.url}/oauth/token | node -pe 'JSON.parse(require("fs").readFileSync(0)).access_token')`,
     `    call:   curl -s -H "Authorization: Bearer $TOKEN" ${ap.url}/v1/me`,
+    `    query:  curl -si -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"sii":"+14155550100"}' ${ap.url}/v1/query`,
     '',
   ];
 });
@@ -128,6 +141,12 @@ const lines = [
   'GLADOS local federation is up.',
   '',
   ...fed.gps.map((gp) => `  ${gp.env}  ${gp.url}   (GET ${gp.url}/v1/gp · ${gp.url}/v1/peers · landing page ${gp.url}/)`),
+  '',
+  '  Peer signing keys (Ed25519, public; seeds in .dev.vars as GP_SIGNING_KEY_GP_A..C):',
+  ...fed.gps.map((gp) => `    ${gp.env}  ${gp.keys.public}`),
+  '',
+  '  Mapping query (draft §8.1): create a mapping on one GP (POST /v1/mappings, the code is in the inbox),',
+  '  then ask any GP with the "query:" curl below; the answer names the GP that holds it.',
   '',
   `  Filter inspector (the routing filter in your browser): ${fed.gps[0].url}/inspector/  (any GP: /inspector/)`,
   '',

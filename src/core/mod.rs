@@ -15,6 +15,7 @@ pub mod httpsig;
 pub mod mapping;
 pub mod outbox;
 pub mod problem;
+pub mod query;
 pub mod ratelimit;
 pub mod shard;
 pub mod sii;

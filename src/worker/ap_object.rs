@@ -23,7 +23,7 @@ use crate::core::bulk::KeyRecord;
 use crate::core::credentials::derive_webhook_secret;
 use crate::core::mapping::Strike;
 use crate::core::outbox::{delivered, Delivery, RetryPolicy};
-use crate::core::ratelimit::is_suspended;
+use crate::core::ratelimit::{is_suspended, Rate, TokenBucket};
 use crate::core::verification::{SendLimit, WindowCounter};
 use crate::core::webhook::{self, Event, EventData};
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,13 @@ pub enum ApOp {
         key: String,
         record: KeyRecord,
     },
+    /// draft §8.1/§11.2 query rate limit: lease up to `want` tokens from
+    /// the AP's bucket at `rate` (computed by the caller from the registry
+    /// entry), for an isolate to spend locally.
+    QueryLease {
+        want: u64,
+        rate: Rate,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,6 +131,14 @@ pub enum ApReply {
     },
     Idem {
         record: Option<KeyRecord>,
+    },
+    Lease {
+        granted: u64,
+        /// Whole tokens left in the bucket after the grant.
+        available: u64,
+        /// When nothing was granted: ms until one token accrues (`None`:
+        /// never at this rate).
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -484,6 +499,31 @@ impl ApObject {
                         .internal("alarm")?;
                 }
                 Ok(ApReply::Replayed { events })
+            }
+            ApOp::QueryLease { want, rate } => {
+                // The authoritative bucket: every token any isolate spends
+                // was taken from here first, so the AP never exceeds its
+                // rate however many isolates serve it (DESIGN Cost budget).
+                let mut bucket = self
+                    .get_kv::<Option<TokenBucket>>("query_bucket")?
+                    .unwrap_or_else(|| TokenBucket::new(rate, now));
+                let granted = bucket.lease(want, now, rate);
+                let retry_after_ms = if granted == 0 {
+                    bucket
+                        .clone()
+                        .take(1, now, rate)
+                        .err()
+                        .and_then(|e| e.retry_after_ms)
+                } else {
+                    None
+                };
+                let available = bucket.available(now, rate);
+                self.put_kv("query_bucket", &Some(bucket))?;
+                Ok(ApReply::Lease {
+                    granted,
+                    available,
+                    retry_after_ms,
+                })
             }
             ApOp::IdemGet { key } => {
                 let rows: Vec<KvRow> = self

@@ -319,6 +319,28 @@ pub async fn peer_filter(env: &Env, peer: &str) -> ApiResult<Option<CachedPeer>>
     Ok(Some(fresh))
 }
 
+/// Whether this GP's copy of `peer`'s filter says the peer may hold the SII
+/// with this digest (draft §8.1: "each GP will basically have a boolean
+/// value for each SII which says whether that SII might exist, or
+/// definitively does not exist, on another GP"). On a warm isolate this is
+/// a memory lookup (no KV read, no copy of the bits); `None` while no copy
+/// of the peer's filter exists yet.
+pub async fn peer_may_hold(env: &Env, peer: &str, digest: &[u8; 32]) -> ApiResult<Option<bool>> {
+    let now = Date::now().as_millis();
+    let warm = PEER_FILTERS.with(|m| {
+        m.borrow()
+            .get(peer)
+            .filter(|c| now.saturating_sub(c.checked_ms) < PEER_CACHE_MS)
+            .map(|c| c.filter.contains(digest))
+    });
+    if warm.is_some() {
+        return Ok(warm);
+    }
+    Ok(peer_filter(env, peer)
+        .await?
+        .map(|c| c.filter.contains(digest)))
+}
+
 fn remember(peer: &str, c: CachedPeer) {
     PEER_FILTERS.with(|m| {
         m.borrow_mut().insert(peer.to_string(), c);

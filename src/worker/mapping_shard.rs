@@ -17,11 +17,12 @@
 
 use super::ap_object::{self, ApItem};
 use super::error::{ApiError, ApiResult, OrInternal};
+use super::filter_object;
 use crate::core::bulk::{line_effect, LineEffect};
 use crate::core::creation::{repeat_rule, OpenPending, Repeat};
 use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
 use crate::core::mapping::{
-    Choice, DisplaceAction, MappingError, Notification, Party, SiiRecord, VerifiedBy,
+    Candidate, Choice, DisplaceAction, MappingError, Notification, Party, SiiRecord, VerifiedBy,
 };
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
@@ -101,6 +102,10 @@ pub enum ShardOp {
         lines: Vec<(String, String)>,
         now_ms: u64,
     },
+    /// draft §8.1 query: this GP's preferred mapping for the SII, as the
+    /// candidate GP `gp` (this GP's id) reports (no AP scoping: the caller
+    /// is a rate-limited query or a signed peer).
+    Lookup { sii: String, gp: String },
 }
 
 /// A mapping as shown to its own AP.
@@ -138,6 +143,9 @@ pub enum ShardReply {
     },
     Bulk {
         effects: Vec<Result<LineEffect, String>>,
+    },
+    Lookup {
+        candidate: Option<Candidate>,
     },
     Refused(Refusal),
 }
@@ -322,6 +330,8 @@ impl MappingShard {
             "CREATE INDEX IF NOT EXISTS pending_by_pair ON pending (sii, ap)",
             "CREATE TABLE IF NOT EXISTS sends (sii TEXT PRIMARY KEY, counter TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL)",
+            // SII digests stored here but not yet in the GP's filter.
+            "CREATE TABLE IF NOT EXISTS filter_outbox (digest TEXT PRIMARY KEY)",
         ] {
             sql.exec(q, None).internal("shard schema")?;
         }
@@ -448,6 +458,22 @@ impl MappingShard {
                 Some(vec![item.id().into(), to_ap.into(), enc(item)?.into()]),
             )
             .internal("outbox insert")?;
+        Ok(())
+    }
+
+    /// Queues a newly mapped SII's digest for the GP's routing filter, in
+    /// the same synchronous block as the mapping itself: the alarm hands
+    /// the queue to the filter object in one batch, so a stored mapping
+    /// always reaches the filter (draft §9: "If the addition of a new SII
+    /// causes an entry in the bloom filter to flip from a zero to a one, a
+    /// notification is sent") even if this request dies right after.
+    fn queue_filter(&self, sii: &Sii) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR IGNORE INTO filter_outbox (digest) VALUES (?)",
+                Some(vec![hex_encode(&sii.hash()).into()]),
+            )
+            .internal("filter outbox insert")?;
         Ok(())
     }
 
@@ -599,6 +625,7 @@ impl MappingShard {
                 match r.reestablish(&caller, now_ms) {
                     Ok(notes) => {
                         self.store_record(&r)?;
+                        self.queue_filter(&sii)?;
                         self.push(
                             caller.as_str(),
                             &ApItem::Users {
@@ -708,6 +735,12 @@ impl MappingShard {
                 ))
             }
             ShardOp::Bulk { ap, lines, now_ms } => self.bulk(ap, lines, now_ms),
+            ShardOp::Lookup { sii, gp } => {
+                let sii = parse_sii(&sii)?;
+                // Read-only: a missing record is not created.
+                let candidate = self.load_record(&sii)?.candidate(&gp);
+                Ok((ShardReply::Lookup { candidate }, false))
+            }
         }
     }
 
@@ -868,6 +901,7 @@ impl MappingShard {
         // validated, and stores it." The verification is used up.
         self.delete_pending(&p.salt)?;
         if was_new {
+            self.queue_filter(&sii)?;
             self.push(
                 caller.as_str(),
                 &ApItem::Users {
@@ -914,6 +948,7 @@ impl MappingShard {
                 }
                 self.store_record(&r)?;
                 if effect == LineEffect::Created {
+                    self.queue_filter(&sii)?;
                     created += 1;
                     overlap += u32::from(others);
                 }
@@ -934,9 +969,48 @@ impl MappingShard {
         Ok((ShardReply::Bulk { effects }, wrote))
     }
 
+    /// Hands queued SII digests to the filter object in one batch (DESIGN:
+    /// the filter's single writer gets work "in batches"); deletes them
+    /// once the filter has them. Inserting twice is harmless.
+    async fn forward_filter(&self) -> ApiResult<()> {
+        let rows: Vec<DigestRow> = self
+            .sql()
+            .exec(
+                "SELECT digest FROM filter_outbox LIMIT ?",
+                Some(vec![FILTER_BATCH.into()]),
+            )
+            .internal("filter outbox select")?
+            .to_array()
+            .internal("filter outbox read")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut digests = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let d: [u8; 32] = hex_decode(&r.digest)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| ApiError::Internal("filter outbox: bad digest".into()))?;
+            digests.push(d);
+        }
+        filter_object::insert_digests(&self.env, &digests).await?;
+        for r in rows {
+            self.sql()
+                .exec(
+                    "DELETE FROM filter_outbox WHERE digest = ?",
+                    Some(vec![r.digest.into()]),
+                )
+                .internal("filter outbox delete")?;
+        }
+        Ok(())
+    }
+
     /// Hands every outbox item to its AP's object; deletes what was taken.
     async fn forward_outbox(&self) -> ApiResult<()> {
         self.ensure_schema()?;
+        // The filter first: it is what makes the mapping discoverable from
+        // the peers (issue 6: within 2 s).
+        let filter_failed = self.forward_filter().await.err();
         let rows: Vec<OutboxRow> = self
             .sql()
             .exec("SELECT id, to_ap, item FROM outbox LIMIT 500", None)
@@ -967,11 +1041,14 @@ impl MappingShard {
         }
         let left: Vec<CountRow> = self
             .sql()
-            .exec("SELECT COUNT(*) AS n FROM outbox", None)
+            .exec(
+                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM filter_outbox) AS n",
+                None,
+            )
             .internal("outbox count")?
             .to_array()
             .internal("outbox count")?;
-        if let Some(e) = failed {
+        if let Some(e) = failed.or(filter_failed) {
             return Err(e);
         }
         if left.first().is_some_and(|c| c.n > 0) {
@@ -989,6 +1066,14 @@ impl MappingShard {
 struct CountRow {
     n: i64,
 }
+
+#[derive(Deserialize)]
+struct DigestRow {
+    digest: String,
+}
+
+/// Most digests handed to the filter object in one insert.
+const FILTER_BATCH: i64 = 5_000;
 
 /// A pending row as carried to `Abort` to be put back.
 #[derive(Serialize, Deserialize)]

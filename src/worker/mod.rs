@@ -19,6 +19,7 @@ mod oauth;
 mod peer_auth;
 mod peers;
 mod public_filter;
+mod query;
 mod registry_object;
 mod routes;
 

@@ -7,6 +7,7 @@
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
 use super::mappings::{self, Action};
+use super::query;
 use super::{admin, auth, federation, filter_object, oauth, peers, public_filter};
 use crate::core::ratelimit::allowed_rate;
 use serde_json::json;
@@ -37,6 +38,9 @@ enum Route {
     MappingDelete,
     MappingMine,
     MappingBulk,
+    Query,
+    PeerQuery,
+    DebugQueryStats,
     PublicFilter,
     PeerFilter,
     PeerFilterAdditions,
@@ -202,6 +206,20 @@ const ROUTES: &[RouteDef] = &[
         methods: GET,
         debug_only: false,
     },
+    // draft §8.1 mapping query: one SII per request, AP-authenticated.
+    RouteDef {
+        template: "/v1/query",
+        route: Route::Query,
+        methods: POST,
+        debug_only: false,
+    },
+    // draft §8.1: a peer GP's query, answered from local mappings only.
+    RouteDef {
+        template: "/peer/v1/query",
+        route: Route::PeerQuery,
+        methods: POST,
+        debug_only: false,
+    },
     // draft §9 GP-to-GP routing protocol; signed peer requests only.
     RouteDef {
         template: "/peer/v1/filter",
@@ -244,6 +262,13 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         template: "/__debug/peer-filters",
         route: Route::DebugPeerFilters,
+        methods: GET,
+        debug_only: true,
+    },
+    // Query counters of this isolate (fan-outs, DO requests, peer queries).
+    RouteDef {
+        template: "/__debug/query-stats",
+        route: Route::DebugQueryStats,
         methods: GET,
         debug_only: true,
     },
@@ -357,6 +382,9 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::MappingMine => mappings::action(req, env, cfg, Action::Mine).await,
         Route::MappingBulk => mappings::bulk(req, env, cfg).await,
         Route::PublicFilter => public_filter::get(&req, env, &cfg.id).await,
+        Route::Query => query::query(req, env, cfg).await,
+        Route::PeerQuery => query::serve_peer(req, env, cfg).await,
+        Route::DebugQueryStats => query::debug_stats(),
         Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,
         Route::PeerFilterSubscriptions => federation::subscribe(req, env, cfg).await,

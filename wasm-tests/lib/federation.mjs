@@ -8,7 +8,7 @@
 import { Miniflare, Log, LogLevel } from 'miniflare';
 import { unstable_getMiniflareWorkerOptions } from 'wrangler';
 import { existsSync, mkdirSync } from 'node:fs';
-import { generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -125,15 +125,32 @@ export function gpSigningKeys() {
 }
 
 /**
+ * The key pair of a stored 32-byte Ed25519 seed (base64), in the same shape
+ * as gpSigningKeys(): the dev federation keeps its GPs' keys in .dev.vars.
+ */
+export function gpKeysFromSeed(seedB64) {
+  // PKCS#8 DER of an Ed25519 private key is this fixed prefix + the seed.
+  const prefix = Buffer.from('302e020100300506032b657004220420', 'hex');
+  const privateKey = createPrivateKey({ key: Buffer.concat([prefix, Buffer.from(seedB64, 'base64')]), format: 'der', type: 'pkcs8' });
+  const publicKey = createPublicKey(privateKey);
+  const pub = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
+  return { seed: seedB64, public: pub.toString('base64'), privateKey, publicKey };
+}
+
+/**
  * Starts several peered GPs on free (or given) ports. Every GP's PEERS is
  * rewritten to point at the others' actual ports, with their public keys;
- * each GP gets its own signing key (`gp.keys`).
+ * each GP gets its own signing key (`gp.keys`): a fresh one, or
+ * `keys[env]` ({ seed, public }, base64) when given — so a test can name a
+ * GP's key in another GP's PEERS override, and the dev federation keeps
+ * its keys across restarts.
  */
 export async function startFederation({
   envs = ['gp-a', 'gp-b', 'gp-c'],
   stateRoot,
   ports,
   bindings = {},
+  keys: givenKeys = {},
   verbose = false,
 } = {}) {
   if (!stateRoot) throw new Error('startFederation: stateRoot is required');
@@ -142,7 +159,7 @@ export async function startFederation({
     const { workerOptions } = unstable_getMiniflareWorkerOptions(WRANGLER_TOML, env);
     return workerOptions.bindings.GP_ID;
   });
-  const keys = envs.map(() => gpSigningKeys());
+  const keys = envs.map((env) => givenKeys[env] ?? gpSigningKeys());
   const gps = envs.map((env, i) => {
     const peers = envs
       .map((_, j) => ({ id: ids[j], url: `http://127.0.0.1:${chosen[j]}`, public_key: keys[j].public }))

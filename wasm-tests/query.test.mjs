@@ -1,0 +1,404 @@
+// The routed mapping query (draft §8.1, Figure 2) across three GPs in
+// workerd: mappings reaching the peers' filters (measured), local and
+// remote hits, a miss without fan-out, the most recent mapping winning,
+// failing peers making an answer incomplete (never failing it), peer
+// queries refused without a valid signature, and the per-AP rate limit
+// (draft §11.2) at and above its bound.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { createHash, randomBytes, sign as edSign } from 'node:crypto';
+import { startFederation, gpSigningKeys, freePort } from './lib/federation.mjs';
+import { tempState, expectProblem } from './lib/util.mjs';
+import { startCodeProvider, startWebhookReceiver } from './lib/standins.mjs';
+import Ajv2020 from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+
+const ADMIN_TOKEN = 'q-admin-' + randomBytes(16).toString('hex');
+const SECRETS = {
+  ADMIN_TOKEN,
+  TOKEN_KEYS: 'k1:' + randomBytes(32).toString('base64'),
+  WEBHOOK_MASTER_KEY: randomBytes(32).toString('hex'),
+};
+const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+// Plenty of rate for the functional tests; the rate test enrolls its own AP.
+const FAST = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
+
+let state;
+let fed;
+let codes;
+let hooks;
+let proxy; // gp-a reaches gp-c through this, so a test can make gp-c slow, garbled or down
+let doc;
+let ajv;
+const aps = {};
+
+/** A loopback proxy in front of `target` (Host header kept: the peer signature covers @authority). */
+async function startProxy(targetPort) {
+  const ctl = { mode: 'pass', delayMs: 0 };
+  const server = http.createServer((req, res) => {
+    const isQuery = req.url.startsWith('/peer/v1/query');
+    if (isQuery && ctl.mode === 'down') { req.socket.destroy(); return; }
+    if (isQuery && ctl.mode === 'garbage') {
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"gp": "gp-c", "candidate": {"gp": 42');
+      return;
+    }
+    const forward = () => {
+      const up = http.request({
+        host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: req.headers,
+      }, (upRes) => { res.writeHead(upRes.statusCode, upRes.headers); upRes.pipe(res); });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    };
+    if (isQuery && ctl.mode === 'slow') setTimeout(forward, ctl.delayMs);
+    else forward();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    ctl,
+    port: server.address().port,
+    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
+  };
+}
+
+before(async () => {
+  state = tempState('query');
+  codes = await startCodeProvider({ twilio: { accountSid: 'ACq', authToken: 'tw' }, sendgrid: { apiKey: 'SG.q' } });
+  hooks = await startWebhookReceiver();
+  const envs = ['gp-a', 'gp-b', 'gp-c'];
+  const ports = await Promise.all(envs.map(() => freePort()));
+  const keys = Object.fromEntries(envs.map((e) => [e, gpSigningKeys()]));
+  proxy = await startProxy(ports[2]);
+  const common = {
+    ...SECRETS,
+    TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: 'ACq', TWILIO_AUTH_TOKEN: 'tw', TWILIO_FROM: '+15005550006',
+    SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.q', EMAIL_FROM: 'codes@glados.test',
+    WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400',
+  };
+  // gp-a knows gp-c at the proxy's address.
+  const aPeers = [
+    { id: 'gp-b', url: `http://127.0.0.1:${ports[1]}`, public_key: keys['gp-b'].public },
+    { id: 'gp-c', url: `http://127.0.0.1:${proxy.port}`, public_key: keys['gp-c'].public },
+  ];
+  fed = await startFederation({
+    stateRoot: state.dir, ports, keys,
+    bindings: { '*': common, 'gp-a': { PEERS: JSON.stringify(aPeers) } },
+  });
+  // Every GP fetches its peers' snapshots and subscribes to their additions.
+  for (const gp of fed.gps) await gp.cron();
+  doc = await (await fed['gp-a'].fetch('/openapi.json')).json();
+  ajv = new Ajv2020({ strict: false, allErrors: true });
+  addFormats(ajv);
+  ajv.addSchema(doc, 'openapi.json', undefined, false);
+  for (const env of envs) aps[env] = await enrollAp(fed[env], `q-${env.slice(3)}`, { rate_params: FAST });
+});
+
+after(async () => {
+  await fed?.stop();
+  await proxy?.close();
+  await codes?.close();
+  await hooks?.close();
+  state?.cleanup();
+});
+
+// ------------------------------------------------------------------ helpers
+
+let seq = 0;
+/** A fresh valid phone number (US 415). */
+const phone = () => `+1415${String(6_100_000 + (++seq) * 41 + Math.floor(Math.random() * 40)).padStart(7, '0')}`;
+
+async function call(gp, method, path, { token, json, body, headers = {} } = {}) {
+  const init = { method, headers: { ...headers } };
+  if (token) init.headers.authorization = `Bearer ${token}`;
+  if (json !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(json);
+  } else if (body !== undefined) init.body = body;
+  const res = await gp.fetch(path, init);
+  const text = await res.text();
+  let parsed = null;
+  try { parsed = text ? JSON.parse(text) : null; } catch { parsed = text; }
+  return { status: res.status, headers: res.headers, body: parsed, text };
+}
+
+/** Validates a /v1/query answer against its documented schema. */
+function validated(r) {
+  const op = doc.paths['/v1/query'].post;
+  let resp = op.responses[String(r.status)];
+  assert.ok(resp, `POST /v1/query → ${r.status} is not documented: ${r.text}`);
+  let pointer = `/paths/~1v1~1query/post/responses/${r.status}`;
+  if (resp.$ref) {
+    pointer = resp.$ref.slice(1);
+    resp = pointer.split('/').slice(1).reduce((o, k) => o[k], doc);
+  }
+  const ctype = (r.headers.get('content-type') ?? '').split(';')[0].trim();
+  assert.ok(resp.content?.[ctype], `${r.status}: ${ctype} not documented`);
+  const v = ajv.getSchema(`openapi.json#${pointer}/content/${ctype.replace('/', '~1')}/schema`);
+  assert.ok(v(r.body), `POST /v1/query → ${r.status} does not match its schema: ${ajv.errorsText(v.errors)}\n${r.text}`);
+  return r;
+}
+
+const query = async (gp, ap, sii) => validated(await call(gp, 'POST', '/v1/query', { token: ap.token, json: { sii } }));
+
+async function enrollAp(gp, id, extra = {}) {
+  const r = await call(gp, 'POST', '/admin/v1/aps', {
+    headers: admin,
+    json: { id, name: `App ${id}`, webhook_url: `${hooks.url}/${id}`, ...extra },
+  });
+  assert.equal(r.status, 201, r.text);
+  const secret = r.body.credentials.client_secret;
+  const t = await gp.fetch('/oauth/token', {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: 'grant_type=client_credentials',
+  });
+  assert.equal(t.status, 200);
+  return { id, token: (await t.json()).access_token };
+}
+
+/** Creates and confirms a mapping through the real flow (code via the stand-in inbox). */
+async function register(gp, ap, sii, user) {
+  const c = await call(gp, 'POST', '/v1/mappings', { token: ap.token, json: { sii, user } });
+  assert.equal(c.status, 202, c.text);
+  const code = codes.lastCodeFor(sii);
+  assert.ok(code, `no code reached ${sii}`);
+  const v = await call(gp, 'POST', `/v1/verifications/${c.body.handle}`, { token: ap.token, json: { code } });
+  assert.equal(v.status, 201, v.text);
+  return v.body;
+}
+
+async function copyOf(gp, peer, sii) {
+  const r = await gp.getJson(`/__debug/peer-filters?sii=${encodeURIComponent(sii)}`);
+  assert.equal(r.status, 200);
+  return r.body.peers.find((p) => p.peer === peer);
+}
+
+/** Polls until `gp`'s copy of `peer`'s filter contains `sii`; returns the ms waited. */
+async function reaches(gp, peer, sii, timeoutMs = 2000) {
+  const t0 = performance.now();
+  for (;;) {
+    if ((await copyOf(gp, peer, sii))?.contains === true) return performance.now() - t0;
+    if (performance.now() - t0 > timeoutMs) assert.fail(`${sii} did not reach ${gp.env}'s copy of ${peer} in ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
+
+function signedHeaders({ method, url, body, keyid, privateKey }) {
+  const u = new URL(url);
+  const comps = ['@method', '@authority', '@path', '@query', 'content-digest'];
+  const d = `sha-256=:${createHash('sha256').update(body).digest('base64')}:`;
+  const vals = { '@method': method, '@authority': u.host, '@path': u.pathname, '@query': u.search || '?', 'content-digest': d };
+  const params = `(${comps.map((c) => `"${c}"`).join(' ')});created=${Math.floor(Date.now() / 1000)};` +
+    `keyid="${keyid}";nonce="${randomBytes(12).toString('base64url')}";alg="ed25519"`;
+  const base = comps.map((c) => `"${c}": ${vals[c]}`).join('\n') + `\n"@signature-params": ${params}`;
+  const sig = edSign(null, Buffer.from(base), privateKey).toString('base64');
+  return { 'content-type': 'application/json', 'content-digest': d, 'signature-input': `glados=${params}`, signature: `glados=:${sig}:` };
+}
+
+// -------------------------------------------------------------------- tests
+
+test('propagation: a confirmed mapping and a bulk upload at gp-a reach gp-b\'s copy of its filter within 2 s (measured)', async () => {
+  const a = fed['gp-a'];
+  const b = fed['gp-b'];
+  const times = [];
+  for (let i = 0; i < 5; i++) {
+    const sii = phone();
+    assert.equal((await copyOf(b, 'gp-a', sii)).contains, false);
+    await register(a, aps['gp-a'], sii, `prop-${i}`);
+    // From the confirmation's answer to gp-b's copy.
+    const t0 = performance.now();
+    await reaches(b, 'gp-a', sii);
+    times.push(performance.now() - t0);
+  }
+  times.sort((x, y) => x - y);
+  console.log(`mapping → peer filter propagation gp-a → gp-b: median ${times[2].toFixed(0)} ms, max ${times[4].toFixed(0)} ms`);
+  // Bulk: one batched insert per shard batch, all of them in gp-b's copy.
+  const bulkAp = await enrollAp(a, 'q-bulk', { bulk_allowed: true, rate_params: FAST });
+  const siis = Array.from({ length: 40 }, () => phone());
+  const body = siis.map((sii, i) => JSON.stringify({ sii, user: `bulk-${i}` })).join('\n') + '\n';
+  const up = await call(a, 'POST', '/v1/mappings/bulk', {
+    token: bulkAp.token, body, headers: { 'content-type': 'application/x-ndjson', 'idempotency-key': 'q-bulk-1' },
+  });
+  assert.equal(up.status, 200, up.text);
+  const t0 = performance.now();
+  for (const sii of siis) await reaches(b, 'gp-a', sii, 2000 - (performance.now() - t0));
+  console.log(`bulk of ${siis.length} → gp-b's copy: ${(performance.now() - t0).toFixed(0)} ms`);
+});
+
+test('local hit: the home GP answers from its own shard; no peer is asked', async () => {
+  const a = fed['gp-a'];
+  const sii = phone();
+  await register(a, aps['gp-a'], sii, 'local-alice');
+  const before = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
+  const r = await query(a, aps['gp-a'], sii);
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.found, true);
+  assert.deepEqual(r.body.ssi, { provider: 'q-a', user: 'local-alice' });
+  assert.equal(r.body.gp, 'gp-a');
+  assert.equal(r.body.home, true);
+  assert.equal(r.body.incomplete, false);
+  assert.equal(r.body.peers_queried, 0);
+  assert.ok(r.body.timestamp_ms <= Date.now() && r.body.timestamp_ms > Date.now() - 60_000);
+  assert.ok(Number(r.headers.get('ratelimit-limit')) >= 1);
+  assert.ok(r.headers.get('ratelimit-remaining') !== null);
+  const after = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
+  assert.equal(after[0].shard_lookups - before[0].shard_lookups, 1, 'one shard request');
+  assert.equal(after[0].peer_queries_sent, before[0].peer_queries_sent, 'no subrequest');
+  assert.equal(after[1].peer_queries_received, before[1].peer_queries_received);
+  assert.equal(after[2].peer_queries_received, before[2].peer_queries_received);
+});
+
+test('remote hit: gp-a asks exactly the peer whose filter matches and returns its mapping', async () => {
+  const a = fed['gp-a'];
+  const b = fed['gp-b'];
+  const sii = phone();
+  await register(b, aps['gp-b'], sii, 'remote-bob');
+  await reaches(a, 'gp-b', sii);
+  const before = [await stats(a), await stats(b), await stats(fed['gp-c'])];
+  const r = await query(a, aps['gp-a'], sii);
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.found, true);
+  assert.deepEqual(r.body.ssi, { provider: 'q-b', user: 'remote-bob' });
+  assert.equal(r.body.gp, 'gp-b');
+  assert.equal(r.body.home, false);
+  assert.equal(r.body.incomplete, false);
+  assert.equal(r.body.peers_queried, 1);
+  const after = [await stats(a), await stats(b), await stats(fed['gp-c'])];
+  assert.equal(after[0].peer_queries_sent - before[0].peer_queries_sent, 1);
+  assert.equal(after[1].peer_queries_answered - before[1].peer_queries_answered, 1);
+  assert.equal(after[2].peer_queries_received, before[2].peer_queries_received, 'gp-c was not asked');
+});
+
+test('miss: no filter matches, so no peer is queried and the answer is a clear not-found', async () => {
+  const a = fed['gp-a'];
+  const sii = phone();
+  assert.equal((await copyOf(a, 'gp-b', sii)).contains, false);
+  assert.equal((await copyOf(a, 'gp-c', sii)).contains, false);
+  const before = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
+  const r = await query(a, aps['gp-a'], sii);
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.body, { sii, found: false, incomplete: false, peers_queried: 0, failed_peers: [] });
+  const after = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
+  assert.equal(after[0].shard_lookups - before[0].shard_lookups, 1);
+  assert.equal(after[0].peer_queries_sent, before[0].peer_queries_sent);
+  assert.equal(after[1].peer_queries_received, before[1].peer_queries_received, 'gp-b received no query');
+  assert.equal(after[2].peer_queries_received, before[2].peer_queries_received, 'gp-c received no query');
+});
+
+test('two GPs hold mappings for one SII: the most recent wins, seen from every GP', async () => {
+  const sii = phone();
+  await register(fed['gp-b'], aps['gp-b'], sii, 'older');
+  await new Promise((r) => setTimeout(r, 20));
+  await register(fed['gp-a'], aps['gp-a'], sii, 'newer');
+  await reaches(fed['gp-b'], 'gp-a', sii);
+  await reaches(fed['gp-c'], 'gp-a', sii);
+  await reaches(fed['gp-a'], 'gp-b', sii);
+  await reaches(fed['gp-c'], 'gp-b', sii);
+  for (const env of ['gp-a', 'gp-b', 'gp-c']) {
+    const r = await query(fed[env], aps[env], sii);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.body.gp, 'gp-a', `${env}: ${r.text}`);
+    assert.equal(r.body.ssi.user, 'newer');
+    assert.equal(r.body.incomplete, false);
+  }
+});
+
+test('a peer that is slow, answers garbage or is down makes the answer incomplete, never an error', async () => {
+  const a = fed['gp-a'];
+  const c = fed['gp-c'];
+  const sii = phone();
+  // gp-a holds the mapping; gp-c's filter (only) says it may hold it too.
+  await register(a, aps['gp-a'], sii, 'resilient');
+  const ins = await c.fetch('/__debug/filter/insert', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ siis: [sii] }) });
+  assert.equal(ins.status, 200);
+  await reaches(a, 'gp-c', sii);
+  // Healthy first: gp-c answers "no mapping here".
+  let r = await query(a, aps['gp-a'], sii);
+  assert.equal(r.body.incomplete, false, r.text);
+  assert.equal(r.body.peers_queried, 1);
+  for (const [mode, delayMs] of [['slow', 4000], ['garbage', 0], ['down', 0]]) {
+    proxy.ctl.mode = mode;
+    proxy.ctl.delayMs = delayMs;
+    const t0 = performance.now();
+    r = await query(a, aps['gp-a'], sii);
+    const ms = performance.now() - t0;
+    assert.equal(r.status, 200, `${mode}: ${r.text}`);
+    assert.equal(r.body.found, true, mode);
+    assert.equal(r.body.gp, 'gp-a', mode);
+    assert.equal(r.body.incomplete, true, mode);
+    assert.deepEqual(r.body.failed_peers.map((f) => f.gp), ['gp-c'], mode);
+    if (mode === 'slow') assert.ok(ms < 3000, `the per-peer timeout bounds a slow peer (${ms.toFixed(0)} ms)`);
+  }
+  proxy.ctl.mode = 'pass';
+});
+
+test('peer queries: unsigned and forged ones are refused; a signed one is answered from local mappings only', async () => {
+  const a = fed['gp-a'];
+  const b = fed['gp-b'];
+  const sii = phone();
+  await register(b, aps['gp-b'], sii, 'peer-visible');
+  const url = new URL('/peer/v1/query', b.url).toString();
+  const body = JSON.stringify({ sii });
+  await expectProblem(await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body }), 401, 'peer-signature-missing');
+  const forged = signedHeaders({ method: 'POST', url, body, keyid: 'gp-a', privateKey: gpSigningKeys().privateKey });
+  await expectProblem(await fetch(url, { method: 'POST', headers: forged, body }), 401, 'peer-signature-invalid');
+  const good = signedHeaders({ method: 'POST', url, body, keyid: 'gp-a', privateKey: a.keys.privateKey });
+  const res = await fetch(url, { method: 'POST', headers: good, body });
+  assert.equal(res.status, 200);
+  const answer = await res.json();
+  assert.equal(answer.gp, 'gp-b');
+  assert.equal(answer.candidate.gp, 'gp-b');
+  assert.deepEqual(answer.candidate.ssi, { provider: 'q-b', user: 'peer-visible' });
+  // A batch is refused here too.
+  const batch = JSON.stringify({ sii: [sii, phone()] });
+  const hb = signedHeaders({ method: 'POST', url, body: batch, keyid: 'gp-a', privateKey: a.keys.privateKey });
+  await expectProblem(await fetch(url, { method: 'POST', headers: hb, body: batch }), 400, 'one-sii-per-query');
+});
+
+test('the query API is one SII per request: lists, extra fields and bad input are 4xx problems', async () => {
+  const a = fed['gp-a'];
+  const ap = aps['gp-a'];
+  const p = async (r, status, slug) => { validated(r); assert.equal(r.status, status, r.text); assert.equal(r.body.type, `/problems/${slug}`); };
+  await p(await call(a, 'POST', '/v1/query', { token: ap.token, json: { sii: [phone(), phone()] } }), 400, 'one-sii-per-query');
+  await p(await call(a, 'POST', '/v1/query', { token: ap.token, json: { sii: phone(), more: [phone()] } }), 400, 'invalid-json');
+  await p(await call(a, 'POST', '/v1/query', { token: ap.token, json: { sii: 'not a number' } }), 400, 'invalid-sii');
+  await p(await call(a, 'POST', '/v1/query', { token: ap.token, json: [phone()] }), 400, 'one-sii-per-query');
+  await p(await call(a, 'POST', '/v1/query', { token: ap.token, body: 'sii=+14155550100', headers: { 'content-type': 'application/x-www-form-urlencoded' } }), 415, 'unsupported-media-type');
+  await p(await call(a, 'POST', '/v1/query', { json: { sii: phone() } }), 401, 'missing-token');
+  await expectProblem(await a.fetch('/v1/query?sii=%2B14155550100'), 405, 'method-not-allowed');
+});
+
+test('rate limit: an AP gets exactly its burst at once, then 429 with Retry-After and RateLimit headers, then its rate', async () => {
+  const a = fed['gp-a'];
+  // 1 query/s, burst 3 (draft §11.2: from enrolled users; here the floor and cap pin it).
+  const slow = await enrollAp(a, 'q-slow', {
+    rate_params: { base_per_sec: 1, per_user_per_day: 0, min_per_sec: 1, max_per_sec: 1, burst_secs: 3 },
+  });
+  const sii = phone();
+  // Concurrently: 12 queries at once; exactly the burst (or one more if a second passed) gets through.
+  const all = await Promise.all(Array.from({ length: 12 }, () => query(a, slow, sii)));
+  const ok = all.filter((r) => r.status === 200).length;
+  assert.ok(ok >= 3 && ok <= 4, `admitted ${ok} of 12 with burst 3`);
+  const limited = all.filter((r) => r.status === 429);
+  assert.equal(limited.length, 12 - ok);
+  for (const r of limited) {
+    assert.equal(r.body.type, '/problems/rate-limited');
+    const retry = Number(r.headers.get('retry-after'));
+    assert.ok(retry >= 1 && retry <= 2, `Retry-After ${retry}`);
+    assert.equal(r.headers.get('ratelimit-limit'), '3');
+    assert.equal(r.headers.get('ratelimit-remaining'), '0');
+  }
+  // After the Retry-After, one more query is admitted, and then the bucket is empty again.
+  await new Promise((r) => setTimeout(r, 1100));
+  assert.equal((await query(a, slow, sii)).status, 200);
+  assert.equal((await query(a, slow, sii)).status, 429);
+  // Another AP is not affected (per-AP buckets).
+  assert.equal((await query(a, aps['gp-a'], sii)).status, 200);
+});
