@@ -8,6 +8,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Pinned cargo tools live outside the checkout so fresh clones (CI) reuse them.
 TOOLS_DIR="${GLADOS_TOOLS_DIR:-$HOME/.cache/glados/tools}"
 WORKER_BUILD_VERSION="0.8.7"
+# cargo-fuzz for scripts/fuzz.sh (libFuzzer targets in fuzz/).
+CARGO_FUZZ_VERSION="0.13.1"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -31,6 +31,9 @@ step "core tests as wasm (wasm32-wasip1 under Node's WASI)"
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
   cargo test --target wasm32-wasip1 --lib --tests
 
+step "fuzz smoke run (cargo-fuzz: every core parser, 4 s each)"
+bash scripts/fuzz.sh 4
+
 step "wasm build"
 bash scripts/build-worker.sh
 
