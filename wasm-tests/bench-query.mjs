@@ -141,12 +141,21 @@ try {
   results.push(await run('miss', fed['gp-a'], tokA, (i) => `+1212${'4'}${String(i % 1_000_000).padStart(6, '0')}`));
   console.log(`\nGLADOS query benchmark: 3 GPs, ${concurrency} concurrent clients, ${seconds} s per scenario, ${mappings} mappings per GP`);
   console.table(results);
-  // Fan-out with 50 peers, estimated from the filters: a miss asks each
-  // peer whose filter has a false positive; measured rate × 49.
+  // Fan-out with 50 peers, simulated with the filters: a query asks every
+  // peer whose filter matches — the holder (on a hit) plus each peer whose
+  // filter gives a false positive. Per-peer false-positive rates: measured
+  // here (2 peers, this fill) and at the filters' design fill (FILTER_FP_RATE).
   const miss = results[2];
-  const fpPerPeer = Number(miss['peer subreq/q']) / 2;
-  console.log(`fan-out per miss: measured ${miss['peer subreq/q']} with 2 peers; ` +
-    `with 50 configured peers at the same filter fill ≈ ${(49 * fpPerPeer).toFixed(3)} (49 × per-peer false-positive rate)`);
+  const measuredFp = Number(miss['peer subreq/q']) / 2;
+  const info = (await fed['gp-b'].getJson('/v1/gp')).body.filter;
+  const designFp = 0.01;
+  const fan = (fp, hit) => (hit ? 1 : 0) + (hit ? 48 : 49) * fp;
+  console.log('\nfan-out (peer subrequests) per query:');
+  console.table([
+    { peers: 3, filter: `measured (${mappings} SIIs per GP)`, miss: miss['peer subreq/q'], 'remote hit': results[1]['peer subreq/q'] },
+    { peers: 50, filter: `this fill (fp ${info.estimated_fp_rate?.toExponential(2) ?? measuredFp})`, miss: fan(info.estimated_fp_rate ?? measuredFp, false).toFixed(3), 'remote hit': fan(info.estimated_fp_rate ?? measuredFp, true).toFixed(3) },
+    { peers: 50, filter: `design fill (fp ${designFp})`, miss: fan(designFp, false).toFixed(3), 'remote hit': fan(designFp, true).toFixed(3) },
+  ]);
 } finally {
   await fed.stop();
   state.cleanup();

@@ -169,7 +169,7 @@ async function register(gp, ap, sii, user) {
   assert.ok(code, `no code reached ${sii}`);
   const v = await call(gp, 'POST', `/v1/verifications/${c.body.handle}`, { token: ap.token, json: { code } });
   assert.equal(v.status, 201, v.text);
-  return v.body;
+  return { ...v.body, created: c.body };
 }
 
 async function copyOf(gp, peer, sii) {
@@ -401,4 +401,70 @@ test('rate limit: an AP gets exactly its burst at once, then 429 with Retry-Afte
   assert.equal((await query(a, slow, sii)).status, 429);
   // Another AP is not affected (per-AP buckets).
   assert.equal((await query(a, aps['gp-a'], sii)).status, 200);
+});
+
+test('claims (draft §10): a choice at gp-a reaches the peer whose filter matches; its older mapping is replaced or outranked and its AP told by webhook', async () => {
+  const a = fed['gp-a'];
+  const b = fed['gp-b'];
+  // replace: gp-b's older mapping is deleted.
+  const sii = phone();
+  await register(b, aps['gp-b'], sii, 'old-b');
+  await reaches(a, 'gp-b', sii);
+  const reg = await register(a, aps['gp-a'], sii, 'new-a');
+  // §8.2.1 across GPs: the creation names the holder on gp-b.
+  assert.deepEqual(reg.created.existing, { provider: 'q-b', name: null, gp: 'gp-b' });
+  const ch = await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii, choice: 'replace' } });
+  assert.equal(ch.status, 200, ch.text);
+  assert.ok(!JSON.stringify(ch.body).includes('gp-b'), 'the AP is not told which peers may hold the SII');
+  const hook = await hooks.waitFor((h) => h.path === '/q-b' && h.json?.type === 'mapping.replaced' && h.json.data?.sii === sii, 8000);
+  assert.equal(hook.json.data.user, 'old-b');
+  assert.equal(hook.json.data.by.provider, 'q-a');
+  assert.equal(hook.json.data.by.gp, 'gp-a');
+  const mine = await call(b, 'POST', '/v1/mappings/mine', { token: aps['gp-b'].token, json: { sii } });
+  assert.equal(mine.body.mapping, null, `gp-b's mapping is gone: ${mine.text}`);
+  await reaches(fed['gp-c'], 'gp-a', sii);
+  const r = await query(fed['gp-c'], aps['gp-c'], sii);
+  assert.equal(r.body.gp, 'gp-a', r.text);
+  assert.equal(r.body.ssi.user, 'new-a');
+  // prefer: gp-b's mapping stays, its AP learns it was outranked.
+  const sii2 = phone();
+  await register(b, aps['gp-b'], sii2, 'keep-b');
+  await register(a, aps['gp-a'], sii2, 'pref-a');
+  await reaches(a, 'gp-b', sii2);
+  assert.equal((await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii: sii2, choice: 'prefer' } })).status, 200);
+  const out = await hooks.waitFor((h) => h.path === '/q-b' && h.json?.type === 'mapping.outpreferred' && h.json.data?.sii === sii2, 8000);
+  assert.equal(out.json.data.by.gp, 'gp-a');
+  const kept = await call(b, 'POST', '/v1/mappings/mine', { token: aps['gp-b'].token, json: { sii: sii2 } });
+  assert.equal(kept.body.mapping.user, 'keep-b');
+  await reaches(b, 'gp-a', sii2);
+  assert.equal((await query(b, aps['gp-b'], sii2)).body.gp, 'gp-a', 'the later preference wins everywhere');
+  // prefer-back at gp-b: claimed back; gp-a's AP is told, and gp-b's mapping wins again.
+  const back = await call(b, 'POST', '/v1/mappings/prefer-back', { token: aps['gp-b'].token, json: { sii: sii2 } });
+  assert.equal(back.status, 200, back.text);
+  const lost = await hooks.waitFor((h) => h.path === '/q-a' && h.json?.type === 'mapping.outpreferred' && h.json.data?.sii === sii2, 8000);
+  assert.equal(lost.json.data.by.provider, 'q-b');
+  assert.equal(lost.json.data.by.gp, 'gp-b');
+  assert.equal(lost.json.data.user, 'pref-a');
+  const q = await query(fed['gp-c'], aps['gp-c'], sii2);
+  assert.equal(q.body.gp, 'gp-b', q.text);
+  assert.equal(q.body.ssi.user, 'keep-b');
+});
+
+test('claims: unsigned or mis-attributed claims are refused', async () => {
+  const b = fed['gp-b'];
+  const url = new URL('/peer/v1/claims', b.url).toString();
+  const body = JSON.stringify({ sii: phone(), by_ap: 'q-a', from_gp: 'gp-c', action: 'replaced', at_ms: Date.now() });
+  await expectProblem(await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body }), 401, 'peer-signature-missing');
+  const h = signedHeaders({ method: 'POST', url, body, keyid: 'gp-a', privateKey: fed['gp-a'].keys.privateKey });
+  await expectProblem(await fetch(url, { method: 'POST', headers: h, body }), 403, 'peer-mismatch');
+  const bad = '{"sii": "nope"}';
+  const hb = signedHeaders({ method: 'POST', url, body: bad, keyid: 'gp-a', privateKey: fed['gp-a'].keys.privateKey });
+  await expectProblem(await fetch(url, { method: 'POST', headers: hb, body: bad }), 400, 'invalid-claim');
+});
+
+test('/v1/gp reports the GP\'s peer signing key', async () => {
+  for (const gp of fed.gps) {
+    const r = await gp.getJson('/v1/gp');
+    assert.equal(r.body.public_key, gp.keys.public);
+  }
 });

@@ -16,13 +16,16 @@
 //! dies right after.
 
 use super::ap_object::{self, ApItem};
+use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
 use super::filter_object;
+use super::peer_auth::{self, Signer};
 use crate::core::bulk::{line_effect, LineEffect};
 use crate::core::creation::{repeat_rule, OpenPending, Repeat};
 use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
 use crate::core::mapping::{
-    Candidate, Choice, DisplaceAction, MappingError, Notification, Party, SiiRecord, VerifiedBy,
+    Candidate, Choice, Claim, DisplaceAction, MappingError, Notification, Party, SiiRecord,
+    VerifiedBy,
 };
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
@@ -72,8 +75,14 @@ pub enum ShardOp {
         ap: String,
         choice: Choice,
         gp: String,
+        /// Peer GPs whose filters may hold the SII: each gets a claim
+        /// (draft §10). Chosen by the caller from its filter copies.
+        #[serde(default)]
+        claim_peers: Vec<String>,
         now_ms: u64,
     },
+    /// A peer GP's claim (draft §10), already signature-checked.
+    ApplyClaim { claim: Claim, now_ms: u64 },
     Reestablish {
         sii: String,
         ap: String,
@@ -82,6 +91,12 @@ pub enum ShardOp {
     PreferBack {
         sii: String,
         ap: String,
+        /// This GP's id and the peers whose filters may hold the SII: a
+        /// preference won back is claimed there too (draft §10).
+        #[serde(default)]
+        gp: String,
+        #[serde(default)]
+        claim_peers: Vec<String>,
         now_ms: u64,
     },
     Report {
@@ -332,6 +347,8 @@ impl MappingShard {
             "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL)",
             // SII digests stored here but not yet in the GP's filter.
             "CREATE TABLE IF NOT EXISTS filter_outbox (digest TEXT PRIMARY KEY)",
+            // Claims (draft §10) not yet acknowledged by their peer GP.
+            "CREATE TABLE IF NOT EXISTS claim_outbox (id TEXT PRIMARY KEY, to_gp TEXT NOT NULL, claim TEXT NOT NULL)",
         ] {
             sql.exec(q, None).internal("shard schema")?;
         }
@@ -502,8 +519,23 @@ impl MappingShard {
                     (to_ap.to_string(), user)
                 }
                 Notification::Remedied { to, .. } if to.gp.is_none() => (to.ap.to_string(), None),
-                // Claims to peer GPs and remedies for remote APs travel
-                // through the federation protocol (not built yet).
+                Notification::Claim { to_gp, claim } => {
+                    // draft §10: "it sends a webhook callback to those GP,
+                    // indicating that that particular SII has been claimed"
+                    // — durably, from this shard's claim outbox.
+                    self.sql()
+                        .exec(
+                            "INSERT INTO claim_outbox (id, to_gp, claim) VALUES (?, ?, ?)",
+                            Some(vec![
+                                random_id()?.into(),
+                                to_gp.as_str().into(),
+                                enc(claim)?.into(),
+                            ]),
+                        )
+                        .internal("claim outbox insert")?;
+                    continue;
+                }
+                // Remedies for APs of other GPs are not forwarded yet.
                 _ => continue,
             };
             if let Some(data) = EventData::from_notification(n, user) {
@@ -601,17 +633,21 @@ impl MappingShard {
                 ap,
                 choice,
                 gp,
+                claim_peers,
                 now_ms,
             } => {
                 let sii = parse_sii(&sii)?;
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
-                match r.choose(&caller, choice, &gp, &[], now_ms) {
+                match r.choose(&caller, choice, &gp, &claim_peers, now_ms) {
                     Ok(notes) => {
                         self.store_record(&r)?;
                         let notified = self.push_notifications(&before, &notes, now_ms)?;
-                        let wrote = !notified.is_empty();
+                        let claims = notes
+                            .iter()
+                            .any(|n| matches!(n, Notification::Claim { .. }));
+                        let wrote = !notified.is_empty() || claims;
                         Ok((ShardReply::Done { notified }, wrote))
                     }
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
@@ -640,16 +676,40 @@ impl MappingShard {
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
                 }
             }
-            ShardOp::PreferBack { sii, ap, now_ms } => {
+            ShardOp::PreferBack {
+                sii,
+                ap,
+                gp,
+                claim_peers,
+                now_ms,
+            } => {
                 let sii = parse_sii(&sii)?;
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
                 match r.prefer_back(&caller, now_ms) {
-                    Ok(notes) => {
+                    Ok(mut notes) => {
                         self.store_record(&r)?;
+                        // The caller is preferred again as of now_ms: peers
+                        // holding an older preference (e.g. the AP whose
+                        // claim displaced it) are told as for a choice.
+                        for to_gp in claim_peers.into_iter().filter(|g| *g != gp) {
+                            notes.push(Notification::Claim {
+                                to_gp,
+                                claim: Claim {
+                                    sii: sii.clone(),
+                                    by_ap: caller.clone(),
+                                    from_gp: gp.clone(),
+                                    action: DisplaceAction::Outpreferred,
+                                    at_ms: now_ms,
+                                },
+                            });
+                        }
                         let notified = self.push_notifications(&before, &notes, now_ms)?;
-                        let wrote = !notified.is_empty();
+                        let claims = notes
+                            .iter()
+                            .any(|n| matches!(n, Notification::Claim { .. }));
+                        let wrote = !notified.is_empty() || claims;
                         Ok((ShardReply::Done { notified }, wrote))
                     }
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
@@ -735,6 +795,19 @@ impl MappingShard {
                 ))
             }
             ShardOp::Bulk { ap, lines, now_ms } => self.bulk(ap, lines, now_ms),
+            ShardOp::ApplyClaim { claim, now_ms } => {
+                let mut r = self.load_record(&claim.sii)?;
+                let before = r.clone();
+                match r.apply_claim(&claim, now_ms) {
+                    Ok(notes) => {
+                        self.store_record(&r)?;
+                        let notified = self.push_notifications(&before, &notes, now_ms)?;
+                        let wrote = !notified.is_empty();
+                        Ok((ShardReply::Done { notified }, wrote))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
             ShardOp::Lookup { sii, gp } => {
                 let sii = parse_sii(&sii)?;
                 // Read-only: a missing record is not created.
@@ -1005,12 +1078,72 @@ impl MappingShard {
         Ok(())
     }
 
+    /// Sends queued claims to their peer GPs, signed; deletes each claim its
+    /// peer acknowledged (2xx). A peer that is down keeps its claims queued
+    /// and the alarm retries (every 5 s) until it answers.
+    async fn forward_claims(&self) -> ApiResult<()> {
+        let rows: Vec<ClaimRow> = self
+            .sql()
+            .exec("SELECT id, to_gp, claim FROM claim_outbox LIMIT 100", None)
+            .internal("claim outbox select")?
+            .to_array()
+            .internal("claim outbox read")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let cfg = GpConfig::from_env(&self.env)?;
+        let signer = Signer::from_env(&self.env)?;
+        let mut failed = None;
+        for r in rows {
+            let Some(peer) = cfg.peers.iter().find(|p| p.id == r.to_gp) else {
+                // No longer a peer: nobody to tell.
+                self.delete_claim(&r.id)?;
+                continue;
+            };
+            let url = format!("{}{CLAIMS_PATH}", peer.url.trim_end_matches('/'));
+            match peer_auth::signed_fetch(
+                &signer,
+                Method::Post,
+                &url,
+                Some((r.claim.as_bytes(), "application/json")),
+                &[],
+                CLAIM_TIMEOUT_MS,
+            )
+            .await
+            {
+                Ok(resp) if (200..300).contains(&resp.status) => self.delete_claim(&r.id)?,
+                Ok(resp) => {
+                    failed = Some(ApiError::Internal(format!(
+                        "claim to {}: HTTP {}",
+                        r.to_gp, resp.status
+                    )))
+                }
+                Err(e) => failed = Some(ApiError::Internal(format!("claim to {}: {e}", r.to_gp))),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn delete_claim(&self, id: &str) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "DELETE FROM claim_outbox WHERE id = ?",
+                Some(vec![id.into()]),
+            )
+            .internal("claim outbox delete")?;
+        Ok(())
+    }
+
     /// Hands every outbox item to its AP's object; deletes what was taken.
     async fn forward_outbox(&self) -> ApiResult<()> {
         self.ensure_schema()?;
         // The filter first: it is what makes the mapping discoverable from
         // the peers (issue 6: within 2 s).
         let filter_failed = self.forward_filter().await.err();
+        let claims_failed = self.forward_claims().await.err();
         let rows: Vec<OutboxRow> = self
             .sql()
             .exec("SELECT id, to_ap, item FROM outbox LIMIT 500", None)
@@ -1042,13 +1175,13 @@ impl MappingShard {
         let left: Vec<CountRow> = self
             .sql()
             .exec(
-                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM filter_outbox) AS n",
+                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM filter_outbox) + (SELECT COUNT(*) FROM claim_outbox) AS n",
                 None,
             )
             .internal("outbox count")?
             .to_array()
             .internal("outbox count")?;
-        if let Some(e) = failed.or(filter_failed) {
+        if let Some(e) = failed.or(filter_failed).or(claims_failed) {
             return Err(e);
         }
         if left.first().is_some_and(|c| c.n > 0) {
@@ -1066,6 +1199,18 @@ impl MappingShard {
 struct CountRow {
     n: i64,
 }
+
+#[derive(Deserialize)]
+struct ClaimRow {
+    id: String,
+    to_gp: String,
+    claim: String,
+}
+
+/// Where peers take claims (draft §10).
+pub const CLAIMS_PATH: &str = "/peer/v1/claims";
+/// How long one claim delivery may take.
+const CLAIM_TIMEOUT_MS: u32 = 5_000;
 
 #[derive(Deserialize)]
 struct DigestRow {

@@ -101,6 +101,24 @@ async fn shard_call(env: &Env, sii: &Sii, op: ShardOp) -> ApiResult<ShardReply> 
 
 /// `{provider, name, gp}` for the holder named in §8.2.1 answers (draft:
 /// "include that provider ID and name").
+/// The preferred holder of `sii` on a peer GP, if the peers whose filters
+/// match say so. Best effort: an unreachable peer just finds nothing.
+async fn remote_holder(env: &Env, cfg: &GpConfig, sii: &Sii) -> Option<Party> {
+    if super::query::matching_peers(env, cfg, sii).await.is_empty() {
+        return None;
+    }
+    match super::query::resolve(env, cfg, sii).await {
+        Ok(r) => r.preferred.filter(|c| c.gp != cfg.id).map(|c| Party {
+            ap: c.ssi.provider().clone(),
+            gp: Some(c.gp),
+        }),
+        Err(e) => {
+            worker::console_error!("remote holder lookup: {e:?}");
+            None
+        }
+    }
+}
+
 async fn party_json(env: &Env, p: &Option<Party>) -> ApiResult<Value> {
     let Some(p) = p else {
         return Ok(Value::Null);
@@ -190,6 +208,13 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
                 ))
             }
         };
+    // draft §8.2.1 "Mapping Exists on Other AP", across GPs: with no
+    // holder here, a holder on a peer GP found through the query path —
+    // free unless a peer's filter matches the SII.
+    let existing = match existing {
+        Some(e) => Some(e),
+        None => remote_holder(env, cfg, &sii).await,
+    };
     if !reused {
         let abort = |env: &Env| {
             let op = ShardOp::Abort {
@@ -338,11 +363,20 @@ pub async fn action(
         Action::Choice => {
             let b: ChoiceBody = read_json(&mut req, false).await?;
             let sii = parse_sii(&b.sii)?;
+            // draft §10: "the GP of the new AP looks into its routing
+            // filters to see if any other GP might own a mapping for the
+            // SII which has changed" (isolate-cached filter copies).
+            let claim_peers = super::query::matching_peers(env, cfg, &sii)
+                .await
+                .into_iter()
+                .map(|p| p.id.clone())
+                .collect();
             let op = ShardOp::Choose {
                 sii: sii.to_string(),
                 ap: ap_id.clone(),
                 choice: b.choice,
                 gp: cfg.id.clone(),
+                claim_peers,
                 now_ms: now,
             };
             (sii, op)
@@ -360,6 +394,14 @@ pub async fn action(
                 Action::PreferBack => ShardOp::PreferBack {
                     sii: s,
                     ap: a,
+                    gp: cfg.id.clone(),
+                    // draft §10, as for a choice: the peers whose filters
+                    // may hold the SII.
+                    claim_peers: super::query::matching_peers(env, cfg, &sii)
+                        .await
+                        .into_iter()
+                        .map(|p| p.id.clone())
+                        .collect(),
                     now_ms: now,
                 },
                 Action::Report => ShardOp::Report {

@@ -77,6 +77,11 @@ impl Signer {
         })?;
         Ok(Signer { keyid, seed })
     }
+
+    /// The Ed25519 public key (base64) peers must configure for this GP.
+    pub fn public_key_b64(&self) -> String {
+        crate::core::encoding::b64_encode(&httpsig::public_key(&self.seed))
+    }
 }
 
 /// What a peer answered.

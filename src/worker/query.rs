@@ -28,7 +28,7 @@ use super::error::{ApiError, ApiResult};
 use super::mapping_shard::{self, ShardOp, ShardReply};
 use super::peer_auth::{self, Signer};
 use super::{ap_object, federation};
-use crate::core::mapping::Candidate;
+use crate::core::mapping::{Candidate, Claim};
 use crate::core::query::{combine, PeerAnswer, PeerOutcome, QueryBody};
 use crate::core::ratelimit::{allowed_rate, Lease, Rate, RateLimited};
 use crate::core::shard::shard_of;
@@ -321,6 +321,44 @@ pub async fn serve_peer(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResul
         gp: cfg.id.clone(),
         candidate,
     }))
+}
+
+/// `POST /peer/v1/claims`: a peer GP tells this GP that one of its APs
+/// claimed an SII (draft §10: "it sends a webhook callback to those GP,
+/// indicating that that particular SII has been claimed"). A local mapping
+/// not newer than the claim is deleted (replace) or outranked (prefer), and
+/// its AP is told by webhook through the shard's outbox. Idempotent: a
+/// repeated claim finds nothing older left to displace.
+pub async fn serve_claim(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let (peer, body) = peer_auth::verify(&mut req, env, cfg, MAX_PEER_QUERY_BODY).await?;
+    let claim: Claim = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::client(
+            400,
+            "invalid-claim",
+            "Invalid claim",
+            format!("the claim was not understood: {e}"),
+        )
+    })?;
+    if claim.from_gp != peer {
+        return Err(ApiError::client(
+            403,
+            "peer-mismatch",
+            "Claim from another GP",
+            format!("signed by {peer} but names {}", claim.from_gp),
+        ));
+    }
+    let index = shard_of(&claim.sii, mapping_shard::shard_count(env));
+    let op = ShardOp::ApplyClaim {
+        claim,
+        now_ms: auth::now_ms(),
+    };
+    match mapping_shard::call(env, index, &op).await? {
+        ShardReply::Done { notified } => {
+            super::routes::json_ok(&json!({ "applied": true, "notified": notified.len() }))
+        }
+        ShardReply::Refused(r) => Err(r.into_api()),
+        _ => Err(ApiError::Internal("shard gave no claim answer".into())),
+    }
 }
 
 /// `GET /__debug/query-stats`: this isolate's query counters.

@@ -40,6 +40,7 @@ enum Route {
     MappingBulk,
     Query,
     PeerQuery,
+    PeerClaims,
     DebugQueryStats,
     PublicFilter,
     PeerFilter,
@@ -220,6 +221,13 @@ const ROUTES: &[RouteDef] = &[
         methods: POST,
         debug_only: false,
     },
+    // draft §10: a peer GP's "claimed" notice; signed peer requests only.
+    RouteDef {
+        template: "/peer/v1/claims",
+        route: Route::PeerClaims,
+        methods: POST,
+        debug_only: false,
+    },
     // draft §9 GP-to-GP routing protocol; signed peer requests only.
     RouteDef {
         template: "/peer/v1/filter",
@@ -348,6 +356,11 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
                 "protocol": "draft-rosenberg-mimi-glados-00",
                 "filter": filter,
                 "peers": cfg.peers.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                // What peers put into their PEERS entry for this GP (its
+                // GP-to-GP requests are signed with the matching seed).
+                "public_key": super::peer_auth::Signer::from_env(env)
+                    .ok()
+                    .map(|s| s.public_key_b64()),
             }))
         }
         Route::Peers => {
@@ -384,6 +397,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::PublicFilter => public_filter::get(&req, env, &cfg.id).await,
         Route::Query => query::query(req, env, cfg).await,
         Route::PeerQuery => query::serve_peer(req, env, cfg).await,
+        Route::PeerClaims => query::serve_claim(req, env, cfg).await,
         Route::DebugQueryStats => query::debug_stats(),
         Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,
