@@ -2,12 +2,31 @@
 //! Never panics; a snapshot that decodes re-encodes to bytes that decode
 //! to the same filter; an additions batch that decodes re-encodes to the
 //! very same bytes (the decoder accepts only the canonical encoding).
+//! Each input is also tried with its last 8 bytes replaced by the right
+//! checksum, so mutated snapshots get past the checksum to the decoder's
+//! last stage.
 #![no_main]
 
 use glados::core::filter::{decode_additions, encode_additions, Filter};
 use libfuzzer_sys::fuzz_target;
+use sha2::{Digest, Sha256};
+
+fn with_checksum(data: &[u8]) -> Option<Vec<u8>> {
+    let body = data.get(..data.len().checked_sub(8)?)?;
+    let mut out = body.to_vec();
+    out.extend_from_slice(Sha256::digest(body).get(..8)?);
+    Some(out)
+}
 
 fuzz_target!(|data: &[u8]| {
+    snapshot(data);
+    if let Some(fixed) = with_checksum(data) {
+        snapshot(&fixed);
+    }
+    additions(data);
+});
+
+fn snapshot(data: &[u8]) {
     if let Ok(f) = Filter::from_bytes(data) {
         let bytes = f.to_bytes();
         let g = Filter::from_bytes(&bytes).expect("re-encoded snapshot must decode");
@@ -30,6 +49,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = f.estimated_items();
         let _ = f.diff(&g);
     }
+}
+
+fn additions(data: &[u8]) {
     if let Ok(batch) = decode_additions(data) {
         assert!(
             batch.indices.windows(2).all(|w| w[0] < w[1]),
@@ -38,4 +60,4 @@ fuzz_target!(|data: &[u8]| {
         let again = encode_additions(batch.version, &batch.indices);
         assert_eq!(again, data, "decoded batch does not re-encode to its bytes");
     }
-});
+}
