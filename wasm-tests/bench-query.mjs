@@ -78,6 +78,7 @@ async function run(name, gp, token, pick) {
   const before = await Promise.all(fed.gps.map(stats));
   const lat = [];
   let errors = 0;
+  const statuses = {};
   let i = 0;
   const deadline = performance.now() + seconds * 1000;
   const t0 = performance.now();
@@ -92,6 +93,7 @@ async function run(name, gp, token, pick) {
       });
       const body = await res.json();
       lat.push(performance.now() - s);
+      statuses[res.status] = (statuses[res.status] ?? 0) + 1;
       if (res.status !== 200 || body.incomplete) errors++;
     }
   }));
@@ -107,7 +109,8 @@ async function run(name, gp, token, pick) {
     'q/s': Math.round(lat.length / elapsed),
     'p50 ms': pct(lat, 0.5).toFixed(2),
     'p99 ms': pct(lat, 0.99).toFixed(2),
-    'errors/incomplete': errors,
+    'not 200 or incomplete': errors,
+    statuses: Object.entries(statuses).map(([k, v]) => `${k}×${v}`).join(' '),
     'shard DO/q': (d('shard_lookups') / q).toFixed(3),
     'limiter DO/q': (d('lease_requests') / q).toFixed(4),
     'peer subreq/q': (d('peer_queries_sent') / q).toFixed(3),

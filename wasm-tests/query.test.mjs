@@ -401,6 +401,12 @@ test('rate limit: an AP gets exactly its burst at once, then 429 with Retry-Afte
   assert.equal((await query(a, slow, sii)).status, 429);
   // Another AP is not affected (per-AP buckets).
   assert.equal((await query(a, aps['gp-a'], sii)).status, 200);
+  // A burst of concurrent queries well within an AP's rate is all admitted:
+  // leases taken at the same time by one isolate pool their tokens instead
+  // of draining the bucket (each lease is a second of rate; burst = 10 s).
+  const roomy = await enrollAp(a, 'q-roomy', { rate_params: { base_per_sec: 50, per_user_per_day: 0, min_per_sec: 50, max_per_sec: 50, burst_secs: 2 } });
+  const burst = await Promise.all(Array.from({ length: 60 }, () => query(a, roomy, sii)));
+  assert.deepEqual([...new Set(burst.map((r) => r.status))], [200], 'all 60 within the burst of 100 are admitted');
 });
 
 test('claims (draft §10): a choice at gp-a reaches the peer whose filter matches; its older mapping is replaced or outranked and its AP told by webhook', async () => {

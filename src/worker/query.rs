@@ -44,8 +44,10 @@ const PEER_QUERY_TIMEOUT_MS: u32 = 1_500;
 /// An isolate leases about this much of the AP's rate at a time.
 const LEASE_PERIOD_MS: u64 = 1_000;
 /// Unspent leased tokens lapse after this (they are lost, never reused:
-/// the limit can only be under-spent), so a strike bites quickly.
-const LEASE_TTL_MS: u64 = 1_000;
+/// the limit can only be under-spent). A strike does not wait for it: a
+/// lease taken at another rate is dropped as soon as the isolate sees the
+/// new rate (registry cache, AP_CACHE_SECONDS).
+const LEASE_TTL_MS: u64 = 10_000;
 /// A peer query body is one small JSON object.
 const MAX_PEER_QUERY_BODY: usize = 4 << 10;
 /// The remote side's path.
@@ -68,6 +70,8 @@ struct Stats {
 struct Held {
     lease: Lease,
     available: u64,
+    /// The rate the lease was taken at.
+    rate: Rate,
 }
 
 thread_local! {
@@ -114,14 +118,19 @@ async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
     let rate = allowed_rate(&r.rate_params, r.enrolled_users, r.strikes);
     let id = r.id.to_string();
     let now = auth::now_ms();
-    let local = LEASES.with(|m| {
-        let mut m = m.borrow_mut();
-        let held = m.get_mut(&id)?;
-        held.lease
-            .spend(now)
-            .then(|| held.lease.remaining() + held.available)
-    });
-    if let Some(remaining) = local {
+    let spend_local = || {
+        LEASES.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.get(&id).is_some_and(|h| h.rate != rate) {
+                m.remove(&id);
+            }
+            let held = m.get_mut(&id)?;
+            held.lease
+                .spend(now)
+                .then(|| held.lease.remaining() + held.available)
+        })
+    };
+    if let Some(remaining) = spend_local() {
         return Ok(RateInfo { rate, remaining });
     }
     count(|s| s.lease_requests += 1);
@@ -136,6 +145,10 @@ async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
         return Err(ApiError::Internal("limiter gave no lease".into()));
     };
     if granted == 0 {
+        // Concurrent requests of this isolate may have leased meanwhile.
+        if let Some(remaining) = spend_local() {
+            return Ok(RateInfo { rate, remaining });
+        }
         count(|s| s.rate_limited += 1);
         let info = RateInfo { rate, remaining: 0 };
         // draft §11.2 gives no number; an hour when the rate is zero.
@@ -147,11 +160,28 @@ async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
         }
         return Err(e);
     }
-    let mut lease = Lease::new(granted, now.saturating_add(LEASE_TTL_MS));
-    lease.spend(now);
-    let remaining = lease.remaining() + available;
-    LEASES.with(|m| {
-        m.borrow_mut().insert(id, Held { lease, available });
+    // One token for this request; the rest joins what concurrent requests
+    // of this isolate leased at the same time (none of it is wasted).
+    let expires = now.saturating_add(LEASE_TTL_MS);
+    let remaining = LEASES.with(|m| {
+        let mut m = m.borrow_mut();
+        let left = granted - 1;
+        let held = m.entry(id).or_insert_with(|| Held {
+            lease: Lease::new(0, expires),
+            available,
+            rate,
+        });
+        let total = if held.rate == rate {
+            held.lease.remaining() + left
+        } else {
+            left
+        };
+        *held = Held {
+            lease: Lease::new(total, expires),
+            available,
+            rate,
+        };
+        total + available
     });
     Ok(RateInfo { rate, remaining })
 }
