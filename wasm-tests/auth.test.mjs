@@ -7,6 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { Gp, freePort } from './lib/federation.mjs';
@@ -57,6 +58,35 @@ const esc = (s) => s.replaceAll('~', '~0').replaceAll('/', '~1');
  * the status must be documented for (method, template) and the body must
  * match its schema. Returns { status, headers, body }.
  */
+/**
+ * Sends a body larger than the GP accepts the way a robust HTTP client does:
+ * the GP may answer 413 and close while the client is still writing, so the
+ * response counts as soon as it has arrived and a write error after it
+ * (EPIPE / ECONNRESET) is ignored. fetch() turns that race into "fetch failed".
+ */
+function sendOversized(g, path, init) {
+  return new Promise((resolve, reject) => {
+    const headers = { ...init.headers, 'content-length': Buffer.byteLength(init.body) };
+    const req = httpRequest(new URL(path, g.url), { method: init.method, headers }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        resolve({
+          status: res.statusCode,
+          headers: { get: (name) => res.headers[name.toLowerCase()] ?? null },
+          text: async () => text,
+        });
+      });
+      res.on('error', reject);
+    });
+    let answered = false;
+    req.on('response', () => { answered = true; });
+    req.on('error', (e) => { if (!answered) reject(e); });
+    req.end(init.body);
+  });
+}
+
 async function call(g, method, path, { template = path, headers = {}, body, form, json } = {}) {
   const init = { method, headers: { ...headers } };
   if (json !== undefined) {
@@ -68,7 +98,9 @@ async function call(g, method, path, { template = path, headers = {}, body, form
   } else if (body !== undefined) {
     init.body = body;
   }
-  const res = await g.fetch(path, init);
+  const res = typeof init.body === 'string' && init.body.length > 64 * 1024
+    ? await sendOversized(g, path, init)
+    : await g.fetch(path, init);
   const text = await res.text();
   let parsed = null;
   try { parsed = text ? JSON.parse(text) : null; } catch { parsed = text; }
