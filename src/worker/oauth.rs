@@ -53,14 +53,18 @@ pub async fn token(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
     // RFC 6749 §4.4.2: "The client makes a request to the token endpoint by
     // adding the following parameters using the
     // "application/x-www-form-urlencoded" format".
-    if media_type(&req).as_deref() != Some("application/x-www-form-urlencoded") {
+    // The body is read (capped) before anything can refuse the request: a
+    // response that leaves the body unread makes the runtime close the
+    // connection, which a keep-alive client may already be reusing.
+    let form_type = media_type(&req).as_deref() == Some("application/x-www-form-urlencoded");
+    let bytes = read_capped(&mut req, MAX_BODY_BYTES).await?;
+    if !form_type {
         return Err(invalid_request(
             "the body must be application/x-www-form-urlencoded",
         ));
     }
     let cert = client_cert(&req);
     let basic = authorization(&req, "Basic");
-    let bytes = read_capped(&mut req, MAX_BODY_BYTES).await?;
     let text = String::from_utf8(bytes).map_err(|_| invalid_request("the body is not UTF-8"))?;
     let form = parse_form(&text).map_err(|e| invalid_request(format!("bad form body: {e}")))?;
 
