@@ -474,3 +474,39 @@ test('/v1/gp reports the GP\'s peer signing key', async () => {
     assert.equal(r.body.public_key, gp.keys.public);
   }
 });
+
+test('rebuild (draft §9): the new version is built from the live mappings, so a deleted SII drops out', async () => {
+  const a = fed['gp-a'];
+  const b = fed['gp-b'];
+  const ap = aps['gp-a'];
+  const kept = phone();
+  const removed = phone();
+  await register(a, ap, kept, 'rebuild-kept');
+  await register(a, ap, removed, 'rebuild-removed');
+  await reaches(b, 'gp-a', kept);
+  await reaches(b, 'gp-a', removed);
+  const del = await call(a, 'POST', '/v1/mappings/delete', { token: ap.token, json: { sii: removed } });
+  assert.equal(del.status, 200, del.text);
+  const before = (await copyOf(b, 'gp-a', kept)).version;
+
+  const r = await call(a, 'POST', '/admin/v1/filter/rebuild', { headers: admin });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.version, before + 1);
+  assert.equal(r.body.previous_version, before);
+  assert.ok(r.body.reinserted_siis >= 1, `reinserted ${r.body.reinserted_siis}`);
+
+  // gp-b is told of the rotation, fetches the new version and sees the live
+  // mapping but not the deleted one.
+  const t0 = performance.now();
+  for (;;) {
+    if ((await copyOf(b, 'gp-a', kept))?.version === before + 1) break;
+    if (performance.now() - t0 > 3000) assert.fail('gp-b did not follow gp-a to its rebuilt filter in 3 s');
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  assert.equal((await copyOf(b, 'gp-a', kept)).contains, true, 'a live mapping stays in the rebuilt filter');
+  assert.equal((await copyOf(b, 'gp-a', removed)).contains, false, 'a deleted SII is gone from the rebuilt filter');
+  // The query still finds the live mapping from gp-b.
+  const q = await query(b, aps['gp-b'], kept);
+  assert.equal(q.status, 200, q.text);
+  assert.equal(q.body.found, true);
+});

@@ -65,6 +65,9 @@ pub struct FilterObject {
     filter: RefCell<Option<Filter>>,
     /// The current version's last additions batch (`seq`), valid once loaded.
     seq: Cell<u64>,
+    /// Digests inserted while a rebuild collects the shards' SIIs; they go
+    /// into the new version too, so no insert is lost across the swap.
+    rebuild_buffer: RefCell<Option<Vec<[u8; 32]>>>,
 }
 
 impl worker::DurableObject for FilterObject {
@@ -74,6 +77,7 @@ impl worker::DurableObject for FilterObject {
             env,
             filter: RefCell::new(None),
             seq: Cell::new(0),
+            rebuild_buffer: RefCell::new(None),
         }
     }
 
@@ -311,6 +315,14 @@ impl FilterObject {
 
     /// Creates and stores an empty filter version sized from the config.
     fn create_version(&self, version: u64) -> ApiResult<Filter> {
+        let filter = self.empty_version(version)?;
+        self.store_version(&filter, 0)?;
+        self.seq.set(0);
+        Ok(filter)
+    }
+
+    /// An empty filter of `version`, sized from the config; not stored.
+    fn empty_version(&self, version: u64) -> ApiResult<Filter> {
         let cfg = super::config::GpConfig::from_env(&self.env)?;
         let n = cfg.filter_expected_siis;
         let fp = cfg.filter_fp_rate;
@@ -327,10 +339,7 @@ impl FilterObject {
             created_at_ms: now,
             params,
         };
-        let filter = Filter::new(header).map_err(|e| ApiError::Internal(format!("filter: {e}")))?;
-        self.store_version(&filter, 0)?;
-        self.seq.set(0);
-        Ok(filter)
+        Filter::new(header).map_err(|e| ApiError::Internal(format!("filter: {e}")))
     }
 
     /// Stores `filter` as the current version's snapshot, containing the
@@ -390,10 +399,14 @@ impl FilterObject {
         }
         let (version, flipped) = self.with_filter_mut(|f| {
             let mut flipped = Vec::new();
+            let mut buffer = self.rebuild_buffer.borrow_mut();
             for chunk in body.chunks_exact(32) {
                 let mut d = [0u8; 32];
                 d.copy_from_slice(chunk);
                 flipped.extend_from_slice(f.insert(&d).as_slice());
+                if let Some(b) = buffer.as_mut() {
+                    b.push(d);
+                }
             }
             (f.header().version, flipped)
         })?;
@@ -578,30 +591,32 @@ impl FilterObject {
     /// sufficiently dirty and is invalidated. A new bloom filter is
     /// constructed. Any subscriptions to the old one are terminated").
     ///
-    /// The new version starts from the old one's bits: this object cannot
-    /// list the live mappings, and an empty filter would hide every
-    /// existing mapping from the peers until re-inserted. Once the mapping
-    /// shards can enumerate their live SII digests, the rebuild becomes
-    /// "empty version + insert_digests from every shard", dropping removed
-    /// SIIs (issue 6's "a rebuild drops removed SIIs" — not done yet).
+    /// draft §9: "A new bloom filter is constructed" — from the mappings, so
+    /// removed SIIs drop out: the new version is built beside the current
+    /// one from every mapping shard's live SII digests (paged), while the
+    /// current version keeps serving and taking inserts; those inserts are
+    /// also buffered and go into the new version before it replaces the
+    /// old one. Only then are subscribers told of the rotation.
     async fn rebuild(&self) -> ApiResult<Value> {
-        let old = self.with_filter(|f| f.clone())?;
-        let old_version = old.header().version;
-        let mut fresh = self.create_version(old_version + 1)?;
-        if fresh.params() == old.params() {
-            let bits = fresh
-                .diff(&old)
-                .map_err(|e| ApiError::Internal(format!("carrying bits over: {e}")))?;
-            fresh
-                .apply(&bits)
-                .map_err(|e| ApiError::Internal(format!("carrying bits over: {e}")))?;
-            self.store_version(&fresh, 0)?;
-        } else {
-            worker::console_log!(
-                "filter parameters changed: v{} starts empty until mappings are re-inserted",
-                fresh.header().version
-            );
+        if self.rebuild_buffer.borrow().is_some() {
+            return Err(ApiError::client(
+                409,
+                "rebuild-in-progress",
+                "Rebuild in progress",
+                "a filter rebuild is already running; try again when it has finished",
+            ));
         }
+        let old_version = self.current_version()?;
+        let mut fresh = self.empty_version(old_version + 1)?;
+        *self.rebuild_buffer.borrow_mut() = Some(Vec::new());
+        let collected = self.collect_shard_digests(&mut fresh).await;
+        let buffered = self.rebuild_buffer.borrow_mut().take().unwrap_or_default();
+        let reinserted = collected?;
+        for d in &buffered {
+            fresh.insert(d);
+        }
+        self.store_version(&fresh, 0)?;
+        self.seq.set(0);
         let sql = self.sql();
         for table in ["filter_chunk", "filter_addition", "filter_snapshot_seq"] {
             sql.exec(
@@ -620,8 +635,42 @@ impl FilterObject {
         let mut info = self.info()?;
         if let Some(o) = info.as_object_mut() {
             o.insert("previous_version".into(), json!(old_version));
+            o.insert("reinserted_siis".into(), json!(reinserted + buffered.len()));
         }
         Ok(info)
+    }
+
+    /// Inserts every shard's live SII digests into `fresh`; returns how many.
+    async fn collect_shard_digests(&self, fresh: &mut Filter) -> ApiResult<usize> {
+        use super::mapping_shard::{self, ShardOp, ShardReply};
+        let mut count = 0;
+        for index in 0..mapping_shard::shard_count(&self.env) {
+            let mut after = None;
+            loop {
+                let op = ShardOp::Digests {
+                    after,
+                    limit: 5_000,
+                };
+                let (digests, next) = match mapping_shard::call(&self.env, index, &op).await? {
+                    ShardReply::Digests { digests, next } => (digests, next),
+                    _ => return Err(ApiError::Internal("shard: unexpected digests reply".into())),
+                };
+                for hex in &digests {
+                    let bytes = crate::core::encoding::hex_decode(hex)
+                        .map_err(|e| ApiError::Internal(format!("shard digest: {e}")))?;
+                    let d: [u8; 32] = bytes
+                        .try_into()
+                        .map_err(|_| ApiError::Internal("shard digest is not 32 bytes".into()))?;
+                    fresh.insert(&d);
+                    count += 1;
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        Ok(count)
     }
 
     fn subscriber_rows(&self) -> ApiResult<Vec<SubRow>> {

@@ -121,6 +121,10 @@ pub enum ShardOp {
     /// candidate GP `gp` (this GP's id) reports (no AP scoping: the caller
     /// is a rate-limited query or a signed peer).
     Lookup { sii: String, gp: String },
+    /// One page of the digests of every SII this shard holds a mapping for
+    /// (SIIs after `after`, in order): a filter rebuild re-inserts them so
+    /// removed SIIs drop out (draft §9).
+    Digests { after: Option<String>, limit: u32 },
 }
 
 /// A mapping as shown to its own AP.
@@ -161,6 +165,12 @@ pub enum ShardReply {
     },
     Lookup {
         candidate: Option<Candidate>,
+    },
+    Digests {
+        /// Hex SHA-256 of each SII (what the filter is keyed by).
+        digests: Vec<String>,
+        /// Where the next page starts; `None` on the last page.
+        next: Option<String>,
     },
     Refused(Refusal),
 }
@@ -813,6 +823,36 @@ impl MappingShard {
                 // Read-only: a missing record is not created.
                 let candidate = self.load_record(&sii)?.candidate(&gp);
                 Ok((ShardReply::Lookup { candidate }, false))
+            }
+            ShardOp::Digests { after, limit } => {
+                #[derive(Deserialize)]
+                struct SiiRow {
+                    sii: String,
+                }
+                let limit = limit.clamp(1, 10_000);
+                // Only non-empty records are stored (store_record deletes
+                // empty ones), so every row is a live SII.
+                let rows: Vec<SiiRow> = self
+                    .sql()
+                    .exec(
+                        "SELECT sii FROM records WHERE sii > ? ORDER BY sii LIMIT ?",
+                        Some(vec![
+                            after.unwrap_or_default().into(),
+                            (limit as i64).into(),
+                        ]),
+                    )
+                    .internal("select digests")?
+                    .to_array()
+                    .internal("read digests")?;
+                let next = (rows.len() == limit as usize)
+                    .then(|| rows.last().map(|r| r.sii.clone()))
+                    .flatten();
+                let digests = rows
+                    .iter()
+                    .filter_map(|r| Sii::parse(&r.sii).ok())
+                    .map(|sii| hex(&sii.hash()))
+                    .collect();
+                Ok((ShardReply::Digests { digests, next }, false))
             }
         }
     }
