@@ -199,15 +199,7 @@ fn credentials_json(
     Ok(c)
 }
 
-fn json_status(body: &Value, status: u16) -> ApiResult<Response> {
-    let mut resp = Response::from_json(body)
-        .internal("serialize")?
-        .with_status(status);
-    resp.headers_mut()
-        .set("Cache-Control", "no-store")
-        .internal("header")?;
-    Ok(resp)
-}
+use super::routes::json_status;
 
 fn not_found(id: &str) -> ApiError {
     ApiError::client(

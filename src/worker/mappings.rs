@@ -35,15 +35,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use worker::{Env, Request, Response};
 
-fn respond(body: &Value, status: u16) -> ApiResult<Response> {
-    let mut resp = Response::from_json(body)
-        .internal("serialize")?
-        .with_status(status);
-    resp.headers_mut()
-        .set("Cache-Control", "no-store")
-        .internal("header")?;
-    Ok(resp)
-}
+use super::routes::json_status as respond;
 
 fn random<const N: usize>() -> ApiResult<[u8; N]> {
     let mut b = [0u8; N];
