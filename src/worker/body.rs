@@ -4,7 +4,7 @@
 use super::error::{ApiError, ApiResult};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use worker::Request;
+use worker::{Request, Response};
 
 /// Largest admin or token-endpoint body. Real ones are well under 4 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -18,10 +18,11 @@ fn too_large(cap: usize) -> ApiError {
     )
 }
 
-/// A refused body up to this size is still read (and dropped) before the
-/// 413 goes out: a client that is still sending when the server answers and
-/// closes sees a connection reset instead of the problem document. Larger
-/// bodies are refused at once; nothing is buffered either way.
+/// A refused or ignored body up to this size is still read (and dropped)
+/// before the answer goes out: a client that is still sending when the
+/// server answers and closes sees a connection reset instead of the problem
+/// document. Larger bodies are refused at once; nothing is buffered either
+/// way.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 
 /// Reads the whole body, refusing more than `cap` bytes: first by the
@@ -30,12 +31,8 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
     if let Ok(Some(len)) = req.headers().get("Content-Length") {
         match len.trim().parse::<u64>() {
-            Ok(n) if n > cap as u64 => {
-                if n <= DRAIN_LIMIT {
-                    drain(req).await;
-                }
-                return Err(too_large(cap));
-            }
+            // Left unread: finish_request drains it (up to DRAIN_LIMIT).
+            Ok(n) if n > cap as u64 => return Err(too_large(cap)),
             Ok(_) => {}
             Err(_) => {
                 return Err(ApiError::client(
@@ -75,10 +72,46 @@ pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
     Ok(out)
 }
 
-/// Reads and drops the rest of a body (bounded by the caller's check).
-async fn drain(req: &mut Request) {
-    if let Ok(mut stream) = req.stream() {
-        while let Some(Ok(_)) = stream.next().await {}
+/// Called with every response before it goes out: a request body the
+/// handler left unread (a 401/404/405 refused early, a GET that was sent a
+/// body) is read and dropped up to [`DRAIN_LIMIT`], because workerd resets
+/// the connection of a response that leaves the body unread, and a
+/// keep-alive client that is still sending or already reusing it then sees
+/// a reset instead of its answer. A larger body is left unread and the
+/// runtime closes the connection: that is its decision alone (a
+/// `Connection: close` from the worker is dropped as hop-by-hop).
+pub async fn finish_request(raw: &web_sys::Request, resp: Response) -> Response {
+    let Some(body) = raw.body() else {
+        return resp;
+    };
+    if raw.body_used() || body.locked() {
+        // Read by the handler (all of it, or up to the drain limit).
+        return resp;
+    }
+    let declared = raw
+        .headers()
+        .get("Content-Length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= DRAIN_LIMIT) {
+        drain_up_to(Request::from(Clone::clone(raw)), DRAIN_LIMIT).await;
+    }
+    resp
+}
+
+/// Reads and drops a body, stopping after `limit` bytes (a chunked body
+/// declares no length) or at a read error.
+async fn drain_up_to(mut req: Request, limit: u64) {
+    let Ok(mut stream) = req.stream() else {
+        return;
+    };
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > limit {
+            return;
+        }
     }
 }
 

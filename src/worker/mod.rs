@@ -30,14 +30,19 @@ use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledE
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let path = req.path();
+    // The same JS request (a second handle, not Request.clone(), which
+    // would tee the body): whatever the handler leaves of its body is
+    // drained before the response goes out.
+    let raw = Clone::clone(req.inner());
     let result = match config::GpConfig::from_env(&env) {
         Ok(cfg) => routes::handle(req, &env, &cfg).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(resp) => Ok(resp),
-        Err(e) => e.into_response(&path),
-    }
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(&path)?,
+    };
+    Ok(body::finish_request(&raw, resp).await)
 }
 
 /// Cron trigger (wrangler.toml `[triggers]`): periodic maintenance.

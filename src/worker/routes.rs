@@ -337,9 +337,12 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         return Err(ApiError::not_found(&path));
     };
     let method = req.method();
-    if !def.methods.contains(&method) {
+    // workers-rs reads any method it has no variant for (QUERY, PROPFIND,
+    // a lowercase "patch") as GET; the method as sent decides instead.
+    let sent = req.inner().method();
+    if sent != method.as_ref() || !def.methods.contains(&method) {
         let allow: Vec<&str> = def.methods.iter().map(|m| m.as_ref()).collect();
-        return Err(ApiError::method_not_allowed(method.as_ref(), &path, &allow));
+        return Err(ApiError::method_not_allowed(&sent, &path, &allow));
     }
     let id = param.unwrap_or("");
     match def.route {
