@@ -650,6 +650,8 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
+                // One clock for the record's change, its events and claims.
+                let now_ms = r.stamp(now_ms);
                 match r.choose(&caller, choice, &gp, &claim_peers, now_ms) {
                     Ok(notes) => {
                         self.store_record(&r)?;
@@ -668,6 +670,8 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
+                // One clock for the record's change, its events and claims.
+                let now_ms = r.stamp(now_ms);
                 match r.reestablish(&caller, now_ms) {
                     Ok(notes) => {
                         self.store_record(&r)?;
@@ -697,6 +701,8 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
+                // One clock for the record's change, its events and claims.
+                let now_ms = r.stamp(now_ms);
                 match r.prefer_back(&caller, now_ms) {
                     Ok(mut notes) => {
                         self.store_record(&r)?;
