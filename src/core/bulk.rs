@@ -29,10 +29,12 @@
 //! draft). The GP remembers, per AP and key, the SHA-256 of the body and
 //! the summary it answered. A retry with the same key and body gets the same
 //! summary again without re-applying; the same key with another body is
-//! refused (422); a key whose first use is still running is refused (409),
-//! unless that run is older than its lease (the worker died), in which case
-//! the retry runs again — safe, because applying a line is itself
-//! idempotent ([`line_effect`]: the same mapping again is `unchanged`).
+//! refused (422); a key whose first use is still running is refused (409,
+//! with the time left on its lease), unless that run's lease lapsed (the
+//! worker died: a live run renews its lease every [`IDEMPOTENCY_RENEW_MS`]),
+//! in which case the retry runs again — safe, because applying a line is
+//! itself idempotent ([`line_effect`]: the same mapping again is
+//! `unchanged`).
 
 use core::fmt;
 
@@ -57,8 +59,13 @@ pub const MAX_UPLOAD_BYTES: usize = 16 << 20;
 pub const MAX_REPORTED_ERRORS: usize = 100;
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-/// How long a started-but-unfinished upload holds its key.
-pub const IDEMPOTENCY_LEASE_MS: u64 = 5 * 60_000;
+/// How long a started-but-unfinished upload holds its key after its last
+/// renewal. Short, so that a client retrying an upload whose GP died
+/// mid-way (it never got an answer) is not refused for long.
+pub const IDEMPOTENCY_LEASE_MS: u64 = 20_000;
+/// How often a running upload renews its lease (well inside the lease, so
+/// a slow renewal does not free the key of a live run).
+pub const IDEMPOTENCY_RENEW_MS: u64 = 5_000;
 /// How long finished uploads are remembered.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3_600_000;
 
@@ -538,6 +545,12 @@ pub fn decide_key(
     }
 }
 
+/// How long until a running upload's key is free (its lease lapses if not
+/// renewed): what a 409 `Retry-After` says.
+pub fn lease_left_ms(record: &KeyRecord, now_ms: u64) -> u64 {
+    IDEMPOTENCY_LEASE_MS.saturating_sub(now_ms.saturating_sub(record.started_ms))
+}
+
 /// Why a whole upload was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -814,6 +827,9 @@ mod tests {
             Ok(KeyDecision::Run),
             "an abandoned run may be retried"
         );
+        assert_eq!(lease_left_ms(&running, 2_000), IDEMPOTENCY_LEASE_MS - 1_000);
+        assert_eq!(lease_left_ms(&running, 1_000 + IDEMPOTENCY_LEASE_MS + 1), 0);
+        const { assert!(IDEMPOTENCY_RENEW_MS * 3 <= IDEMPOTENCY_LEASE_MS) };
         let done = KeyRecord {
             summary: Some(summary.clone()),
             ..running
