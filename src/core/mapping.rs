@@ -55,6 +55,15 @@ pub type GpId = String;
 /// How long a displaced AP may reestablish, prefer back or report (14 days).
 pub const DEFAULT_REMEDY_WINDOW_MS: u64 = 14 * 24 * 3_600_000;
 
+/// How much longer than the remedy window a GP keeps the record of a claim
+/// it sent ([`SentClaim`]): the peer's displacement starts when the claim
+/// arrives (retries may take a while) and the GPs' clocks differ.
+pub const CLAIM_EVIDENCE_SLACK_MS: u64 = 24 * 3_600_000;
+
+/// Most [`SentClaim`]s kept per SII (oldest dropped first): an AP flipping
+/// preference back and forth cannot grow a record without bound.
+pub const MAX_SENT_CLAIMS: usize = 32;
+
 /// How the GP confirmed that the SII belongs to the AP's user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -213,6 +222,30 @@ pub struct Displacement {
     pub remedied: bool,
     /// Whether it was already reported as malicious (one strike per event).
     pub reported: bool,
+    /// For a displacement by a peer GP's [`Claim`]: the claim's `at_ms`, so
+    /// that a report names exactly the claim it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_at_ms: Option<u64>,
+}
+
+/// This GP's record that it sent a [`Claim`] by one of its APs to a peer
+/// GP: the evidence a peer's [`StrikeNotice`] is checked against (see
+/// [`SiiRecord::accept_peer_strike`]). Kept for the remedy window plus
+/// [`CLAIM_EVIDENCE_SLACK_MS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentClaim {
+    /// The AP (on this GP) that made the change.
+    pub ap: ProviderId,
+    /// The peer GP told.
+    pub to_gp: GpId,
+    /// The claim's `at_ms`.
+    pub at_ms: u64,
+    /// Deleted or outranked.
+    pub action: DisplaceAction,
+    /// The id of the peer's strike notice applied for this claim, if any
+    /// (one strike per claim; a redelivery of that notice is a no-op).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub struck_by: Option<String>,
 }
 
 /// Tells a peer GP that an SII was claimed by an AP of the sender (draft
@@ -286,8 +319,85 @@ pub struct Strike {
     pub sii: Sii,
     /// The AP whose user reported it.
     pub reported_by: ProviderId,
+    /// That AP's GP, when it is another GP (a strike forwarded by a peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_by_gp: Option<GpId>,
     /// When it was reported.
     pub at_ms: u64,
+    /// For a change made through a claim across GPs: that claim's `at_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_at_ms: Option<u64>,
+}
+
+/// A strike forwarded to the GP of the reported AP (`POST /peer/v1/strikes`).
+///
+/// draft §8.2.1: "In the case where the user reports the change as
+/// malicious, this would be a strike against the reputation of the new
+/// provider." When the new provider is enrolled at another GP, the old AP's
+/// GP cannot apply the strike itself: it sends this notice, signed, from its
+/// durable outbox, to exactly that GP, which checks it against its own
+/// [`SentClaim`]s ([`SiiRecord::accept_peer_strike`]) and applies it once.
+/// `id` is chosen by the sender once per report and reused on every retry:
+/// the receiver applies a given `(from_gp, id)` at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrikeNotice {
+    /// The sender's id for this report (1–64 of `[A-Za-z0-9_-]`).
+    pub id: String,
+    /// The sending GP (must be the signer).
+    pub from_gp: GpId,
+    /// The reported AP, enrolled at the receiving GP.
+    pub against: ProviderId,
+    /// The SII whose change was reported.
+    pub sii: Sii,
+    /// The AP (on the sending GP) whose user reported it.
+    pub reported_by: ProviderId,
+    /// The `at_ms` of the receiver's claim that made the change, when the
+    /// sender knows it (it does for displacements recorded since strikes
+    /// are forwarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_at_ms: Option<u64>,
+    /// When the user reported it (sender's clock).
+    pub at_ms: u64,
+}
+
+impl StrikeNotice {
+    /// The notice for a strike against an AP of another GP (`None` if the
+    /// strike is against an AP of this GP: that one is applied here).
+    pub fn forward(strike: &Strike, id: String, own_gp: &str) -> Option<(GpId, StrikeNotice)> {
+        let to_gp = strike.against.gp.clone()?;
+        Some((
+            to_gp,
+            StrikeNotice {
+                id,
+                from_gp: own_gp.to_owned(),
+                against: strike.against.ap.clone(),
+                sii: strike.sii.clone(),
+                reported_by: strike.reported_by.clone(),
+                claim_at_ms: strike.claim_at_ms,
+                at_ms: strike.at_ms,
+            },
+        ))
+    }
+
+    /// Whether `id` is an acceptable notice id (1–64 of `[A-Za-z0-9_-]`).
+    pub fn id_is_valid(&self) -> bool {
+        (1..=64).contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+}
+
+/// What [`SiiRecord::accept_peer_strike`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerStrike {
+    /// New: record this strike against the local AP.
+    Apply(Strike),
+    /// This notice (same sender, same id) was applied before: acknowledge,
+    /// change nothing.
+    Duplicate,
 }
 
 /// Result of [`SiiRecord::create_verified`].
@@ -320,6 +430,9 @@ pub enum MappingError {
     SsiNotOfCaller,
     /// A claim for a different SII was applied to this record.
     WrongSii,
+    /// A peer's strike notice matches no claim this GP sent it for that AP
+    /// and SII within the remedy window.
+    NoSuchClaim,
 }
 
 impl fmt::Display for MappingError {
@@ -340,6 +453,9 @@ impl fmt::Display for MappingError {
                 "the SSI's provider is not the provider making the request"
             }
             MappingError::WrongSii => "the claim is for a different identifier",
+            MappingError::NoSuchClaim => {
+                "this GP sent your GP no claim by that provider for this identifier within the remedy window, so there is no change of theirs to report"
+            }
         })
     }
 }
@@ -354,6 +470,7 @@ impl Problem for MappingError {
             MappingError::AlreadyReported => "already-reported",
             MappingError::SsiNotOfCaller => "ssi-not-of-caller",
             MappingError::WrongSii => "wrong-sii",
+            MappingError::NoSuchClaim => "no-such-claim",
         }
     }
     fn title(&self) -> &'static str {
@@ -365,6 +482,7 @@ impl Problem for MappingError {
             MappingError::AlreadyReported => "Already reported",
             MappingError::SsiNotOfCaller => "SSI of another provider",
             MappingError::WrongSii => "Claim for another identifier",
+            MappingError::NoSuchClaim => "No such claim",
         }
     }
     fn status(&self) -> u16 {
@@ -375,6 +493,7 @@ impl Problem for MappingError {
             | MappingError::AlreadyMapped
             | MappingError::AlreadyReported => 409,
             MappingError::WrongSii => 400,
+            MappingError::NoSuchClaim => 422,
         }
     }
 }
@@ -387,17 +506,11 @@ pub struct SiiRecord {
     sii: Sii,
     mappings: Vec<Mapping>,
     displacements: Vec<Displacement>,
-    /// The latest `at_ms` of a peer GP's claim applied here (0: none): a
-    /// local preference change applied after it is stamped later
-    /// ([`SiiRecord::stamp`]).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    claimed_at_ms: u64,
+    /// Claims this GP sent to peers for this SII (evidence for strikes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    claims_sent: Vec<SentClaim>,
     /// How long displacements can be remedied.
     remedy_window_ms: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
 }
 
 impl SiiRecord {
@@ -412,7 +525,7 @@ impl SiiRecord {
             sii,
             mappings: Vec::new(),
             displacements: Vec::new(),
-            claimed_at_ms: 0,
+            claims_sent: Vec::new(),
             remedy_window_ms: window_ms,
         }
     }
@@ -432,9 +545,14 @@ impl SiiRecord {
         &self.displacements
     }
 
+    /// Claims this GP sent to peers for this SII, still kept as evidence.
+    pub fn claims_sent(&self) -> &[SentClaim] {
+        &self.claims_sent
+    }
+
     /// True when there is nothing left worth storing.
     pub fn is_empty(&self) -> bool {
-        self.mappings.is_empty() && self.displacements.is_empty()
+        self.mappings.is_empty() && self.displacements.is_empty() && self.claims_sent.is_empty()
     }
 
     /// The AP's mapping, if any.
@@ -447,28 +565,6 @@ impl SiiRecord {
         self.mappings
             .iter()
             .max_by(|a, b| beats((&a.precedence(), "", &a.ssi), (&b.precedence(), "", &b.ssi)))
-    }
-
-    /// The time a preference change at `now_ms` is stamped with: `now_ms`,
-    /// or just after the latest preference in this record if that is not
-    /// earlier. The shard applies changes to one record one at a time, but
-    /// each request read its clock before it got there, so two racing
-    /// changes can arrive out of clock order or in the same millisecond.
-    /// Stamped with their own clocks, the one applied last could lose (an
-    /// equal stamp goes by GP id and SSI) although it was acknowledged, and
-    /// the AP it displaced would be told it lost while it stays preferred.
-    /// So the last applied preference wins, here and, because claims and
-    /// queries compare these stamps, at every GP. A peer's claim applied
-    /// here counts too: a local change applied after it must outrank the
-    /// claimer everywhere, or the AP that made it would be told it is
-    /// preferred while every query answers the claimer.
-    pub fn stamp(&self, now_ms: u64) -> u64 {
-        self.mappings
-            .iter()
-            .filter_map(|m| m.preferred_at_ms)
-            .chain((self.claimed_at_ms > 0).then_some(self.claimed_at_ms))
-            .max()
-            .map_or(now_ms, |latest| now_ms.max(latest.saturating_add(1)))
     }
 
     /// What this GP answers to a mapping query for the SII (draft §8.1: the
@@ -489,6 +585,11 @@ impl SiiRecord {
         let window = self.remedy_window_ms;
         self.displacements
             .retain(|d| now_ms.saturating_sub(d.at_ms) <= window);
+        let evidence = window.saturating_add(CLAIM_EVIDENCE_SLACK_MS);
+        self.claims_sent
+            .retain(|c| now_ms.saturating_sub(c.at_ms) <= evidence);
+        let excess = self.claims_sent.len().saturating_sub(MAX_SENT_CLAIMS);
+        self.claims_sent.drain(..excess);
     }
 
     fn record_displacement(&mut self, d: Displacement) {
@@ -601,7 +702,6 @@ impl SiiRecord {
         if self.mapping_of(caller).is_none() {
             return Err(MappingError::NoSuchMapping);
         }
-        let now_ms = self.stamp(now_ms);
         self.prune(now_ms);
         let previously_preferred = self.preferred().map(|m| m.ap().clone());
         let by = Party::local(caller.clone());
@@ -618,7 +718,13 @@ impl SiiRecord {
                         .partition(|m| m.ap() == caller);
                 self.mappings = keep;
                 for old in removed {
-                    out.push(self.displace(old, by.clone(), DisplaceAction::Replaced, now_ms));
+                    out.push(self.displace(
+                        old,
+                        by.clone(),
+                        DisplaceAction::Replaced,
+                        now_ms,
+                        None,
+                    ));
                 }
             }
             Choice::Prefer => {
@@ -629,6 +735,7 @@ impl SiiRecord {
                             by.clone(),
                             DisplaceAction::Outpreferred,
                             now_ms,
+                            None,
                         ));
                     }
                 }
@@ -637,7 +744,41 @@ impl SiiRecord {
         if let Some(m) = self.mappings.iter_mut().find(|m| m.ap() == caller) {
             m.preferred_at_ms = Some(now_ms);
         }
-        for gp in claim_peers.iter().filter(|g| g.as_str() != own_gp) {
+        out.extend(self.claims_for(caller, action, own_gp, claim_peers, now_ms));
+        Ok(out)
+    }
+
+    /// The [`Notification::Claim`]s telling `peers` (other than `own_gp`)
+    /// that `caller` took the preference as of `now_ms` (draft §10: "If it
+    /// finds a match, it sends a webhook callback to those GP, indicating
+    /// that that particular SII has been claimed"), each remembered as a
+    /// [`SentClaim`] so that a peer's strike for it can be checked. Used by
+    /// [`Self::choose`] and, by the glue, after a prefer-back or a
+    /// reestablish (the old AP is preferred again as of now, so the peers —
+    /// and with them a displacing AP on another GP — are told the same way).
+    pub fn claims_for(
+        &mut self,
+        caller: &ProviderId,
+        action: DisplaceAction,
+        own_gp: &str,
+        peers: &[GpId],
+        now_ms: u64,
+    ) -> Vec<Notification> {
+        let mut out: Vec<Notification> = Vec::new();
+        for gp in peers.iter().filter(|g| g.as_str() != own_gp) {
+            if out
+                .iter()
+                .any(|n| matches!(n, Notification::Claim { to_gp, .. } if to_gp == gp))
+            {
+                continue;
+            }
+            self.claims_sent.push(SentClaim {
+                ap: caller.clone(),
+                to_gp: gp.clone(),
+                at_ms: now_ms,
+                action,
+                struck_by: None,
+            });
             out.push(Notification::Claim {
                 to_gp: gp.clone(),
                 claim: Claim {
@@ -649,7 +790,78 @@ impl SiiRecord {
                 },
             });
         }
-        Ok(out)
+        self.prune(now_ms);
+        out
+    }
+
+    /// Checks and records a peer GP's strike notice against one of this
+    /// GP's APs (draft §8.2.1: "In the case where the user reports the
+    /// change as malicious, this would be a strike against the reputation
+    /// of the new provider").
+    ///
+    /// What this GP can check, and why this: the change being reported was
+    /// made by an AP of this GP and reached the reporting GP only as a claim
+    /// *this* GP sent it (draft §10: "If it finds a match, it sends a
+    /// webhook callback to those GP, indicating that that particular SII
+    /// has been claimed"). So a notice is plausible only if this record
+    /// holds a [`SentClaim`] by `against` for this SII to `from_gp`, no
+    /// older than the remedy window (plus slack) — whether or not the
+    /// mapping still exists here (the AP may have deleted it since; the
+    /// claim still happened). With `claim_at_ms` the notice names the claim
+    /// exactly; without it the latest claim not yet struck is taken. What
+    /// cannot be checked here is whether the peer's user really objected:
+    /// GPs are "fully trusted" (draft §11.1), and the glue bounds how many
+    /// strikes one peer may deliver per AP and day.
+    ///
+    /// One strike per claim: the same notice again (same sender, same id) is
+    /// [`PeerStrike::Duplicate`]; another notice for an already struck claim
+    /// is [`MappingError::AlreadyReported`].
+    pub fn accept_peer_strike(
+        &mut self,
+        n: &StrikeNotice,
+        now_ms: u64,
+    ) -> Result<PeerStrike, MappingError> {
+        if n.sii != self.sii {
+            return Err(MappingError::WrongSii);
+        }
+        let evidence = self
+            .remedy_window_ms
+            .saturating_add(CLAIM_EVIDENCE_SLACK_MS);
+        let matching = |c: &SentClaim| {
+            c.ap == n.against
+                && c.to_gp == n.from_gp
+                && n.claim_at_ms.is_none_or(|t| t == c.at_ms)
+                && now_ms.saturating_sub(c.at_ms) <= evidence
+        };
+        if self
+            .claims_sent
+            .iter()
+            .any(|c| matching(c) && c.struck_by.as_deref() == Some(n.id.as_str()))
+        {
+            return Ok(PeerStrike::Duplicate);
+        }
+        if !self.claims_sent.iter().any(&matching) {
+            return Err(MappingError::NoSuchClaim);
+        }
+        let Some(c) = self
+            .claims_sent
+            .iter_mut()
+            .filter(|c| matching(c) && c.struck_by.is_none())
+            .max_by_key(|c| c.at_ms)
+        else {
+            return Err(MappingError::AlreadyReported);
+        };
+        c.struck_by = Some(n.id.clone());
+        let claim_at_ms = Some(c.at_ms);
+        self.prune(now_ms);
+        Ok(PeerStrike::Apply(Strike {
+            against: Party::local(n.against.clone()),
+            sii: self.sii.clone(),
+            reported_by: n.reported_by.clone(),
+            reported_by_gp: Some(n.from_gp.clone()),
+            at_ms: now_ms,
+            claim_at_ms,
+        }))
     }
 
     fn displace(
@@ -658,6 +870,7 @@ impl SiiRecord {
         by: Party,
         action: DisplaceAction,
         now_ms: u64,
+        claim_at_ms: Option<u64>,
     ) -> Notification {
         let ap = old.ap().clone();
         self.record_displacement(Displacement {
@@ -668,6 +881,7 @@ impl SiiRecord {
             old,
             remedied: false,
             reported: false,
+            claim_at_ms,
         });
         Notification::Displaced {
             to_ap: ap,
@@ -693,7 +907,6 @@ impl SiiRecord {
             return Err(MappingError::WrongSii);
         }
         self.prune(now_ms);
-        self.claimed_at_ms = self.claimed_at_ms.max(claim.at_ms);
         let by = Party {
             ap: claim.by_ap.clone(),
             gp: Some(claim.from_gp.clone()),
@@ -712,12 +925,24 @@ impl SiiRecord {
                         .partition(not_newer);
                 self.mappings = keep;
                 for old in removed {
-                    out.push(self.displace(old, by.clone(), DisplaceAction::Replaced, now_ms));
+                    out.push(self.displace(
+                        old,
+                        by.clone(),
+                        DisplaceAction::Replaced,
+                        now_ms,
+                        Some(claim.at_ms),
+                    ));
                 }
             }
             DisplaceAction::Outpreferred => {
                 if let Some(old) = self.preferred().filter(|m| not_newer(m)).cloned() {
-                    out.push(self.displace(old, by, DisplaceAction::Outpreferred, now_ms));
+                    out.push(self.displace(
+                        old,
+                        by,
+                        DisplaceAction::Outpreferred,
+                        now_ms,
+                        Some(claim.at_ms),
+                    ));
                 }
             }
         }
@@ -742,8 +967,6 @@ impl SiiRecord {
         if self.mapping_of(caller).is_some() {
             return Err(MappingError::AlreadyMapped);
         }
-        let now_ms = self.stamp(now_ms);
-        let holder = self.preferred().cloned();
         let i = self
             .open_displacement(caller, now_ms)
             .filter(|&i| {
@@ -760,15 +983,13 @@ impl SiiRecord {
         let to = d.by.clone();
         m.preferred_at_ms = Some(now_ms);
         self.mappings.push(m);
-        let mut out = self.outrank_holder(holder, caller, &to, now_ms);
         self.prune(now_ms);
-        out.push(Notification::Remedied {
+        Ok(vec![Notification::Remedied {
             to,
             sii: self.sii.clone(),
             by_ap: caller.clone(),
             remedy: Remedy::Reestablished,
-        });
-        Ok(out)
+        }])
     }
 
     /// The displaced AP makes its kept mapping preferred again (draft
@@ -781,8 +1002,6 @@ impl SiiRecord {
         now_ms: u64,
     ) -> Result<Vec<Notification>, MappingError> {
         let mi = self.index_of(caller).ok_or(MappingError::NoSuchMapping)?;
-        let now_ms = self.stamp(now_ms);
-        let holder = self.preferred().cloned();
         let di = self
             .open_displacement(caller, now_ms)
             .filter(|&i| self.displacements.get(i).is_some_and(|d| !d.remedied))
@@ -795,36 +1014,13 @@ impl SiiRecord {
         if let Some(m) = self.mappings.get_mut(mi) {
             m.preferred_at_ms = Some(now_ms);
         }
-        let mut out = self.outrank_holder(holder, caller, &to, now_ms);
         self.prune(now_ms);
-        out.push(Notification::Remedied {
+        Ok(vec![Notification::Remedied {
             to,
             sii: self.sii.clone(),
             by_ap: caller.clone(),
             remedy: Remedy::PreferredBack,
-        });
-        Ok(out)
-    }
-
-    /// A remedy makes the caller preferred again. The AP preferred until
-    /// then (`holder`) loses the preference; when that is not the AP the
-    /// remedy answers (`displacer`, told by `Remedied`) — another AP took
-    /// the preference from the displacer meanwhile — it is told as for a
-    /// choice: `Outpreferred`, with a displacement it can remedy in turn.
-    fn outrank_holder(
-        &mut self,
-        holder: Option<Mapping>,
-        caller: &ProviderId,
-        displacer: &Party,
-        now_ms: u64,
-    ) -> Vec<Notification> {
-        match holder {
-            Some(h) if h.ap() != caller && !(displacer.gp.is_none() && h.ap() == &displacer.ap) => {
-                let by = Party::local(caller.clone());
-                vec![self.displace(h, by, DisplaceAction::Outpreferred, now_ms)]
-            }
-            _ => Vec::new(),
-        }
+        }])
     }
 
     /// The displaced AP reports the change as malicious (draft §8.2.1: "In
@@ -851,7 +1047,9 @@ impl SiiRecord {
             against: d.by.clone(),
             sii: self.sii.clone(),
             reported_by: caller.clone(),
+            reported_by_gp: None,
             at_ms: now_ms,
+            claim_at_ms: d.claim_at_ms,
         };
         self.prune(now_ms);
         Ok(strike)
@@ -1052,7 +1250,9 @@ mod tests {
                 against: local("b"),
                 sii: sii(),
                 reported_by: ap("a"),
+                reported_by_gp: None,
                 at_ms: 5_000,
+                claim_at_ms: None,
             }
         );
         let e = r.report_malicious(&ap("a"), 5_001).unwrap_err();
@@ -1375,6 +1575,186 @@ mod tests {
     }
 
     #[test]
+    fn strike_across_gps_is_forwarded_checked_against_the_claim_and_applied_once() {
+        // gp1 holds a; b on gp2 verifies and prefers: a claim to gp1.
+        let mut gp1 = with_a();
+        let remote = gp1.candidate("gp1").unwrap();
+        let mut gp2 = SiiRecord::new(sii());
+        gp2.create_verified(
+            &ap("b"),
+            ssi("b", "bob"),
+            VerifiedBy::Sms,
+            Some(&remote),
+            2_000,
+        )
+        .unwrap();
+        let n = gp2
+            .choose(&ap("b"), Choice::Prefer, "gp2", &["gp1".into()], 3_000)
+            .unwrap();
+        let [Notification::Claim { claim, .. }] = &n[..] else {
+            panic!("one claim expected: {n:?}")
+        };
+        assert_eq!(gp2.claims_sent().len(), 1);
+        // gp1 applies it (later, by its own clock); a reports it.
+        gp1.apply_claim(claim, 3_500).unwrap();
+        assert_eq!(gp1.displacements()[0].claim_at_ms, Some(3_000));
+        let strike = gp1.report_malicious(&ap("a"), 4_000).unwrap();
+        assert_eq!(strike.claim_at_ms, Some(3_000));
+        let (to_gp, notice) = StrikeNotice::forward(&strike, "n1".into(), "gp1").unwrap();
+        assert_eq!(to_gp, "gp2");
+        assert!(notice.id_is_valid());
+        // A local strike is not forwarded.
+        let mut local_strike = strike.clone();
+        local_strike.against.gp = None;
+        assert_eq!(
+            StrikeNotice::forward(&local_strike, "x".into(), "gp1"),
+            None
+        );
+
+        // gp2 checks the notice against the claim it sent and applies it.
+        let before = gp2.clone();
+        let got = gp2.accept_peer_strike(&notice, 4_100).unwrap();
+        assert_eq!(
+            got,
+            PeerStrike::Apply(Strike {
+                against: local("b"),
+                sii: sii(),
+                reported_by: ap("a"),
+                reported_by_gp: Some("gp1".into()),
+                at_ms: 4_100,
+                claim_at_ms: Some(3_000),
+            })
+        );
+        assert_ne!(gp2, before, "the claim is marked as struck");
+        // Redelivery of the same notice: acknowledged, nothing applied.
+        let marked = gp2.clone();
+        assert_eq!(
+            gp2.accept_peer_strike(&notice, 4_200),
+            Ok(PeerStrike::Duplicate)
+        );
+        assert_eq!(gp2, marked);
+        // Another id for the same claim: one strike per claim.
+        let again = StrikeNotice {
+            id: "n2".into(),
+            ..notice.clone()
+        };
+        assert_eq!(
+            gp2.accept_peer_strike(&again, 4_300),
+            Err(MappingError::AlreadyReported)
+        );
+        // Implausible notices change nothing.
+        for bad in [
+            StrikeNotice {
+                from_gp: "gp3".into(),
+                ..again.clone()
+            },
+            StrikeNotice {
+                against: ap("c"),
+                ..again.clone()
+            },
+            StrikeNotice {
+                claim_at_ms: Some(2_999),
+                ..again.clone()
+            },
+        ] {
+            let e = gp2.accept_peer_strike(&bad, 4_400).unwrap_err();
+            assert_eq!((e.slug(), e.status()), ("no-such-claim", 422));
+        }
+        let other = StrikeNotice {
+            sii: Sii::parse("someone@example.com").unwrap(),
+            ..again.clone()
+        };
+        assert_eq!(
+            gp2.accept_peer_strike(&other, 4_400),
+            Err(MappingError::WrongSii)
+        );
+        assert_eq!(gp2, marked, "refusals change nothing");
+    }
+
+    #[test]
+    fn claim_evidence_outlives_the_mapping_but_not_the_window() {
+        let mut gp2 = SiiRecord::with_remedy_window(sii(), DAY);
+        gp2.create_verified(&ap("b"), ssi("b", "bob"), VerifiedBy::Sms, None, 1_000)
+            .unwrap();
+        gp2.choose(&ap("b"), Choice::Replace, "gp2", &["gp1".into()], 2_000)
+            .unwrap();
+        // b gives the mapping up; the claim it made still happened.
+        gp2.delete(&ap("b"), &ssi("b", "bob"), 3_000).unwrap();
+        assert!(!gp2.is_empty(), "the evidence is kept");
+        let notice = StrikeNotice {
+            id: "n1".into(),
+            from_gp: "gp1".into(),
+            against: ap("b"),
+            sii: sii(),
+            reported_by: ap("a"),
+            claim_at_ms: None,
+            at_ms: 4_000,
+        };
+        let mut late = gp2.clone();
+        assert!(matches!(
+            gp2.accept_peer_strike(&notice, 4_000),
+            Ok(PeerStrike::Apply(_))
+        ));
+        // Past the window and its slack there is nothing to check against.
+        let t = 2_000 + DAY + CLAIM_EVIDENCE_SLACK_MS + 1;
+        assert_eq!(
+            late.accept_peer_strike(&notice, t),
+            Err(MappingError::NoSuchClaim)
+        );
+        late.create_verified(&ap("c"), ssi("c", "c"), VerifiedBy::Sms, None, t)
+            .unwrap();
+        assert!(late.claims_sent().is_empty(), "pruned");
+    }
+
+    #[test]
+    fn sent_claims_are_bounded_and_each_peer_is_claimed_once() {
+        let mut r = with_a();
+        let peers: Vec<GpId> = vec!["gp1".into(), "gp2".into(), "gp2".into(), "gp0".into()];
+        let n = r.claims_for(&ap("a"), DisplaceAction::Outpreferred, "gp0", &peers, 2_000);
+        assert_eq!(n.len(), 2, "not to itself, and once per peer: {n:?}");
+        for i in 0..100 {
+            r.claims_for(
+                &ap("a"),
+                DisplaceAction::Outpreferred,
+                "gp0",
+                &["gp1".into()],
+                3_000 + i,
+            );
+        }
+        assert_eq!(r.claims_sent().len(), MAX_SENT_CLAIMS);
+        assert_eq!(r.claims_sent().last().map(|c| c.at_ms), Some(3_099));
+    }
+
+    #[test]
+    fn strike_notice_ids_and_wire_format() {
+        let n = StrikeNotice {
+            id: "abc_DEF-1".into(),
+            from_gp: "gp1".into(),
+            against: ap("b"),
+            sii: sii(),
+            reported_by: ap("a"),
+            claim_at_ms: Some(3),
+            at_ms: 4,
+        };
+        assert!(n.id_is_valid());
+        for bad in ["", "a b", "x/y", &"z".repeat(65)] {
+            let m = StrikeNotice {
+                id: bad.to_owned(),
+                ..n.clone()
+            };
+            assert!(!m.id_is_valid(), "{bad:?}");
+        }
+        let json = serde_json::to_value(&n).unwrap();
+        assert_eq!(json["against"], "b");
+        assert_eq!(json["sii"], "+14155550100");
+        let back: StrikeNotice = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, n);
+        let mut extra = json;
+        extra["more"] = 1.into();
+        assert!(serde_json::from_value::<StrikeNotice>(extra).is_err());
+    }
+
+    #[test]
     fn replace_claim_deletes_only_older_mappings() {
         let mut gp1 = with_a_b(); // a at 1000 (preferred), b at 2000
         let claim = Claim {
@@ -1389,17 +1769,10 @@ mod tests {
         assert_eq!(n.len(), 1);
         assert!(gp1.mapping_of(&ap("a")).is_none());
         assert!(gp1.mapping_of(&ap("b")).is_some());
-        // a can reestablish; the notice goes to z on gp9, and b, preferred
-        // here until then, is told it was outranked.
+        // a can reestablish; the notice goes to z on gp9.
         let n = gp1.reestablish(&ap("a"), 5_100).unwrap();
-        assert_eq!(n.len(), 2);
-        assert!(n
-            .iter()
-            .any(|x| matches!(x, Notification::Remedied { to, .. }
-            if to.gp.as_deref() == Some("gp9"))));
-        assert!(n.iter().any(|x| matches!(x, Notification::Displaced {
-            to_ap, action: DisplaceAction::Outpreferred, ..
-        } if to_ap == &ap("b"))));
+        assert!(matches!(&n[..], [Notification::Remedied { to, .. }]
+            if to.gp.as_deref() == Some("gp9")));
         // A claim for another SII is refused.
         let other = Claim {
             sii: Sii::parse("someone@example.com").unwrap(),
@@ -1559,147 +1932,5 @@ mod tests {
                 prop_assert_eq!(select_preferred(&v).unwrap(), &best);
             }
         }
-    }
-}
-
-/// Racing changes to one record (issue #8 item 4, wasm-tests/concurrency):
-/// the last applied preference wins whatever the callers' clocks said, and
-/// whoever loses the preference is told.
-#[cfg(test)]
-mod race_tests {
-    use super::*;
-
-    fn sii() -> Sii {
-        Sii::parse("+1 415 555 0199").unwrap()
-    }
-    fn ap(name: &str) -> ProviderId {
-        ProviderId::parse(name).unwrap()
-    }
-    fn ssi(provider: &str) -> Ssi {
-        Ssi::parse(&format!("{provider}:u-{provider}")).unwrap()
-    }
-    /// `a` (preferred at 1000), `b` (2000) and `c` (3000) hold the SII.
-    fn abc() -> SiiRecord {
-        let mut r = SiiRecord::new(sii());
-        for (i, p) in ["a", "b", "c"].iter().enumerate() {
-            r.create_verified(
-                &ap(p),
-                ssi(p),
-                VerifiedBy::Sms,
-                None,
-                1_000 * (i as u64 + 1),
-            )
-            .unwrap();
-        }
-        r
-    }
-    fn preferred(r: &SiiRecord) -> String {
-        r.preferred().unwrap().ap().to_string()
-    }
-    fn outranked(notes: &[Notification]) -> Vec<(String, String)> {
-        notes
-            .iter()
-            .filter_map(|n| match n {
-                Notification::Displaced {
-                    to_ap,
-                    by,
-                    action: DisplaceAction::Outpreferred,
-                    ..
-                } => Some((to_ap.to_string(), by.ap.to_string())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_preference_applied_later_wins_even_with_an_equal_or_earlier_clock() {
-        for second_clock in [5_000, 4_000] {
-            let mut r = abc();
-            r.choose(&ap("b"), Choice::Prefer, "gp", &[], 5_000)
-                .unwrap();
-            assert_eq!(preferred(&r), "b");
-            // Applied after b's, although its request read the clock no later.
-            let notes = r
-                .choose(&ap("c"), Choice::Prefer, "gp", &[], second_clock)
-                .unwrap();
-            assert_eq!(outranked(&notes), vec![("b".into(), "c".into())]);
-            assert_eq!(preferred(&r), "c", "the AP told it lost is not preferred");
-            assert_eq!(r.mapping_of(&ap("c")).unwrap().preferred_at_ms, Some(5_001));
-        }
-    }
-
-    #[test]
-    fn a_local_preference_applied_after_a_claim_outranks_the_claimer() {
-        let mut r = abc();
-        let claim = Claim {
-            sii: sii(),
-            by_ap: ap("z"),
-            from_gp: "gp-z".into(),
-            action: DisplaceAction::Outpreferred,
-            at_ms: 9_000,
-        };
-        r.apply_claim(&claim, 9_001).unwrap();
-        // b's request read the clock before the claim was made, but is
-        // applied after it: b must win at every GP, so it is stamped later.
-        r.choose(&ap("b"), Choice::Prefer, "gp", &[], 8_500)
-            .unwrap();
-        assert_eq!(r.mapping_of(&ap("b")).unwrap().preferred_at_ms, Some(9_001));
-        // The high-water survives storage.
-        let back: SiiRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
-        assert_eq!(back.stamp(0), 9_002);
-    }
-
-    #[test]
-    fn the_stamp_is_the_clock_when_it_is_later() {
-        let r = abc();
-        assert_eq!(r.stamp(9_000), 9_000);
-        assert_eq!(r.stamp(500), 1_001);
-        assert_eq!(SiiRecord::new(sii()).stamp(7), 7);
-    }
-
-    #[test]
-    fn prefer_back_tells_the_holder_when_it_is_not_the_displacer() {
-        let mut r = abc();
-        r.choose(&ap("b"), Choice::Prefer, "gp", &[], 4_000)
-            .unwrap(); // a outranked by b
-        r.choose(&ap("c"), Choice::Prefer, "gp", &[], 5_000)
-            .unwrap(); // b outranked by c
-        let notes = r.prefer_back(&ap("a"), 6_000).unwrap();
-        assert_eq!(preferred(&r), "a");
-        // c held the preference and loses it; b (whose change a undid) is told by Remedied.
-        assert_eq!(outranked(&notes), vec![("c".into(), "a".into())]);
-        assert!(notes
-            .iter()
-            .any(|n| matches!(n, Notification::Remedied { to, .. } if to.ap == ap("b"))));
-        // c may prefer back in turn.
-        assert!(r.prefer_back(&ap("c"), 7_000).is_ok());
-        assert_eq!(preferred(&r), "c");
-    }
-
-    #[test]
-    fn prefer_back_from_the_displacer_is_one_remedied_event() {
-        let mut r = abc();
-        r.choose(&ap("b"), Choice::Prefer, "gp", &[], 4_000)
-            .unwrap();
-        let notes = r.prefer_back(&ap("a"), 5_000).unwrap();
-        assert_eq!(notes.len(), 1);
-        assert!(matches!(&notes[0], Notification::Remedied { to, .. } if to.ap == ap("b")));
-    }
-
-    #[test]
-    fn reestablish_tells_the_holder_when_it_is_not_the_displacer() {
-        let mut r = abc();
-        r.choose(&ap("b"), Choice::Replace, "gp", &[], 4_000)
-            .unwrap(); // a and c deleted by b
-        r.create_verified(&ap("c"), ssi("c"), VerifiedBy::Sms, None, 5_000)
-            .unwrap();
-        r.choose(&ap("c"), Choice::Prefer, "gp", &[], 6_000)
-            .unwrap(); // b outranked by c
-        let notes = r.reestablish(&ap("a"), 7_000).unwrap();
-        assert_eq!(preferred(&r), "a");
-        assert_eq!(outranked(&notes), vec![("c".into(), "a".into())]);
-        assert!(notes
-            .iter()
-            .any(|n| matches!(n, Notification::Remedied { to, .. } if to.ap == ap("b"))));
     }
 }

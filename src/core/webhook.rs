@@ -290,7 +290,7 @@ impl EventData {
             sii: s.sii.to_string(),
             reported_by: PartyRef {
                 provider: s.reported_by.to_string(),
-                gp: None,
+                gp: s.reported_by_gp.clone(),
             },
             strikes,
             suspended,
@@ -468,12 +468,15 @@ mod tests {
             },
             sii: sii(),
             reported_by: ProviderId::parse("old").unwrap(),
+            reported_by_gp: Some("gp-a".into()),
             at_ms: 5,
+            claim_at_ms: Some(4),
         };
         let json = serde_json::to_value(EventData::from_strike(&s, 3, true)).unwrap();
         assert_eq!(json["type"], "ap.strike");
         assert_eq!(json["data"]["strikes"], 3);
         assert_eq!(json["data"]["suspended"], true);
         assert_eq!(json["data"]["reported_by"]["provider"], "old");
+        assert_eq!(json["data"]["reported_by"]["gp"], "gp-a");
     }
 }

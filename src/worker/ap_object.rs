@@ -113,6 +113,21 @@ pub enum ApOp {
         want: u64,
         rate: Rate,
     },
+    /// Takes one of peer `from_gp`'s strikes against this AP for the last
+    /// 24 h (at most `per_day`), for its notice `id`; a notice already
+    /// holding a slot keeps it (`fresh: false`).
+    ReservePeerStrike {
+        from_gp: String,
+        id: String,
+        per_day: u32,
+        now_ms: u64,
+    },
+    /// Gives back a slot taken by `ReservePeerStrike` for a notice that was
+    /// refused or turned out to be a redelivery.
+    ReleasePeerStrike {
+        from_gp: String,
+        id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,6 +146,10 @@ pub enum ApReply {
     },
     Idem {
         record: Option<KeyRecord>,
+    },
+    /// A peer strike slot: `fresh` when taken by this call.
+    Reserved {
+        fresh: bool,
     },
     Lease {
         granted: u64,
@@ -240,6 +259,8 @@ impl ApObject {
             "CREATE TABLE IF NOT EXISTS seen_ids (id TEXT PRIMARY KEY, at INTEGER NOT NULL)",
             "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, body TEXT NOT NULL, delivery TEXT NOT NULL, next_at INTEGER, dead INTEGER NOT NULL DEFAULT 0)",
             "CREATE TABLE IF NOT EXISTS idem (k TEXT PRIMARY KEY, record TEXT NOT NULL)",
+            // Strike notices of peer GPs against this AP, last 24 h.
+            "CREATE TABLE IF NOT EXISTS peer_strikes (gp TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (gp, id))",
         ] {
             self.sql().exec(q, None).internal("ap schema")?;
         }
@@ -525,6 +546,21 @@ impl ApObject {
                     retry_after_ms,
                 })
             }
+            ApOp::ReservePeerStrike {
+                from_gp,
+                id,
+                per_day,
+                now_ms,
+            } => self.reserve_peer_strike(&from_gp, &id, per_day, now_ms),
+            ApOp::ReleasePeerStrike { from_gp, id } => {
+                self.sql()
+                    .exec(
+                        "DELETE FROM peer_strikes WHERE gp = ? AND id = ?",
+                        Some(vec![from_gp.into(), id.into()]),
+                    )
+                    .internal("peer strike release")?;
+                Ok(ApReply::Ok)
+            }
             ApOp::IdemGet { key } => {
                 let rows: Vec<KvRow> = self
                     .sql()
@@ -551,6 +587,70 @@ impl ApObject {
                 Ok(ApReply::Ok)
             }
         }
+    }
+
+    /// The per-peer, per-AP daily bound on forwarded strikes. GPs are
+    /// "fully trusted" (draft §11.1), and every strike must match a claim
+    /// this AP really made to that peer; still, one peer's users (or a bug
+    /// there) should not be able to take an AP from full rate to suspended
+    /// within minutes: draft §8.2.1 "With sufficient strikes, the GP can
+    /// further rate limit that provider or remove their access entirely" is
+    /// this GP's decision, taken at a pace it controls. A rolling 24 h
+    /// window: the (`per_day` + 1)-th notice within 24 h is refused with a
+    /// retry time, and the sender's outbox delivers it once a slot frees.
+    fn reserve_peer_strike(
+        &self,
+        gp: &str,
+        id: &str,
+        per_day: u32,
+        now_ms: u64,
+    ) -> ApiResult<ApReply> {
+        const DAY_MS: u64 = 24 * 3_600_000;
+        let since = now_ms.saturating_sub(DAY_MS) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM peer_strikes WHERE at <= ?",
+                Some(vec![since.into()]),
+            )
+            .internal("peer strike prune")?;
+        #[derive(Deserialize)]
+        struct Held {
+            n: i64,
+            oldest: Option<i64>,
+            mine: i64,
+        }
+        let rows: Vec<Held> = self
+            .sql()
+            .exec(
+                "SELECT COUNT(*) AS n, MIN(at) AS oldest, COALESCE(SUM(id = ?), 0) AS mine FROM peer_strikes WHERE gp = ?",
+                Some(vec![id.into(), gp.into()]),
+            )
+            .internal("peer strike count")?
+            .to_array()
+            .internal("peer strike count read")?;
+        let (n, oldest, mine) = rows
+            .first()
+            .map(|h| (h.n, h.oldest, h.mine))
+            .unwrap_or((0, None, 0));
+        if mine > 0 {
+            return Ok(ApReply::Reserved { fresh: false });
+        }
+        if n >= i64::from(per_day) {
+            let retry_after_ms = oldest.map(|t| {
+                (t.max(0) as u64)
+                    .saturating_add(DAY_MS)
+                    .saturating_sub(now_ms)
+                    .max(1_000)
+            });
+            return Ok(ApReply::Limited { retry_after_ms });
+        }
+        self.sql()
+            .exec(
+                "INSERT INTO peer_strikes (gp, id, at) VALUES (?, ?, ?)",
+                Some(vec![gp.into(), id.into(), (now_ms as i64).into()]),
+            )
+            .internal("peer strike insert")?;
+        Ok(ApReply::Reserved { fresh: true })
     }
 
     fn oldest_queued(&self) -> ApiResult<Option<u64>> {

@@ -24,8 +24,8 @@ use crate::core::bulk::{line_effect, LineEffect};
 use crate::core::creation::{repeat_rule, OpenPending, Repeat};
 use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
 use crate::core::mapping::{
-    Candidate, Choice, Claim, DisplaceAction, MappingError, Notification, Party, SiiRecord,
-    VerifiedBy,
+    Candidate, Choice, Claim, DisplaceAction, MappingError, Notification, Party, PeerStrike,
+    SiiRecord, StrikeNotice, VerifiedBy,
 };
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
@@ -83,9 +83,19 @@ pub enum ShardOp {
     },
     /// A peer GP's claim (draft §10), already signature-checked.
     ApplyClaim { claim: Claim, now_ms: u64 },
+    /// A peer GP's strike notice (draft §8.2.1), already signature-checked
+    /// and its AP known to be enrolled here: checked against the claims
+    /// this shard sent (`SiiRecord::accept_peer_strike`), applied once.
+    ApplyPeerStrike { notice: StrikeNotice, now_ms: u64 },
     Reestablish {
         sii: String,
         ap: String,
+        /// As for `PreferBack`: the re-established mapping is preferred as
+        /// of now, and the peers are told by a claim (draft §10).
+        #[serde(default)]
+        gp: String,
+        #[serde(default)]
+        claim_peers: Vec<String>,
         now_ms: u64,
     },
     PreferBack {
@@ -102,6 +112,10 @@ pub enum ShardOp {
     Report {
         sii: String,
         ap: String,
+        /// This GP's id: a strike against an AP of another GP is forwarded
+        /// there as a notice from this GP.
+        #[serde(default)]
+        gp: String,
         now_ms: u64,
     },
     Delete {
@@ -172,6 +186,11 @@ pub enum ShardReply {
         /// Where the next page starts; `None` on the last page.
         next: Option<String>,
     },
+    /// A peer's strike notice: applied now, or a redelivery of one applied
+    /// before (`applied: false`).
+    PeerStrike {
+        applied: bool,
+    },
     Refused(Refusal),
 }
 
@@ -240,6 +259,7 @@ impl Refusal {
                 "already-mapped" => MappingError::AlreadyMapped,
                 "already-reported" => MappingError::AlreadyReported,
                 "ssi-not-of-caller" => MappingError::SsiNotOfCaller,
+                "no-such-claim" => MappingError::NoSuchClaim,
                 _ => MappingError::WrongSii,
             }),
         }
@@ -504,6 +524,23 @@ impl MappingShard {
         Ok(())
     }
 
+    /// Queues a message for peer GP `to_gp` in the claim outbox (signed and
+    /// sent by the alarm, retried until acknowledged), in the same
+    /// synchronous block as the state change it reports.
+    fn queue_peer(&self, to_gp: &str, notice: &PeerNotice) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT INTO claim_outbox (id, to_gp, claim) VALUES (?, ?, ?)",
+                Some(vec![
+                    random_id()?.into(),
+                    to_gp.into(),
+                    notice.stored()?.into(),
+                ]),
+            )
+            .internal("claim outbox insert")?;
+        Ok(())
+    }
+
     /// Queues the webhooks (and user-count changes) for core notifications.
     fn push_notifications(
         &self,
@@ -533,19 +570,15 @@ impl MappingShard {
                     // draft §10: "it sends a webhook callback to those GP,
                     // indicating that that particular SII has been claimed"
                     // — durably, from this shard's claim outbox.
-                    self.sql()
-                        .exec(
-                            "INSERT INTO claim_outbox (id, to_gp, claim) VALUES (?, ?, ?)",
-                            Some(vec![
-                                random_id()?.into(),
-                                to_gp.as_str().into(),
-                                enc(claim)?.into(),
-                            ]),
-                        )
-                        .internal("claim outbox insert")?;
+                    self.queue_peer(to_gp, &PeerNotice::Claim(claim.clone()))?;
                     continue;
                 }
-                // Remedies for APs of other GPs are not forwarded yet.
+                // A remedy against an AP of another GP is not sent as its own
+                // message: the remedying AP is preferred again as of now, so
+                // its GP sends a claim to that GP (added by the caller, see
+                // `remedy_claims`), which tells its AP by webhook
+                // (`mapping.outpreferred`, `by.gp` = this GP) and lets it
+                // act in turn (draft §8.2.1, §10).
                 _ => continue,
             };
             if let Some(data) = EventData::from_notification(n, user) {
@@ -650,8 +683,6 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
-                // One clock for the record's change, its events and claims.
-                let now_ms = r.stamp(now_ms);
                 match r.choose(&caller, choice, &gp, &claim_peers, now_ms) {
                     Ok(notes) => {
                         self.store_record(&r)?;
@@ -665,15 +696,20 @@ impl MappingShard {
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
                 }
             }
-            ShardOp::Reestablish { sii, ap, now_ms } => {
+            ShardOp::Reestablish {
+                sii,
+                ap,
+                gp,
+                claim_peers,
+                now_ms,
+            } => {
                 let sii = parse_sii(&sii)?;
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
-                // One clock for the record's change, its events and claims.
-                let now_ms = r.stamp(now_ms);
                 match r.reestablish(&caller, now_ms) {
-                    Ok(notes) => {
+                    Ok(mut notes) => {
+                        remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
                         self.store_record(&r)?;
                         self.queue_filter(&sii)?;
                         self.push(
@@ -701,26 +737,10 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
-                // One clock for the record's change, its events and claims.
-                let now_ms = r.stamp(now_ms);
                 match r.prefer_back(&caller, now_ms) {
                     Ok(mut notes) => {
+                        remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
                         self.store_record(&r)?;
-                        // The caller is preferred again as of now_ms: peers
-                        // holding an older preference (e.g. the AP whose
-                        // claim displaced it) are told as for a choice.
-                        for to_gp in claim_peers.into_iter().filter(|g| *g != gp) {
-                            notes.push(Notification::Claim {
-                                to_gp,
-                                claim: Claim {
-                                    sii: sii.clone(),
-                                    by_ap: caller.clone(),
-                                    from_gp: gp.clone(),
-                                    action: DisplaceAction::Outpreferred,
-                                    at_ms: now_ms,
-                                },
-                            });
-                        }
                         let notified = self.push_notifications(&before, &notes, now_ms)?;
                         let claims = notes
                             .iter()
@@ -731,7 +751,12 @@ impl MappingShard {
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
                 }
             }
-            ShardOp::Report { sii, ap, now_ms } => {
+            ShardOp::Report {
+                sii,
+                ap,
+                gp,
+                now_ms,
+            } => {
                 let sii = parse_sii(&sii)?;
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
@@ -739,21 +764,30 @@ impl MappingShard {
                     Ok(strike) => {
                         self.store_record(&r)?;
                         let mut notified = Vec::new();
-                        // Strikes against APs of other GPs are forwarded by
-                        // the federation protocol (not built yet).
-                        if strike.against.gp.is_none() {
-                            let to = strike.against.ap.to_string();
-                            self.push(
-                                &to,
-                                &ApItem::Strike {
-                                    id: random_id()?,
-                                    strike,
-                                },
-                            )?;
-                            notified.push(to);
+                        // draft §8.2.1: "In the case where the user reports
+                        // the change as malicious, this would be a strike
+                        // against the reputation of the new provider." A new
+                        // provider enrolled at another GP is struck there:
+                        // a signed notice to exactly that GP, from the same
+                        // durable outbox as claims, with one id for all its
+                        // retries (the receiver applies an id once).
+                        match StrikeNotice::forward(&strike, random_id()?, &gp) {
+                            Some((to_gp, notice)) => {
+                                self.queue_peer(&to_gp, &PeerNotice::Strike { strike: notice })?
+                            }
+                            None => {
+                                let to = strike.against.ap.to_string();
+                                self.push(
+                                    &to,
+                                    &ApItem::Strike {
+                                        id: random_id()?,
+                                        strike,
+                                    },
+                                )?;
+                                notified.push(to);
+                            }
                         }
-                        let wrote = !notified.is_empty();
-                        Ok((ShardReply::Done { notified }, wrote))
+                        Ok((ShardReply::Done { notified }, true))
                     }
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
                 }
@@ -820,6 +854,26 @@ impl MappingShard {
                         let notified = self.push_notifications(&before, &notes, now_ms)?;
                         let wrote = !notified.is_empty();
                         Ok((ShardReply::Done { notified }, wrote))
+                    }
+                    Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+                }
+            }
+            ShardOp::ApplyPeerStrike { notice, now_ms } => {
+                let mut r = self.load_record(&notice.sii)?;
+                match r.accept_peer_strike(&notice, now_ms) {
+                    Ok(PeerStrike::Apply(strike)) => {
+                        self.store_record(&r)?;
+                        // Same path as a local strike: the AP's object bumps
+                        // the registry's strikes (rate limit, suspension) and
+                        // queues `ap.strike`, once per item id — which is
+                        // derived from the sender and its notice id.
+                        let to = strike.against.ap.to_string();
+                        let id = format!("peer-{}-{}", notice.from_gp, notice.id);
+                        self.push(&to, &ApItem::Strike { id, strike })?;
+                        Ok((ShardReply::PeerStrike { applied: true }, true))
+                    }
+                    Ok(PeerStrike::Duplicate) => {
+                        Ok((ShardReply::PeerStrike { applied: false }, false))
                     }
                     Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
                 }
@@ -1146,25 +1200,53 @@ impl MappingShard {
                 self.delete_claim(&r.id)?;
                 continue;
             };
-            let url = format!("{}{CLAIMS_PATH}", peer.url.trim_end_matches('/'));
+            let notice = PeerNotice::load(&r.claim)?;
+            let (path, body) = notice.wire()?;
+            let url = format!("{}{path}", peer.url.trim_end_matches('/'));
             match peer_auth::signed_fetch(
                 &signer,
                 Method::Post,
                 &url,
-                Some((r.claim.as_bytes(), "application/json")),
+                Some((body.as_bytes(), "application/json")),
                 &[],
                 CLAIM_TIMEOUT_MS,
             )
             .await
             {
                 Ok(resp) if (200..300).contains(&resp.status) => self.delete_claim(&r.id)?,
+                // A strike the peer judged and refused for good (no claim
+                // of its AP to match, already reported, not its AP) is not
+                // retried; a refused signature (401), a timeout (408) or
+                // its per-day strike limit (429) are retried like any
+                // failure.
+                Ok(resp)
+                    if matches!(notice, PeerNotice::Strike { .. })
+                        && (400..500).contains(&resp.status)
+                        && !matches!(resp.status, 401 | 408 | 429) =>
+                {
+                    worker::console_error!(
+                        "strike notice to {} refused for good (HTTP {}): {}",
+                        r.to_gp,
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body)
+                    );
+                    self.delete_claim(&r.id)?
+                }
                 Ok(resp) => {
                     failed = Some(ApiError::Internal(format!(
-                        "claim to {}: HTTP {}",
-                        r.to_gp, resp.status
+                        "{} to {}: HTTP {}",
+                        notice.kind(),
+                        r.to_gp,
+                        resp.status
                     )))
                 }
-                Err(e) => failed = Some(ApiError::Internal(format!("claim to {}: {e}", r.to_gp))),
+                Err(e) => {
+                    failed = Some(ApiError::Internal(format!(
+                        "{} to {}: {e}",
+                        notice.kind(),
+                        r.to_gp
+                    )))
+                }
             }
         }
         match failed {
@@ -1255,6 +1337,83 @@ struct ClaimRow {
 
 /// Where peers take claims (draft §10).
 pub const CLAIMS_PATH: &str = "/peer/v1/claims";
+/// Where peers take strike notices (draft §8.2.1).
+pub const STRIKES_PATH: &str = "/peer/v1/strikes";
+
+/// A message in the claim outbox. Claims are stored as the bare claim JSON
+/// (as before strikes were forwarded, so queued rows stay readable); other
+/// notices carry a `notice` tag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+enum PeerNotice {
+    /// draft §10 claim, to `CLAIMS_PATH`.
+    #[serde(skip)]
+    Claim(Claim),
+    /// draft §8.2.1 strike, to `STRIKES_PATH`.
+    Strike { strike: StrikeNotice },
+}
+
+impl PeerNotice {
+    fn stored(&self) -> ApiResult<String> {
+        match self {
+            PeerNotice::Claim(c) => enc(c),
+            other => enc(other),
+        }
+    }
+
+    fn load(s: &str) -> ApiResult<PeerNotice> {
+        match serde_json::from_str::<PeerNotice>(s) {
+            Ok(n) => Ok(n),
+            Err(_) => Ok(PeerNotice::Claim(dec(s)?)),
+        }
+    }
+
+    /// What it is, for logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            PeerNotice::Claim(_) => "claim",
+            PeerNotice::Strike { .. } => "strike notice",
+        }
+    }
+
+    /// The peer path and the body to sign and send.
+    fn wire(&self) -> ApiResult<(&'static str, String)> {
+        match self {
+            PeerNotice::Claim(c) => Ok((CLAIMS_PATH, enc(c)?)),
+            PeerNotice::Strike { strike } => Ok((STRIKES_PATH, enc(strike)?)),
+        }
+    }
+}
+
+/// After a prefer-back or a reestablish: the caller is preferred again as
+/// of `now_ms`, so the peers whose filters may hold the SII — and the GP of
+/// an AP on another GP that had displaced it, which a `Remedied`
+/// notification names — get a claim, as for a choice (draft §10).
+fn remedy_claims(
+    r: &mut SiiRecord,
+    notes: &mut Vec<Notification>,
+    caller: &ProviderId,
+    gp: &str,
+    mut peers: Vec<String>,
+    now_ms: u64,
+) {
+    if gp.is_empty() {
+        return;
+    }
+    for n in notes.iter() {
+        if let Notification::Remedied {
+            to: Party {
+                gp: Some(other), ..
+            },
+            ..
+        } = n
+        {
+            peers.push(other.clone());
+        }
+    }
+    let claims = r.claims_for(caller, DisplaceAction::Outpreferred, gp, &peers, now_ms);
+    notes.extend(claims);
+}
 /// How long one claim delivery may take.
 const CLAIM_TIMEOUT_MS: u32 = 5_000;
 

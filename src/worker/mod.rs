@@ -22,6 +22,7 @@ mod public_filter;
 mod query;
 mod registry_object;
 mod routes;
+mod strikes;
 
 use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
 

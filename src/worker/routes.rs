@@ -41,6 +41,7 @@ enum Route {
     Query,
     PeerQuery,
     PeerClaims,
+    PeerStrikes,
     DebugQueryStats,
     PublicFilter,
     PeerFilter,
@@ -228,6 +229,13 @@ const ROUTES: &[RouteDef] = &[
         methods: POST,
         debug_only: false,
     },
+    // draft §8.2.1: a peer GP forwards a strike against one of our APs.
+    RouteDef {
+        template: "/peer/v1/strikes",
+        route: Route::PeerStrikes,
+        methods: POST,
+        debug_only: false,
+    },
     // draft §9 GP-to-GP routing protocol; signed peer requests only.
     RouteDef {
         template: "/peer/v1/filter",
@@ -401,6 +409,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::Query => query::query(req, env, cfg).await,
         Route::PeerQuery => query::serve_peer(req, env, cfg).await,
         Route::PeerClaims => query::serve_claim(req, env, cfg).await,
+        Route::PeerStrikes => super::strikes::serve_strike(req, env, cfg).await,
         Route::DebugQueryStats => query::debug_stats(),
         Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,
