@@ -19,8 +19,8 @@ use super::error::{ApiError, ApiResult, OrInternal};
 use super::mapping_shard::{self, hex, MappingView, ShardOp, ShardReply};
 use super::registry_object::{self, RegistryOp, RegistryReply};
 use crate::core::bulk::{
-    decide_key, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision, KeyRecord,
-    LineSplitter, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
+    decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
+    KeyRecord, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
 };
 use crate::core::creation::{code_message, Handle};
 use crate::core::mapping::{Choice, Party};
@@ -534,7 +534,17 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         return Err(BulkError::TooLarge.into());
     }
     let body_sha256: [u8; 32] = hasher.finalize().into();
-    if let KeyDecision::Replay(summary) = decide_key(stored.as_ref(), &body_sha256, now)? {
+    let decision = match decide_key(stored.as_ref(), &body_sha256, now) {
+        // When to come back: the running upload's lease, renewed while it
+        // lives, lapses within IDEMPOTENCY_LEASE_MS once it died.
+        Err(BulkError::KeyInUse) => {
+            let left = stored.as_ref().map_or(1, |r| lease_left_ms(r, now));
+            return Err(ApiError::from(BulkError::KeyInUse)
+                .with_header("Retry-After", left.div_ceil(1000).max(1).to_string()));
+        }
+        d => d?,
+    };
+    if let KeyDecision::Replay(summary) = decision {
         let mut resp = respond(&json!(summary), 200)?;
         resp.headers_mut()
             .set("Idempotent-Replayed", "true")
@@ -548,7 +558,8 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             key: idem_key.clone(),
             record: KeyRecord {
                 body_sha256,
-                started_ms: now,
+                // Not the request's start: the body may have taken a while.
+                started_ms: auth::now_ms(),
                 summary: None,
             },
         },
@@ -561,7 +572,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             batches.push((shard, chunk.to_vec()));
         }
     }
-    let results = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
+    let work = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
         let ap_id = ap_id.clone();
         async move {
             let op = ShardOp::Bulk {
@@ -575,8 +586,45 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             let reply = mapping_shard::call(env, shard, &op).await;
             (chunk, reply)
         }
-    }))
-    .await;
+    }));
+    // The key's lease is renewed while the shards write, so it stays held
+    // for as long as this upload runs and no longer: a GP killed mid-upload
+    // frees it within IDEMPOTENCY_LEASE_MS for the client's retry (it was a
+    // fixed 5 minutes of 409s before).
+    let (renewing, done) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
+    let renew = async {
+        loop {
+            worker::Delay::from(std::time::Duration::from_millis(IDEMPOTENCY_RENEW_MS)).await;
+            renewing.set(true);
+            let op = ApOp::IdemPut {
+                key: idem_key.clone(),
+                record: KeyRecord {
+                    body_sha256,
+                    started_ms: auth::now_ms(),
+                    summary: None,
+                },
+            };
+            if let Err(e) = ap_object::call(env, &ap_id, &op).await {
+                worker::console_error!("bulk: renewing the idempotency lease: {e:?}");
+            }
+            renewing.set(false);
+            if done.get() {
+                break;
+            }
+        }
+    };
+    futures_util::pin_mut!(work, renew);
+    let results = match futures_util::future::select(work, renew).await {
+        futures_util::future::Either::Left((results, renew)) => {
+            // A renewal still on its way must land before the summary.
+            done.set(true);
+            if renewing.get() {
+                renew.await;
+            }
+            results
+        }
+        futures_util::future::Either::Right(((), work)) => work.await,
+    };
     for (chunk, reply) in results {
         match reply? {
             ShardReply::Bulk { effects } => {
@@ -599,7 +647,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         env,
         &ap_id,
         &ApOp::IdemPut {
-            key: idem_key,
+            key: idem_key.clone(),
             record: KeyRecord {
                 body_sha256,
                 started_ms: now,
