@@ -509,8 +509,17 @@ pub struct SiiRecord {
     /// Claims this GP sent to peers for this SII (evidence for strikes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     claims_sent: Vec<SentClaim>,
+    /// The latest `at_ms` of a peer GP's claim applied here (0: none): a
+    /// local preference change applied after it is stamped later
+    /// ([`SiiRecord::stamp`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    claimed_at_ms: u64,
     /// How long displacements can be remedied.
     remedy_window_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl SiiRecord {
@@ -526,6 +535,7 @@ impl SiiRecord {
             mappings: Vec::new(),
             displacements: Vec::new(),
             claims_sent: Vec::new(),
+            claimed_at_ms: 0,
             remedy_window_ms: window_ms,
         }
     }
@@ -565,6 +575,28 @@ impl SiiRecord {
         self.mappings
             .iter()
             .max_by(|a, b| beats((&a.precedence(), "", &a.ssi), (&b.precedence(), "", &b.ssi)))
+    }
+
+    /// The time a preference change at `now_ms` is stamped with: `now_ms`,
+    /// or just after the latest preference in this record if that is not
+    /// earlier. The shard applies changes to one record one at a time, but
+    /// each request read its clock before it got there, so two racing
+    /// changes can arrive out of clock order or in the same millisecond.
+    /// Stamped with their own clocks, the one applied last could lose (an
+    /// equal stamp goes by GP id and SSI) although it was acknowledged, and
+    /// the AP it displaced would be told it lost while it stays preferred.
+    /// So the last applied preference wins, here and, because claims and
+    /// queries compare these stamps, at every GP. A peer's claim applied
+    /// here counts too: a local change applied after it must outrank the
+    /// claimer everywhere, or the AP that made it would be told it is
+    /// preferred while every query answers the claimer.
+    pub fn stamp(&self, now_ms: u64) -> u64 {
+        self.mappings
+            .iter()
+            .filter_map(|m| m.preferred_at_ms)
+            .chain((self.claimed_at_ms > 0).then_some(self.claimed_at_ms))
+            .max()
+            .map_or(now_ms, |latest| now_ms.max(latest.saturating_add(1)))
     }
 
     /// What this GP answers to a mapping query for the SII (draft §8.1: the
@@ -702,6 +734,7 @@ impl SiiRecord {
         if self.mapping_of(caller).is_none() {
             return Err(MappingError::NoSuchMapping);
         }
+        let now_ms = self.stamp(now_ms);
         self.prune(now_ms);
         let previously_preferred = self.preferred().map(|m| m.ap().clone());
         let by = Party::local(caller.clone());
@@ -907,6 +940,7 @@ impl SiiRecord {
             return Err(MappingError::WrongSii);
         }
         self.prune(now_ms);
+        self.claimed_at_ms = self.claimed_at_ms.max(claim.at_ms);
         let by = Party {
             ap: claim.by_ap.clone(),
             gp: Some(claim.from_gp.clone()),
@@ -967,6 +1001,8 @@ impl SiiRecord {
         if self.mapping_of(caller).is_some() {
             return Err(MappingError::AlreadyMapped);
         }
+        let now_ms = self.stamp(now_ms);
+        let holder = self.preferred().cloned();
         let i = self
             .open_displacement(caller, now_ms)
             .filter(|&i| {
@@ -983,13 +1019,15 @@ impl SiiRecord {
         let to = d.by.clone();
         m.preferred_at_ms = Some(now_ms);
         self.mappings.push(m);
+        let mut out = self.outrank_holder(holder, caller, &to, now_ms);
         self.prune(now_ms);
-        Ok(vec![Notification::Remedied {
+        out.push(Notification::Remedied {
             to,
             sii: self.sii.clone(),
             by_ap: caller.clone(),
             remedy: Remedy::Reestablished,
-        }])
+        });
+        Ok(out)
     }
 
     /// The displaced AP makes its kept mapping preferred again (draft
@@ -1002,6 +1040,8 @@ impl SiiRecord {
         now_ms: u64,
     ) -> Result<Vec<Notification>, MappingError> {
         let mi = self.index_of(caller).ok_or(MappingError::NoSuchMapping)?;
+        let now_ms = self.stamp(now_ms);
+        let holder = self.preferred().cloned();
         let di = self
             .open_displacement(caller, now_ms)
             .filter(|&i| self.displacements.get(i).is_some_and(|d| !d.remedied))
@@ -1014,13 +1054,36 @@ impl SiiRecord {
         if let Some(m) = self.mappings.get_mut(mi) {
             m.preferred_at_ms = Some(now_ms);
         }
+        let mut out = self.outrank_holder(holder, caller, &to, now_ms);
         self.prune(now_ms);
-        Ok(vec![Notification::Remedied {
+        out.push(Notification::Remedied {
             to,
             sii: self.sii.clone(),
             by_ap: caller.clone(),
             remedy: Remedy::PreferredBack,
-        }])
+        });
+        Ok(out)
+    }
+
+    /// A remedy makes the caller preferred again. The AP preferred until
+    /// then (`holder`) loses the preference; when that is not the AP the
+    /// remedy answers (`displacer`, told by `Remedied`) — another AP took
+    /// the preference from the displacer meanwhile — it is told as for a
+    /// choice: `Outpreferred`, with a displacement it can remedy in turn.
+    fn outrank_holder(
+        &mut self,
+        holder: Option<Mapping>,
+        caller: &ProviderId,
+        displacer: &Party,
+        now_ms: u64,
+    ) -> Vec<Notification> {
+        match holder {
+            Some(h) if h.ap() != caller && !(displacer.gp.is_none() && h.ap() == &displacer.ap) => {
+                let by = Party::local(caller.clone());
+                vec![self.displace(h, by, DisplaceAction::Outpreferred, now_ms, None)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The displaced AP reports the change as malicious (draft §8.2.1: "In
@@ -1769,10 +1832,17 @@ mod tests {
         assert_eq!(n.len(), 1);
         assert!(gp1.mapping_of(&ap("a")).is_none());
         assert!(gp1.mapping_of(&ap("b")).is_some());
-        // a can reestablish; the notice goes to z on gp9.
+        // a can reestablish; the notice goes to z on gp9, and b, preferred
+        // here until then, is told it was outranked.
         let n = gp1.reestablish(&ap("a"), 5_100).unwrap();
-        assert!(matches!(&n[..], [Notification::Remedied { to, .. }]
-            if to.gp.as_deref() == Some("gp9")));
+        assert_eq!(n.len(), 2);
+        assert!(n
+            .iter()
+            .any(|x| matches!(x, Notification::Remedied { to, .. }
+            if to.gp.as_deref() == Some("gp9"))));
+        assert!(n.iter().any(|x| matches!(x, Notification::Displaced {
+            to_ap, action: DisplaceAction::Outpreferred, ..
+        } if to_ap == &ap("b"))));
         // A claim for another SII is refused.
         let other = Claim {
             sii: Sii::parse("someone@example.com").unwrap(),
@@ -1932,5 +2002,147 @@ mod tests {
                 prop_assert_eq!(select_preferred(&v).unwrap(), &best);
             }
         }
+    }
+}
+
+/// Racing changes to one record (issue #8 item 4, wasm-tests/concurrency):
+/// the last applied preference wins whatever the callers' clocks said, and
+/// whoever loses the preference is told.
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    fn sii() -> Sii {
+        Sii::parse("+1 415 555 0199").unwrap()
+    }
+    fn ap(name: &str) -> ProviderId {
+        ProviderId::parse(name).unwrap()
+    }
+    fn ssi(provider: &str) -> Ssi {
+        Ssi::parse(&format!("{provider}:u-{provider}")).unwrap()
+    }
+    /// `a` (preferred at 1000), `b` (2000) and `c` (3000) hold the SII.
+    fn abc() -> SiiRecord {
+        let mut r = SiiRecord::new(sii());
+        for (i, p) in ["a", "b", "c"].iter().enumerate() {
+            r.create_verified(
+                &ap(p),
+                ssi(p),
+                VerifiedBy::Sms,
+                None,
+                1_000 * (i as u64 + 1),
+            )
+            .unwrap();
+        }
+        r
+    }
+    fn preferred(r: &SiiRecord) -> String {
+        r.preferred().unwrap().ap().to_string()
+    }
+    fn outranked(notes: &[Notification]) -> Vec<(String, String)> {
+        notes
+            .iter()
+            .filter_map(|n| match n {
+                Notification::Displaced {
+                    to_ap,
+                    by,
+                    action: DisplaceAction::Outpreferred,
+                    ..
+                } => Some((to_ap.to_string(), by.ap.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_preference_applied_later_wins_even_with_an_equal_or_earlier_clock() {
+        for second_clock in [5_000, 4_000] {
+            let mut r = abc();
+            r.choose(&ap("b"), Choice::Prefer, "gp", &[], 5_000)
+                .unwrap();
+            assert_eq!(preferred(&r), "b");
+            // Applied after b's, although its request read the clock no later.
+            let notes = r
+                .choose(&ap("c"), Choice::Prefer, "gp", &[], second_clock)
+                .unwrap();
+            assert_eq!(outranked(&notes), vec![("b".into(), "c".into())]);
+            assert_eq!(preferred(&r), "c", "the AP told it lost is not preferred");
+            assert_eq!(r.mapping_of(&ap("c")).unwrap().preferred_at_ms, Some(5_001));
+        }
+    }
+
+    #[test]
+    fn a_local_preference_applied_after_a_claim_outranks_the_claimer() {
+        let mut r = abc();
+        let claim = Claim {
+            sii: sii(),
+            by_ap: ap("z"),
+            from_gp: "gp-z".into(),
+            action: DisplaceAction::Outpreferred,
+            at_ms: 9_000,
+        };
+        r.apply_claim(&claim, 9_001).unwrap();
+        // b's request read the clock before the claim was made, but is
+        // applied after it: b must win at every GP, so it is stamped later.
+        r.choose(&ap("b"), Choice::Prefer, "gp", &[], 8_500)
+            .unwrap();
+        assert_eq!(r.mapping_of(&ap("b")).unwrap().preferred_at_ms, Some(9_001));
+        // The high-water survives storage.
+        let back: SiiRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.stamp(0), 9_002);
+    }
+
+    #[test]
+    fn the_stamp_is_the_clock_when_it_is_later() {
+        let r = abc();
+        assert_eq!(r.stamp(9_000), 9_000);
+        assert_eq!(r.stamp(500), 1_001);
+        assert_eq!(SiiRecord::new(sii()).stamp(7), 7);
+    }
+
+    #[test]
+    fn prefer_back_tells_the_holder_when_it_is_not_the_displacer() {
+        let mut r = abc();
+        r.choose(&ap("b"), Choice::Prefer, "gp", &[], 4_000)
+            .unwrap(); // a outranked by b
+        r.choose(&ap("c"), Choice::Prefer, "gp", &[], 5_000)
+            .unwrap(); // b outranked by c
+        let notes = r.prefer_back(&ap("a"), 6_000).unwrap();
+        assert_eq!(preferred(&r), "a");
+        // c held the preference and loses it; b (whose change a undid) is told by Remedied.
+        assert_eq!(outranked(&notes), vec![("c".into(), "a".into())]);
+        assert!(notes
+            .iter()
+            .any(|n| matches!(n, Notification::Remedied { to, .. } if to.ap == ap("b"))));
+        // c may prefer back in turn.
+        assert!(r.prefer_back(&ap("c"), 7_000).is_ok());
+        assert_eq!(preferred(&r), "c");
+    }
+
+    #[test]
+    fn prefer_back_from_the_displacer_is_one_remedied_event() {
+        let mut r = abc();
+        r.choose(&ap("b"), Choice::Prefer, "gp", &[], 4_000)
+            .unwrap();
+        let notes = r.prefer_back(&ap("a"), 5_000).unwrap();
+        assert_eq!(notes.len(), 1);
+        assert!(matches!(&notes[0], Notification::Remedied { to, .. } if to.ap == ap("b")));
+    }
+
+    #[test]
+    fn reestablish_tells_the_holder_when_it_is_not_the_displacer() {
+        let mut r = abc();
+        r.choose(&ap("b"), Choice::Replace, "gp", &[], 4_000)
+            .unwrap(); // a and c deleted by b
+        r.create_verified(&ap("c"), ssi("c"), VerifiedBy::Sms, None, 5_000)
+            .unwrap();
+        r.choose(&ap("c"), Choice::Prefer, "gp", &[], 6_000)
+            .unwrap(); // b outranked by c
+        let notes = r.reestablish(&ap("a"), 7_000).unwrap();
+        assert_eq!(preferred(&r), "a");
+        assert_eq!(outranked(&notes), vec![("c".into(), "a".into())]);
+        assert!(notes
+            .iter()
+            .any(|n| matches!(n, Notification::Remedied { to, .. } if to.ap == ap("b"))));
     }
 }

@@ -683,6 +683,8 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
+                // One clock for the record's change, its events and claims.
+                let now_ms = r.stamp(now_ms);
                 match r.choose(&caller, choice, &gp, &claim_peers, now_ms) {
                     Ok(notes) => {
                         self.store_record(&r)?;
@@ -707,6 +709,8 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
+                // One clock for the record's change, its events and claims.
+                let now_ms = r.stamp(now_ms);
                 match r.reestablish(&caller, now_ms) {
                     Ok(mut notes) => {
                         remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
@@ -737,6 +741,8 @@ impl MappingShard {
                 let caller = parse_ap(&ap)?;
                 let mut r = self.load_record(&sii)?;
                 let before = r.clone();
+                // One clock for the record's change, its events and claims.
+                let now_ms = r.stamp(now_ms);
                 match r.prefer_back(&caller, now_ms) {
                     Ok(mut notes) => {
                         remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
