@@ -6,15 +6,13 @@
 //
 // Load: a fixed number of concurrent keep-alive clients in this process,
 // each sending its next query when the last one answered (closed loop),
-// for a bounded time per scenario; then, if wrk is installed (Debian:
-// apt-get install -y wrk), the same three scenarios driven by wrk (one
-// fixed SII per scenario, same connections and duration). Loopback only.
+// for a bounded time per scenario. Loopback only; no dependencies beyond
+// Node. The same scenarios driven by a standard load generator (wrk),
+// with CPU time per query: scripts/bench-query-wrk.sh. Fan-out with 3 and
+// 50 peers whose filters are at design fill: wasm-tests/bench-fanout.mjs.
 //
 //   node wasm-tests/bench-query.mjs [--seconds 5] [--concurrency 16] [--mappings 2000]
 import { randomBytes } from 'node:crypto';
-import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { startFederation } from './lib/federation.mjs';
 import { tempState } from './lib/util.mjs';
@@ -75,38 +73,6 @@ const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
 async function contains(gp, peer, sii) {
   const r = await gp.getJson(`/__debug/peer-filters?sii=${encodeURIComponent(sii)}`);
   return r.body.peers.find((p) => p.peer === peer)?.contains === true;
-}
-
-/** The three scenarios again, driven by wrk (if installed), async so the GPs keep running. */
-async function runWrk(gp, token, scenarios) {
-  const exec = promisify(execFile);
-  try {
-    await exec('wrk', ['--version']).catch((e) => { if (e.code === 'ENOENT') throw e; });
-  } catch {
-    console.log('\nwrk not installed (Debian: apt-get install -y wrk): skipping the wrk runs');
-    return;
-  }
-  const rows = [];
-  for (const [name, sii] of scenarios) {
-    const script = `${state.dir}/wrk-${name.replace(/\W/g, '')}.lua`;
-    writeFileSync(script, [
-      'wrk.method = "POST"',
-      `wrk.body = '${JSON.stringify({ sii })}'`,
-      'wrk.headers["Content-Type"] = "application/json"',
-      `wrk.headers["Authorization"] = "Bearer ${token}"`,
-    ].join('\n'));
-    const { stdout } = await exec('wrk', ['-t2', `-c${concurrency}`, `-d${seconds}s`, '--latency', '-s', script, `${gp.url}/v1/query`]);
-    const num = (re) => stdout.match(re)?.[1] ?? '?';
-    rows.push({
-      scenario: name,
-      'q/s': num(/Requests\/sec:\s+([\d.]+)/),
-      p50: num(/^\s+50%\s+(\S+)/m),
-      p99: num(/^\s+99%\s+(\S+)/m),
-      'non-2xx': num(/Non-2xx or 3xx responses: (\d+)/) === '?' ? 0 : num(/Non-2xx or 3xx responses: (\d+)/),
-    });
-  }
-  console.log(`\nwrk (2 threads, ${concurrency} connections, ${seconds} s, one SII per scenario):`);
-  console.table(rows);
 }
 
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
@@ -181,22 +147,6 @@ try {
   results.push(await run('miss', fed['gp-a'], tokA, (i) => `+1212${'4'}${String(i % 1_000_000).padStart(6, '0')}`));
   console.log(`\nGLADOS query benchmark: 3 GPs, ${concurrency} concurrent clients, ${seconds} s per scenario, ${mappings} mappings per GP`);
   console.table(results);
-  // Fan-out with 50 peers, simulated with the filters: a query asks every
-  // peer whose filter matches — the holder (on a hit) plus each peer whose
-  // filter gives a false positive. Per-peer false-positive rates: measured
-  // here (2 peers, this fill) and at the filters' design fill (FILTER_FP_RATE).
-  const miss = results[2];
-  const measuredFp = Number(miss['peer subreq/q']) / 2;
-  const info = (await fed['gp-b'].getJson('/v1/gp')).body.filter;
-  const designFp = 0.01;
-  const fan = (fp, hit) => (hit ? 1 : 0) + (hit ? 48 : 49) * fp;
-  console.log('\nfan-out (peer subrequests) per query:');
-  console.table([
-    { peers: 3, filter: `measured (${mappings} SIIs per GP)`, miss: miss['peer subreq/q'], 'remote hit': results[1]['peer subreq/q'] },
-    { peers: 50, filter: `this fill (fp ${info.estimated_fp_rate?.toExponential(2) ?? measuredFp})`, miss: fan(info.estimated_fp_rate ?? measuredFp, false).toFixed(3), 'remote hit': fan(info.estimated_fp_rate ?? measuredFp, true).toFixed(3) },
-    { peers: 50, filter: `design fill (fp ${designFp})`, miss: fan(designFp, false).toFixed(3), 'remote hit': fan(designFp, true).toFixed(3) },
-  ]);
-  await runWrk(fed['gp-a'], tokA, [['local hit', local[0]], ['remote hit', remote[0]], ['miss', '+12124999999']]);
 } finally {
   await fed.stop();
   state.cleanup();
