@@ -12,7 +12,7 @@
 //! webhook secret is derived from WEBHOOK_MASTER_KEY, never stored.
 
 use super::auth;
-use super::body::read_json;
+use super::body::{no_null, read_json};
 use super::config::GpConfig;
 use super::error::{ApiError, ApiResult, OrInternal};
 use super::registry_object::{self, ApPatch, ApRecord, RegistryOp, RegistryReply, StoredAp};
@@ -43,24 +43,30 @@ struct EnrollRequest {
     #[serde(default)]
     bulk_allowed: bool,
     /// Any subset of `RateParams`' fields; the rest from the defaults.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "no_null")]
     rate_params: Option<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateRequest {
+    #[serde(default, deserialize_with = "no_null")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "no_null")]
     webhook_url: Option<String>,
+    #[serde(default, deserialize_with = "no_null")]
     cert_fingerprints: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "no_null")]
     bulk_allowed: Option<bool>,
     /// Any subset of `RateParams`' fields, merged over the current ones.
+    #[serde(default, deserialize_with = "no_null")]
     rate_params: Option<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SuspendRequest {
+    #[serde(default, deserialize_with = "no_null")]
     reason: Option<String>,
 }
 

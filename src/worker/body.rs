@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, ApiResult};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned, Deserializer};
 use worker::{Request, Response};
 
 /// Largest admin or token-endpoint body. Real ones are well under 4 KiB.
@@ -159,4 +159,17 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
             format!("the JSON body was not understood: {e}"),
         )
     })
+}
+
+/// For an optional member of a request body: absent reads as `None`, but an
+/// explicit `null` is a 400 like any other wrong type (the API document types
+/// these members without null, and a `null` that silently meant "unchanged"
+/// would surprise a client that meant "remove"). Use with
+/// `#[serde(default, deserialize_with = "no_null")]`.
+pub fn no_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
