@@ -85,3 +85,24 @@ ensure_chromium() {
   fi
   export CHROMIUM_BIN
 }
+
+# Schemathesis (API fuzzing of /openapi.json, scripts/schemathesis.sh) from
+# PyPI into a venv outside the checkout, named after the hash of the pinned
+# requirements so a version bump gets a fresh one; the stamp is written only
+# after a complete install, so an interrupted one is redone.
+ensure_schemathesis() {
+  local req="$ROOT/scripts/schemathesis/requirements.txt" key venv
+  key="$(sha256sum "$req" | cut -c1-16)"
+  venv="${GLADOS_CACHE_DIR:-$HOME/.cache/glados}/venv-schemathesis-$key"
+  if [ ! -f "$venv/.glados-complete" ]; then
+    log "installing schemathesis into $venv (pip; once)"
+    command -v python3 >/dev/null || die "python3 is needed for schemathesis"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 ||
+      die "python3 -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$req" >&2
+    touch "$venv/.glados-complete"
+  fi
+  SCHEMATHESIS_BIN="$venv/bin/st"
+  export SCHEMATHESIS_BIN
+}

@@ -50,4 +50,7 @@ echo "wasm module: $wasm_raw bytes raw, $wasm_gz bytes gzip" >&2
 step "end-to-end suite (wasm-tests, real worker in workerd)"
 node --test --test-concurrency=1 wasm-tests/*.test.mjs wasm-tests/lib/*.test.mjs
 
+step "schemathesis against a real GP's /openapi.json (bounded; fails on any finding)"
+bash scripts/schemathesis.sh --no-color
+
 step "all tests passed"
