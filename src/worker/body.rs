@@ -151,6 +151,16 @@ pub async fn read_json<T: DeserializeOwned>(req: &mut Request, empty_ok: bool) -
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    // Every JSON body of the API is an object; serde would also fill a
+    // struct from an array (`[]` read as a PATCH changing nothing).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::client(
+            400,
+            "invalid-json",
+            "Invalid JSON body",
+            "the JSON body must be an object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::client(
             400,
