@@ -9,9 +9,8 @@
 // routes (among them the deliberate panic) are not in the document, so the
 // fuzzer never sees them.
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes, sign as edSign } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { startFederation, gpSigningKeys, freePort, ROOT } from './lib/federation.mjs';
 import { tempState } from './lib/util.mjs';
@@ -29,64 +28,12 @@ const ADMIN_TOKEN = 'st-admin-' + randomBytes(16).toString('hex');
 /** The peer GP the fuzzer speaks for on /peer/v1/* (configured in PEERS). */
 const PEER_ID = 'st-peer';
 const PEER_KEYS = gpSigningKeys();
-/** What the fuzzer sends as the peerSignature "API key"; the proxy signs. */
+/** What the fuzzer sends as the peerSignature "API key"; hooks.py signs. */
 const SIGN_ME = 'glados-st-sign';
-
-/**
- * A loopback proxy in front of the GP that turns a request carrying
- * `Signature: <SIGN_ME>` into one signed by PEER_ID the way a peer GP signs
- * (RFC 9421: @method @authority @path @query, content-digest with a body,
- * created, nonce, keyid, alg ed25519), so the peer API is fuzzed past its
- * authentication. Any other request, and any other Signature value (the
- * fuzzer's missing or wrong credentials), goes through untouched.
- */
-async function startSigningProxy(gpPort) {
-  const authority = `127.0.0.1:${gpPort}`;
-  const server = http.createServer((req, res) => {
-    const parts = [];
-    req.on('data', (c) => parts.push(c));
-    req.on('end', () => {
-      const body = Buffer.concat(parts);
-      const headers = { ...req.headers, host: authority };
-      if (headers.signature === SIGN_ME) {
-        delete headers.signature;
-        delete headers['signature-input'];
-        const u = new URL(req.url, `http://${authority}`);
-        const comps = ['@method', '@authority', '@path', '@query'];
-        const vals = { '@method': req.method, '@authority': authority, '@path': u.pathname, '@query': u.search || '?' };
-        if (body.length > 0 || !['GET', 'HEAD'].includes(req.method)) {
-          const d = `sha-256=:${createHash('sha256').update(body).digest('base64')}:`;
-          comps.push('content-digest');
-          vals['content-digest'] = d;
-          headers['content-digest'] = d;
-        }
-        const params = `(${comps.map((c) => `"${c}"`).join(' ')});created=${Math.floor(Date.now() / 1000)};` +
-          `keyid="${PEER_ID}";nonce="${randomBytes(12).toString('base64url')}";alg="ed25519"`;
-        const base = comps.map((c) => `"${c}": ${vals[c]}`).join('\n') + `\n"@signature-params": ${params}`;
-        headers['signature-input'] = `glados=${params}`;
-        headers.signature = `glados=:${edSign(null, Buffer.from(base), PEER_KEYS.privateKey).toString('base64')}:`;
-      }
-      if (body.length > 0) headers['content-length'] = String(body.length);
-      const up = http.request({ host: '127.0.0.1', port: gpPort, method: req.method, path: req.url, headers }, (upRes) => {
-        res.writeHead(upRes.statusCode, upRes.headers);
-        upRes.pipe(res);
-      });
-      up.on('error', () => res.destroy());
-      up.end(body);
-    });
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    url: `http://127.0.0.1:${server.address().port}`,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
-  };
-}
-
 const state = tempState('schemathesis');
 const codes = await startCodeProvider({ twilio: { accountSid: 'ACst', authToken: 'tw' }, sendgrid: { apiKey: 'SG.st' } });
 const hooks = await startWebhookReceiver();
 let fed;
-let proxy;
 let status = 1;
 try {
   // The fuzzer's peer has an address nobody listens on: what the GP sends
@@ -132,10 +79,11 @@ try {
   if (tok.status !== 200) throw new Error(`token request failed: ${tok.status} ${await tok.text()}`);
   const apToken = (await tok.json()).access_token;
 
-  proxy = await startSigningProxy(gp.port);
   const env = {
     ...process.env,
     GLADOS_ST_PEER_SIGNATURE: SIGN_ME,
+    GLADOS_ST_PEER_ID: PEER_ID,
+    GLADOS_ST_PEER_SEED: PEER_KEYS.seed,
     GLADOS_ST_AP_TOKEN: apToken,
     GLADOS_ST_ADMIN_TOKEN: ADMIN_TOKEN,
     GLADOS_ST_CLIENT_ID: clientId,
@@ -159,7 +107,7 @@ try {
     const code = await new Promise((resolve) => {
       const child = spawn(ST, [
         '--config-file', path.join(ROOT, 'scripts', 'schemathesis', 'schemathesis.toml'),
-        'run', `${proxy.url}/openapi.json`, ...pass.filter,
+        'run', `${gp.url}/openapi.json`, ...pass.filter,
         '--report', 'json,har', '--report-json-path', json, '--report-har-path', har,
         ...process.argv.slice(2),
       ], { stdio: 'inherit', env });
@@ -193,7 +141,6 @@ try {
   status = 1;
 } finally {
   await fed?.stop();
-  await proxy?.close();
   await codes.close();
   await hooks.close();
   state.cleanup();
