@@ -28,8 +28,10 @@
 // be applied out of clock order or in one millisecond, so the change
 // applied last lost and the AP it "outranked" stayed preferred; a
 // prefer-back or re-establish took the preference from a holder other
-// than the AP it undid without telling it; and a query flood cost a
-// limiter request per refused query, starving other APs (p50 x40).
+// than the AP it undid without telling it; and every query refused by
+// the rate limit cost a limiter (Durable Object) request, so a flood from
+// one AP loaded the GP like admitted traffic (on a busy machine the other
+// APs' p50 went x40).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -520,7 +522,7 @@ async function settle(sii) {
   }, { timeoutMs: 20_000, what: 'claims and webhooks to settle' });
 }
 
-test('query flood: one AP at 3x its rate is held to rate + burst with 429 + Retry-After; other APs querying meanwhile are not starved', async () => {
+test('query flood: one AP at 5x its rate is held to rate + burst with 429 + Retry-After; other APs querying meanwhile are not starved', async () => {
   const a = fed['gp-a'];
   const RATE = 20;
   const BURST_SECS = 2;
@@ -537,25 +539,23 @@ test('query flood: one AP at 3x its rate is held to rate + burst with 429 + Retr
   const q = (ap) => call(a, 'POST', '/v1/query', { token: ap.token, json: { sii }, timeoutMs: 20_000 });
 
   /**
-   * Open loop: every `everyMs`, `n` requests at once (n connections in
-   * flight together), by `ap`, until stopped; results with the phase they
-   * were sent in.
+   * Open loop: one client sending a request every `everyMs` (from
+   * `offsetMs` on, whether or not earlier ones were answered), by `ap`,
+   * until stopped; results with the phase they were sent in.
    */
-  function load(ap, n, everyMs, results, phase) {
+  function load(ap, everyMs, results, phase, offsetMs = 0) {
     let stop = false;
     const inflight = new Set();
     const run = (async () => {
-      const t0 = performance.now();
+      const t0 = performance.now() + offsetMs;
       for (let i = 0; !stop; i++) {
         const wait = t0 + i * everyMs - performance.now();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
         if (stop) break;
-        for (let k = 0; k < n; k++) {
-          const at = phase.name;
-          const p = q(ap).then((r) => results.push({ ...r, phase: at }));
-          inflight.add(p);
-          p.finally(() => inflight.delete(p));
-        }
+        const at = phase.name;
+        const p = q(ap).then((r) => results.push({ ...r, phase: at }));
+        inflight.add(p);
+        p.finally(() => inflight.delete(p));
       }
     })();
     return async () => { stop = true; await run; await Promise.all(inflight); };
@@ -567,17 +567,21 @@ test('query flood: one AP at 3x its rate is held to rate + burst with 429 + Retr
   // with a baseline before and after it (the machine is shared, so the
   // comparison is within this run and on both sides of the flood).
   const otherRes = [];
-  const stopOthers = others.map((ap) => load(ap, 1, 1000 / 6, otherRes, phase));
+  const stopOthers = others.map((ap, i) => load(ap, 1000 / 6, otherRes, phase, i * 50));
   await sleep(3000);
   phase.name = 'flood';
   const FLOOD_SECS = 12;
-  const OFFERED = RATE * 3; // bursts of 6 parallel requests every 100 ms
+  const OFFERED = RATE * 5;
+  const CLIENTS = 10; // each sends every 100 ms, staggered: a steady 100/s
   const floodRes = [];
+  const stats = async () => (await a.getJson('/__debug/query-stats')).body;
+  const statsBefore = await stats();
   const t0 = performance.now();
-  const stopFlood = load(flood, OFFERED / 10, 100, floodRes, phase);
+  const stopFlood = Array.from({ length: CLIENTS }, (_, i) => load(flood, (1000 * CLIENTS) / OFFERED, floodRes, phase, (i * 1000) / OFFERED));
   await sleep(FLOOD_SECS * 1000);
-  await stopFlood();
+  await Promise.all(stopFlood.map((s) => s()));
   const windowS = (performance.now() - t0) / 1000;
+  const statsAfter = await stats();
   phase.name = 'after';
   await sleep(3000);
   await Promise.all(stopOthers.map((s) => s()));
@@ -605,6 +609,15 @@ test('query flood: one AP at 3x its rate is held to rate + burst with 429 + Retr
     assert.ok(Number.isInteger(ra) && ra >= 1 && ra <= 2, `Retry-After ${r.headers.get('retry-after')}`);
   }
 
+  // What the flood costs: limiter (Durable Object) requests. A refused
+  // query must not cost one (before the fix in query.rs each did, ~0.9
+  // per flood request; on a loaded machine that starved the other APs,
+  // p50 x40 in one run): the isolate asks at most every quarter second
+  // while refused, and for a batch of tokens when it may.
+  const limiterRequests = statsAfter.lease_requests - statsBefore.lease_requests;
+  assert.ok(limiterRequests <= 0.25 * floodRes.length,
+    `${limiterRequests} limiter requests for ${floodRes.length} flood queries (${admitted} admitted)`);
+
   // The others: everything answered 200, latency bounded relative to the
   // baseline around the flood.
   const base = otherRes.filter((r) => r.phase !== 'flood');
@@ -615,24 +628,26 @@ test('query flood: one AP at 3x its rate is held to rate + burst with 429 + Retr
   const statuses = (xs) => JSON.stringify(tally(xs.map((r) => ({ kind: 'q', status: r.status || r.error }))));
   assert.equal(ok(base), 1, `baseline: ${statuses(base)}`);
   assert.ok(ok(during) >= 0.99, `others during the flood: success ${ok(during)}: ${statuses(during)}`);
-  // Before the fix in query.rs every refused query cost a limiter request
-  // and the others' p50 rose 40-fold; on a quiet machine the
-  // ratios are now 1-1.5, on one loaded by other work up to ~4. The bounds
-  // sit between (ratios, with an absolute floor for very fast baselines).
+  // On a quiet machine the p50 ratio is 1-1.5, on one loaded by other work
+  // up to ~4; the starvation seen before the fix was x40. The p99 of ~200
+  // samples is a couple of requests and swings x7 with the machine alone,
+  // so it only guards against stalls. Ratios, with absolute floors for
+  // very fast baselines.
   assert.ok(d50 <= Math.max(6 * b50, b50 + 50), `p50 ${d50.toFixed(1)} ms during vs ${b50.toFixed(1)} ms baseline`);
-  assert.ok(d99 <= Math.max(8 * b99, b99 + 200), `p99 ${d99.toFixed(1)} ms during vs ${b99.toFixed(1)} ms baseline`);
+  assert.ok(d99 <= Math.max(10 * b99, b99 + 500), `p99 ${d99.toFixed(1)} ms during vs ${b99.toFixed(1)} ms baseline`);
 
   summary.rate_limit = {
     rate_per_s: RATE,
     burst: BURST,
     offered_per_s: OFFERED,
-    connections_per_burst: OFFERED / 10,
+    flood_clients: CLIENTS,
     window_s: round(windowS, 2),
     flood_requests: floodRes.length,
     admitted,
     limit_rate_x_window_plus_burst: round(BURST + RATE * windowS, 0),
     lease_slack: LEASE_SLACK,
     rejected_429: limited.length,
+    limiter_requests: limiterRequests,
     others: {
       aps: others.length,
       requests_baseline: base.length,
