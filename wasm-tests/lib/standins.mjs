@@ -172,6 +172,8 @@ export async function startCodeProvider({
 } = {}) {
   const messages = makeLog();
   let failures = { remaining: 0, status: 500 };
+  let hangs = 0; // send requests still to be left unanswered (fault injection)
+  let hung = 0; // how many were
 
   const server = http.createServer((req, res) => {
     handle(req, res).catch((err) => {
@@ -189,8 +191,14 @@ export async function startCodeProvider({
     }
   }
 
-  // failNext applies to send endpoints only; returns true if it answered.
+  // failNext/hangNext apply to send endpoints only; returns true if it
+  // answered (or, hanging, never will: the sender has to time out).
   function injectedFailure(res, provider) {
+    if (hangs > 0) {
+      hangs -= 1;
+      hung += 1;
+      return true;
+    }
     if (failures.remaining <= 0) return false;
     failures.remaining -= 1;
     const status = failures.status;
@@ -474,6 +482,13 @@ export async function startCodeProvider({
     clear: () => messages.clear(),
     /** Make the next n send requests (either provider) answer status with a provider-shaped error. */
     failNext(n = 1, status = 500) { failures = { remaining: n, status }; },
+    /**
+     * Leave the next n send requests unanswered (the connection stays open
+     * until the sender gives up): a provider that hangs. Nothing is recorded.
+     */
+    hangNext(n = 1) { hangs = n; },
+    /** How many send requests were left hanging so far. */
+    hungCount: () => hung,
     /** true: send endpoints drop connections without answering, until setDown(false). */
     setDown: (v) => downSwitch.set(v),
     close: () => closeServer(server),
@@ -569,6 +584,7 @@ export async function startWebhookReceiver({ port = 0, host = '127.0.0.1', log =
     }
     res.writeHead(status, { 'content-length': 0 });
     res.end();
+    entry.answered = true; // the sender got this status (a hung request that was given up on never is)
   });
   const downSwitch = makeDownSwitch(server);
 
