@@ -130,10 +130,25 @@ pub fn media_type(req: &Request) -> Option<String> {
 /// Parses a JSON body. An empty body with no Content-Type reads as `{}`
 /// when `empty_ok` (for action endpoints whose body is optional).
 pub async fn read_json<T: DeserializeOwned>(req: &mut Request, empty_ok: bool) -> ApiResult<T> {
+    read_json_body(req, empty_ok, false).await
+}
+
+/// [`read_json`] for a body type that reads a top-level array itself, to
+/// refuse it with a specific problem (`POST /v1/query`: a list of SIIs is
+/// `one-sii-per-query`, not just invalid JSON).
+pub async fn read_json_allow_array<T: DeserializeOwned>(req: &mut Request) -> ApiResult<T> {
+    read_json_body(req, false, true).await
+}
+
+async fn read_json_body<T: DeserializeOwned>(
+    req: &mut Request,
+    empty_ok: bool,
+    allow_array: bool,
+) -> ApiResult<T> {
     let mt = media_type(req);
     let bytes = read_capped(req, MAX_BODY_BYTES).await?;
     if bytes.is_empty() && empty_ok && mt.is_none() {
-        return parse_json(b"{}");
+        return parse_json(b"{}", false);
     }
     if mt.as_deref() != Some("application/json") {
         return Err(ApiError::client(
@@ -147,13 +162,14 @@ pub async fn read_json<T: DeserializeOwned>(req: &mut Request, empty_ok: bool) -
         )
         .with_header("Accept-Post", "application/json"));
     }
-    parse_json(&bytes)
+    parse_json(&bytes, allow_array)
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+fn parse_json<T: DeserializeOwned>(bytes: &[u8], allow_array: bool) -> ApiResult<T> {
     // Every JSON body of the API is an object; serde would also fill a
     // struct from an array (`[]` read as a PATCH changing nothing).
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && !(allow_array && first == Some(&b'[')) {
         return Err(ApiError::client(
             400,
             "invalid-json",

@@ -22,7 +22,7 @@
 //! lease (about a second's worth of the AP's rate), not per query.
 
 use super::auth::{self, AuthedAp};
-use super::body::read_json;
+use super::body::read_json_allow_array;
 use super::config::{GpConfig, Peer};
 use super::error::{ApiError, ApiResult};
 use super::mapping_shard::{self, ShardOp, ShardReply};
@@ -343,7 +343,7 @@ pub async fn resolve(
 /// `POST /v1/query`: the preferred SSI for one SII (draft §8.1).
 pub async fn query(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let ap = auth::authenticate(&req, env, cfg).await?;
-    let body: QueryBody = read_json(&mut req, false).await?;
+    let body: QueryBody = read_json_allow_array(&mut req).await?;
     let sii = body.into_sii()?;
     let limit = admit(env, &ap).await?;
     count(|s| s.queries += 1);
