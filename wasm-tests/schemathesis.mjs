@@ -89,6 +89,8 @@ try {
     GLADOS_ST_CLIENT_ID: clientId,
     GLADOS_ST_CLIENT_SECRET: clientSecret,
     GLADOS_ST_HOOKS: path.join(ROOT, 'scripts', 'schemathesis', 'hooks.py'),
+    // Hypothesis keeps its caches in the run's temporary state, not in the checkout.
+    HYPOTHESIS_STORAGE_DIRECTORY: path.join(state.dir, 'hypothesis'),
   };
   // Two passes on the same GP: the admin API last, because it may suspend,
   // rate-limit or rotate the very AP whose token the client pass uses (its
