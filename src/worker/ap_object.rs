@@ -183,7 +183,7 @@ impl worker::DurableObject for ApObject {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match req.json::<ApOp>().await {
+        let result = match super::body::read_op::<ApOp>(&mut req).await {
             Ok(op) => self.apply(op).await,
             Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
         };

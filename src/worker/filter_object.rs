@@ -91,16 +91,8 @@ impl worker::DurableObject for FilterObject {
             },
             "/snapshot" => self.snapshot(),
             "/additions" => self.additions(&req),
-            // serde_json, not req.json(): JSON.parse turns a u64 cursor above
-            // 2^53 into a float the op then fails to read (a 500 found by
-            // schemathesis for "after": 576460752303423487).
-            "/subscribe" => match req
-                .text()
-                .await
-                .map(|t| serde_json::from_str::<SubscribeOp>(&t))
-            {
-                Ok(Ok(op)) => self.subscribe(op).await,
-                Ok(Err(e)) => Err(ApiError::Internal(format!("subscribe body: {e}"))),
+            "/subscribe" => match super::body::read_op::<SubscribeOp>(&mut req).await {
+                Ok(op) => self.subscribe(op).await,
                 Err(e) => Err(ApiError::Internal(format!("subscribe body: {e}"))),
             },
             "/rebuild" => self.rebuild().await.map(|v| Response::from_json(&v)),

@@ -284,7 +284,7 @@ impl worker::DurableObject for MappingShard {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match req.json::<ShardOp>().await {
+        let result = match super::body::read_op::<ShardOp>(&mut req).await {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("shard op: {e}"))),
         };
@@ -1495,7 +1495,9 @@ pub async fn object_call<O: Serialize, R: serde::de::DeserializeOwned>(
             resp.status_code()
         )));
     }
-    resp.json::<R>().await.internal("object reply")
+    super::body::read_reply::<R>(&mut resp)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{binding}/{name} reply: {e}")))
 }
 
 /// Hex helpers for the ops above.

@@ -137,7 +137,7 @@ impl worker::DurableObject for ApRegistry {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match req.json::<RegistryOp>().await {
+        let result = match super::body::read_op::<RegistryOp>(&mut req).await {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("registry op: {e}"))),
         };
@@ -389,7 +389,7 @@ pub async fn call(env: &Env, op: &RegistryOp) -> ApiResult<RegistryReply> {
             resp.status_code()
         )));
     }
-    resp.json::<RegistryReply>()
+    super::body::read_reply::<RegistryReply>(&mut resp)
         .await
-        .internal("registry reply")
+        .map_err(|e| ApiError::Internal(format!("registry reply: {e}")))
 }
