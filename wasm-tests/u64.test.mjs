@@ -61,13 +61,20 @@ async function signedPostRaw(path, text) {
 }
 
 // The large numbers are written into the JSON text: a JS number would round them.
-test('a peer claim with at_ms above 2^53 is processed, not a 500', async () => {
+// The shard must read the exact integer (JSON.parse would round it to a
+// float and the op would not parse: a 500); read exactly, it is a date
+// far past the 60 s skew a claim may have, so it is refused as such.
+test('a peer claim with at_ms above 2^53 is read exactly, not a 500', async () => {
   const claim = { sii: '+14155550100', by_ap: 'u64-ap', from_gp: 'u64-peer', action: 'replaced', at_ms: 'BIG' };
   const small = await signedPostRaw('/peer/v1/claims', JSON.stringify(claim).replace('"BIG"', '1000'));
   assert.equal(small.status, 200, small.text);
   const text = JSON.stringify(claim).replace('"BIG"', '1152921504606846976');
   const big = await signedPostRaw('/peer/v1/claims', text);
-  assert.equal(big.status, 200, big.text);
+  assert.equal(big.status, 422, big.text);
+  assert.equal(JSON.parse(big.text).type, '/problems/claim-from-the-future');
+  // A claim dated a little ahead (a peer's clock 30 s fast) still applies.
+  const near = await signedPostRaw('/peer/v1/claims', JSON.stringify(claim).replace('"BIG"', String(Date.now() + 30_000)));
+  assert.equal(near.status, 200, near.text);
 });
 
 test('a subscription with a cursor above 2^53 is answered, not a 500', async () => {

@@ -433,7 +433,16 @@ pub enum MappingError {
     /// A peer's strike notice matches no claim this GP sent it for that AP
     /// and SII within the remedy window.
     NoSuchClaim,
+    /// A peer's claim dated further ahead of this GP's clock than
+    /// [`MAX_CLAIM_SKEW_MS`].
+    ClaimFromTheFuture,
 }
+
+/// How far a peer's claim may be dated ahead of this GP's clock: the same
+/// ±60 s that signatures allow (`httpsig::DEFAULT_WINDOW_S`). A claim dated
+/// later would outrank every change made here until that time — with a
+/// date years ahead, for good (draft §10: the most recent mapping wins).
+pub const MAX_CLAIM_SKEW_MS: u64 = 60_000;
 
 impl fmt::Display for MappingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -456,6 +465,9 @@ impl fmt::Display for MappingError {
             MappingError::NoSuchClaim => {
                 "this GP sent your GP no claim by that provider for this identifier within the remedy window, so there is no change of theirs to report"
             }
+            MappingError::ClaimFromTheFuture => {
+                "the claim's at_ms is more than 60 s ahead of this GP's clock; claims are dated when they are made"
+            }
         })
     }
 }
@@ -471,6 +483,7 @@ impl Problem for MappingError {
             MappingError::SsiNotOfCaller => "ssi-not-of-caller",
             MappingError::WrongSii => "wrong-sii",
             MappingError::NoSuchClaim => "no-such-claim",
+            MappingError::ClaimFromTheFuture => "claim-from-the-future",
         }
     }
     fn title(&self) -> &'static str {
@@ -483,6 +496,7 @@ impl Problem for MappingError {
             MappingError::SsiNotOfCaller => "SSI of another provider",
             MappingError::WrongSii => "Claim for another identifier",
             MappingError::NoSuchClaim => "No such claim",
+            MappingError::ClaimFromTheFuture => "Claim dated in the future",
         }
     }
     fn status(&self) -> u16 {
@@ -493,7 +507,7 @@ impl Problem for MappingError {
             | MappingError::AlreadyMapped
             | MappingError::AlreadyReported => 409,
             MappingError::WrongSii => 400,
-            MappingError::NoSuchClaim => 422,
+            MappingError::NoSuchClaim | MappingError::ClaimFromTheFuture => 422,
         }
     }
 }
@@ -938,6 +952,9 @@ impl SiiRecord {
     ) -> Result<Vec<Notification>, MappingError> {
         if claim.sii != self.sii {
             return Err(MappingError::WrongSii);
+        }
+        if claim.at_ms > now_ms.saturating_add(MAX_CLAIM_SKEW_MS) {
+            return Err(MappingError::ClaimFromTheFuture);
         }
         self.prune(now_ms);
         self.claimed_at_ms = self.claimed_at_ms.max(claim.at_ms);
@@ -1850,6 +1867,28 @@ mod tests {
         };
         let e = gp1.apply_claim(&other, 6_000).unwrap_err();
         assert_eq!((e.slug(), e.status()), ("wrong-sii", 400));
+    }
+
+    #[test]
+    fn claim_dated_past_the_skew_is_refused_and_changes_nothing() {
+        let mut r = with_a_b();
+        let before = r.clone();
+        let future = Claim {
+            sii: sii(),
+            by_ap: ap("z"),
+            from_gp: "gp9".into(),
+            action: DisplaceAction::Replaced,
+            at_ms: 5_000 + MAX_CLAIM_SKEW_MS + 1,
+        };
+        let e = r.apply_claim(&future, 5_000).unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("claim-from-the-future", 422));
+        assert_eq!(r, before);
+        // Within the skew (a peer's clock a little ahead) it applies.
+        let ahead = Claim {
+            at_ms: 5_000 + MAX_CLAIM_SKEW_MS,
+            ..future
+        };
+        assert_eq!(r.apply_claim(&ahead, 5_000).unwrap().len(), 2);
     }
 
     #[test]

@@ -260,6 +260,7 @@ impl Refusal {
                 "already-reported" => MappingError::AlreadyReported,
                 "ssi-not-of-caller" => MappingError::SsiNotOfCaller,
                 "no-such-claim" => MappingError::NoSuchClaim,
+                "claim-from-the-future" => MappingError::ClaimFromTheFuture,
                 _ => MappingError::WrongSii,
             }),
         }
