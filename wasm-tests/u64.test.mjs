@@ -85,3 +85,15 @@ test('a subscription with a cursor above 2^53 is answered, not a 500', async () 
   assert.equal(r.status, 201, r.text);
   assert.equal(JSON.parse(r.text).after, info.filter.seq);
 });
+
+// RFC 9457 §3.1.5: `instance` names the client's request, also for a
+// problem made inside a Durable Object (here the filter object's
+// "version ended") and passed through by the handler.
+test('a problem passed through from a Durable Object names the request as its instance', async () => {
+  const info = await (await gp.fetch('/v1/gp')).json();
+  const r = await signedPostRaw('/peer/v1/filter/subscriptions', `{"version": ${info.filter.version + 7}, "after": 0}`);
+  assert.ok(r.status >= 400 && r.status < 500, r.text);
+  const doc = JSON.parse(r.text);
+  assert.match(doc.type, /^\/problems\//);
+  assert.equal(doc.instance, '/peer/v1/filter/subscriptions');
+});

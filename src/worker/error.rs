@@ -158,6 +158,40 @@ impl ApiError {
     }
 }
 
+/// RFC 9457 §3.1.5: `instance` names "the specific occurrence of the
+/// problem" — the client's request. Problems made inside a Durable Object
+/// and passed through by a handler carry the object's internal path, so the
+/// fetch handler rewrites `instance` of every outgoing problem here. Only
+/// error responses are read; anything unreadable goes out as it was.
+pub async fn own_instance(mut resp: Response, instance: &str) -> Response {
+    let is_problem = resp.status_code() >= 400
+        && resp
+            .headers()
+            .get("Content-Type")
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.starts_with("application/problem+json"));
+    if !is_problem {
+        return resp;
+    }
+    let (status, headers) = (resp.status_code(), resp.headers().clone());
+    let text = match resp.text().await {
+        Ok(t) => t,
+        Err(_) => return resp,
+    };
+    let rebuilt = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(mut doc)) => {
+            doc.insert("instance".into(), json!(instance));
+            Value::Object(doc).to_string()
+        }
+        _ => text,
+    };
+    match Response::ok(rebuilt) {
+        Ok(r) => r.with_status(status).with_headers(headers),
+        Err(_) => resp,
+    }
+}
+
 /// Builds the response; only a failing JS runtime can make this fail, and
 /// then the fetch handler's `Err` is all that is left.
 fn problem_response(

@@ -40,7 +40,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         Err(e) => Err(e),
     };
     let resp = match result {
-        Ok(resp) => resp,
+        Ok(resp) => error::own_instance(resp, &path).await,
         Err(e) => e.into_response(&path)?,
     };
     Ok(body::finish_request(&raw, resp).await)
