@@ -91,3 +91,17 @@ def before_call(ctx, case, kwargs):
         # credentials) go out as they are.
         if case.headers.get("Signature") == _SIGN_ME:
             kwargs["auth"] = _SIGNER
+            _claim_as_signer(case)
+
+
+def _claim_as_signer(case):
+    """A claim or strike notice must name its signer as `from_gp` (else
+    403 peer-mismatch before any other check), which random strings never
+    do; a schema-valid one (a non-empty string) is replaced by the signing
+    peer's id so the fuzzer reaches the handlers' own checks. Anything else
+    (a negative case about from_gp) goes out as generated."""
+    if case.path not in ("/peer/v1/claims", "/peer/v1/strikes"):
+        return
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("from_gp"), str) and body["from_gp"]:
+        body["from_gp"] = _SIGNER.peer_id
