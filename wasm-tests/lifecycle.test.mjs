@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { Gp, freePort } from './lib/federation.mjs';
 import { tempState } from './lib/util.mjs';
 import { startCodeProvider, startWebhookReceiver, verifyStandardWebhook } from './lib/standins.mjs';
+import { requestInit, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 
@@ -93,14 +94,8 @@ function validate(method, path, res, text, parsed) {
   checked.add(`${method} ${template}`);
 }
 
-async function req(method, path, { token, json, body, headers = {} } = {}) {
-  const init = { method, headers: { ...headers } };
-  if (token) init.headers.authorization = `Bearer ${token}`;
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  } else if (body !== undefined) init.body = body;
-  const res = await gp.fetch(path, init);
+async function req(method, path, opts = {}) {
+  const res = await gp.fetch(path, requestInit(method, opts));
   const text = await res.text();
   let parsed = null;
   try { parsed = text ? JSON.parse(text) : null; } catch { parsed = text; }
@@ -116,25 +111,8 @@ function problem(res, status, slug) {
   return res.body;
 }
 
-/** Enrolls an AP whose webhooks go to the receiver under /<id>; returns { id, token, webhookSecret }. */
-async function enrollAp(id, extra = {}) {
-  const r = await req('POST', '/admin/v1/aps', {
-    headers: admin,
-    json: { id, name: `App ${id}`, webhook_url: `${hooks.url}/${id}`, ...extra },
-  });
-  assert.equal(r.status, 201, JSON.stringify(r.body));
-  const { client_secret: secret, webhook_secret: webhookSecret } = r.body.credentials;
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: 'grant_type=client_credentials',
-  });
-  assert.equal(t.status, 200);
-  return { id, token: (await t.json()).access_token, webhookSecret };
-}
+/** Enrolls an AP whose webhooks go to the receiver under /<id>; returns { id, token, webhookSecret, ... }. */
+const enrollAp = (id, extra = {}) => enrollApAt(gp, { adminToken: ADMIN_TOKEN, webhookBase: hooks.url, id, ...extra });
 
 const create = (ap, sii, user) => req('POST', '/v1/mappings', { token: ap.token, json: { sii, user } });
 const confirm = (ap, handle, code) => req('POST', `/v1/verifications/${handle}`, { token: ap.token, json: { code } });
@@ -144,15 +122,11 @@ const me = async (ap) => (await req('GET', '/v1/me', { token: ap.token })).body;
 /** The AP as the registry has it now (the admin API reads it directly, no isolate cache). */
 const apRecord = async (ap) => (await req('GET', `/admin/v1/aps/${ap.id}`, { headers: admin })).body.ap;
 
-/** Creates and confirms a mapping; returns the confirmation body. */
+/** Creates and confirms a mapping (both answers checked against openapi.json); returns both bodies. */
 async function register(ap, sii, user) {
-  const c = await create(ap, sii, user);
-  assert.equal(c.status, 202, JSON.stringify(c.body));
-  const code = codes.lastCodeFor(sii);
-  assert.ok(code, `no code reached ${sii}`);
-  const v = await confirm(ap, c.body.handle, code);
-  assert.equal(v.status, 201, JSON.stringify(v.body));
-  return { created: c.body, confirmed: v.body };
+  const post = (path, json) => req('POST', path, { token: ap.token, json });
+  const { created, confirmed } = await registerMapping(post, codes, sii, user);
+  return { created: created.body, confirmed: confirmed.body };
 }
 
 /** Polls until fn() returns a truthy value. */

@@ -2,7 +2,22 @@
 // a bounded request (a hang becomes a recorded failure, not a stuck test),
 // enrolment through the admin API, access tokens, and the create/confirm
 // flow with the code read from the stand-in inbox.
+import assert from 'node:assert/strict';
 import { extractCode } from './standins.mjs';
+
+/**
+ * The fetch() init of one request: `token` as a bearer token, `json` sent
+ * as application/json, else `body` as it is, with the given `headers`.
+ */
+export function requestInit(method, { token, json, body, headers = {} } = {}) {
+  const init = { method, headers: { ...headers } };
+  if (token) init.headers.authorization = `Bearer ${token}`;
+  if (json !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(json);
+  } else if (body !== undefined) init.body = body;
+  return init;
+}
 
 /**
  * One JSON request against a GP: `{ status, headers, body, text, ms }`.
@@ -10,12 +25,7 @@ import { extractCode } from './standins.mjs';
  * `status: 0` and `error` (so a caller counting outcomes sees it).
  */
 export async function call(gp, method, path, { token, json, body, headers = {}, timeoutMs = 30_000 } = {}) {
-  const init = { method, headers: { ...headers }, signal: AbortSignal.timeout(timeoutMs) };
-  if (token) init.headers.authorization = `Bearer ${token}`;
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  } else if (body !== undefined) init.body = body;
+  const init = { ...requestInit(method, { token, json, body, headers }), signal: AbortSignal.timeout(timeoutMs) };
   const t0 = performance.now();
   try {
     const res = await gp.fetch(path, init);
@@ -31,26 +41,51 @@ export async function call(gp, method, path, { token, json, body, headers = {}, 
 
 /**
  * Enrolls AP `id` at `gp` through the admin API (webhooks to
- * `${webhookBase}/${id}`) and takes an access token; returns
- * `{ id, gp, token, webhookSecret }`.
+ * `${webhookBase}/${id}`; `extra` goes into the enrolment body) and takes
+ * an access token; returns `{ id, gp, token, webhookSecret, secret }`
+ * (`secret`: the client secret, for accessToken() when a token must be
+ * fresh). Requests go through `via` (call() by default; a test with its
+ * own counted or validated request function passes that). Throws with the
+ * answer when the enrolment is not a 201 or the token not a 200.
  */
-export async function enrollAp(gp, { adminToken, webhookBase, id, ...extra }) {
-  const r = await call(gp, 'POST', '/admin/v1/aps', {
+export async function enrollAp(gp, { adminToken, webhookBase, id, via = call, ...extra }) {
+  const r = await via(gp, 'POST', '/admin/v1/aps', {
     headers: { authorization: `Bearer ${adminToken}` },
     json: { id, name: `App ${id}`, webhook_url: `${webhookBase}/${id}`, ...extra },
   });
   if (r.status !== 201) throw new Error(`enrol ${id} at ${gp.env}: ${r.status} ${r.text}`);
   const { client_secret: secret, webhook_secret: webhookSecret } = r.body.credentials;
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
+  return { id, gp, token: await accessToken(gp, id, secret, via), webhookSecret, secret };
+}
+
+/** A fresh access token for AP `id` (client credentials grant at `gp`). */
+export async function accessToken(gp, id, secret, via = call) {
+  const t = await via(gp, 'POST', '/oauth/token', {
     headers: {
       authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`,
       'content-type': 'application/x-www-form-urlencoded',
     },
     body: 'grant_type=client_credentials',
   });
-  if (t.status !== 200) throw new Error(`token for ${id}: ${t.status} ${await t.text()}`);
-  return { id, gp, token: (await t.json()).access_token, webhookSecret };
+  if (t.status !== 200) throw new Error(`token for ${id}: ${t.status} ${t.text}`);
+  return t.body.access_token;
+}
+
+/**
+ * Creates a mapping for `sii` and confirms it with the newest code the
+ * stand-in code provider `codes` delivered there, asserting the 202, the
+ * code and the 201; returns `{ created, confirmed }` (the two answers).
+ * `post(path, json)` sends one POST as the AP with the test's own request
+ * function (so it stays counted or checked against openapi.json).
+ */
+export async function registerMapping(post, codes, sii, user) {
+  const created = await post('/v1/mappings', { sii, user });
+  assert.equal(created.status, 202, created.text ?? JSON.stringify(created.body));
+  const code = codes.lastCodeFor(sii);
+  assert.ok(code, `no code reached ${sii}`);
+  const confirmed = await post(`/v1/verifications/${created.body.handle}`, { code });
+  assert.equal(confirmed.status, 201, confirmed.text ?? JSON.stringify(confirmed.body));
+  return { created, confirmed };
 }
 
 /**
