@@ -36,16 +36,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { startFederation } from './lib/federation.mjs';
-import { tempState } from './lib/util.mjs';
-import { startCodeProvider, startWebhookReceiver, verifyStandardWebhook } from './lib/standins.mjs';
+import { tempState, gpSecrets, startCodesAndHooks } from './lib/util.mjs';
+import { verifyStandardWebhook } from './lib/standins.mjs';
 import { call, enrollAp, createAndConfirm } from './lib/ap.mjs';
 
-const ADMIN_TOKEN = 'cc-admin-' + randomBytes(16).toString('hex');
-const SECRETS = {
-  ADMIN_TOKEN,
-  TOKEN_KEYS: 'k1:' + randomBytes(32).toString('base64'),
-  WEBHOOK_MASTER_KEY: randomBytes(32).toString('hex'),
-};
+const SECRETS = gpSecrets('cc');
+const { ADMIN_TOKEN } = SECRETS;
 const FAST = { base_per_sec: 1000, per_user_per_day: 0, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
 const SEED = Number(process.env.CONCURRENCY_SEED ?? (Date.now() % 1_000_000));
 
@@ -85,13 +81,11 @@ const phone = () => `+1628${String(2_000_000 + (++seq) * 53 + Math.floor(Math.ra
 
 before(async () => {
   state = tempState('concurrency');
-  codes = await startCodeProvider({ twilio: { accountSid: 'ACcc', authToken: 'tw' }, sendgrid: { apiKey: 'SG.cc' } });
-  hooks = await startWebhookReceiver();
+  let standins;
+  ({ codes, hooks, bindings: standins } = await startCodesAndHooks('cc'));
   const common = {
     ...SECRETS,
-    TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: 'ACcc', TWILIO_AUTH_TOKEN: 'tw', TWILIO_FROM: '+15005550006',
-    SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.cc', EMAIL_FROM: 'codes@glados.test',
-    WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400',
+    ...standins,
     // The races send many codes to one SII on purpose (the SMS-pumping
     // guards are tested in the lifecycle suite).
     CODES_PER_SII_PER_HOUR: '100000', CODES_PER_AP_PER_HOUR: '100000',

@@ -17,18 +17,19 @@
 // lost events and duplicates must all be 0.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { startFederation, ROOT } from './lib/federation.mjs';
-import { tempState } from './lib/util.mjs';
-import { startCodeProvider, startWebhookReceiver, verifyStandardWebhook } from './lib/standins.mjs';
+import { tempState, gpSecrets, startCodesAndHooks } from './lib/util.mjs';
+import { verifyStandardWebhook } from './lib/standins.mjs';
+import { requestInit, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
 import { initSync, InspectedFilter } from '../assets/inspector/pkg/glados.js';
 import http from 'node:http';
 
 initSync({ module: readFileSync(path.join(ROOT, 'assets/inspector/pkg/glados_bg.wasm')) });
 
-const ADMIN_TOKEN = 'faults-admin-' + randomBytes(16).toString('hex');
+const SECRETS = gpSecrets('faults');
+const { ADMIN_TOKEN } = SECRETS;
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
 // Plenty of query rate: the tests are about faults, not limits.
 const FAST = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
@@ -80,18 +81,9 @@ const fault = (n = 1) => { stats.faults_injected += n; };
 
 before(async () => {
   state = tempState('faults');
-  codes = await startCodeProvider({ twilio: { accountSid: 'ACf', authToken: 'tw' }, sendgrid: { apiKey: 'SG.f' } });
-  hooks = await startWebhookReceiver();
-  const common = {
-    ADMIN_TOKEN,
-    TOKEN_KEYS: 'k1:' + randomBytes(32).toString('base64'),
-    WEBHOOK_MASTER_KEY: randomBytes(32).toString('hex'),
-    TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: 'ACf', TWILIO_AUTH_TOKEN: 'tw', TWILIO_FROM: '+15005550006',
-    SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.f', EMAIL_FROM: 'codes@glados.test',
-    // A day of webhook retries compressed into seconds.
-    WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400',
-    AP_CACHE_SECONDS: '0',
-  };
+  let standins; // stand-in bindings, with a day of webhook retries compressed into seconds
+  ({ codes, hooks, bindings: standins } = await startCodesAndHooks('f'));
+  const common = { ...SECRETS, ...standins, AP_CACHE_SECONDS: '0' };
   fed = await startFederation({ stateRoot: state.dir, bindings: { '*': common } });
   for (const gp of fed.gps) await gp.cron(); // fetch each peer's snapshot, subscribe
   for (const gp of fed.gps) aps[gp.env] = await enrollAp(gp, `f-${gp.env.slice(3)}`, { bulk_allowed: true });
@@ -114,12 +106,7 @@ after(async () => {
  */
 async function call(gp, method, pathname, { token, json, body, headers = {}, binary = false, mayFail = false } = {}) {
   stats.requests += 1;
-  const init = { method, headers: { ...headers } };
-  if (token) init.headers.authorization = `Bearer ${token}`;
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  } else if (body !== undefined) init.body = body;
+  const init = requestInit(method, { token, json, body, headers });
   let res;
   let raw;
   try {
@@ -145,34 +132,15 @@ async function call(gp, method, pathname, { token, json, body, headers = {}, bin
   return { status: res.status, headers: res.headers, body: parsed, text };
 }
 
-async function enrollAp(gp, id, extra = {}) {
-  const r = await call(gp, 'POST', '/admin/v1/aps', {
-    headers: admin,
-    json: { id, name: `App ${id}`, webhook_url: `${hooks.url}/${id}`, rate_params: FAST, ...extra },
-  });
-  assert.equal(r.status, 201, r.text);
-  const { client_secret: secret, webhook_secret: webhookSecret } = r.body.credentials;
-  const t = await call(gp, 'POST', '/oauth/token', {
-    headers: {
-      authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: 'grant_type=client_credentials',
-  });
-  assert.equal(t.status, 200, t.text);
-  return { id, token: t.body.access_token, webhookSecret, gp };
-}
+/** Enrolls an AP (counted requests, plenty of query rate); webhooks to the receiver under /<id>. */
+const enrollAp = (gp, id, extra = {}) => enrollApAt(gp, { adminToken: ADMIN_TOKEN, webhookBase: hooks.url, id, via: call, rate_params: FAST, ...extra });
 
 /** Creates and confirms a mapping through the code flow; records it as held. */
 async function register(gp, ap, sii, user) {
-  const c = await call(gp, 'POST', '/v1/mappings', { token: ap.token, json: { sii, user } });
-  assert.equal(c.status, 202, c.text);
-  const code = codes.lastCodeFor(sii);
-  assert.ok(code, `no code reached ${sii}`);
-  const v = await call(gp, 'POST', `/v1/verifications/${c.body.handle}`, { token: ap.token, json: { code } });
-  assert.equal(v.status, 201, v.text);
+  const post = (path, json) => call(gp, 'POST', path, { token: ap.token, json });
+  const { confirmed } = await registerMapping(post, codes, sii, user);
   held[gp.env].set(sii, `${ap.id}:${user}`);
-  return v.body;
+  return confirmed.body;
 }
 
 /** NDJSON upload; records every line as held when (and only when) it is acknowledged. */

@@ -8,18 +8,14 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createHash, randomBytes, sign as edSign } from 'node:crypto';
-import { startFederation, gpSigningKeys, freePort } from './lib/federation.mjs';
-import { tempState, expectProblem } from './lib/util.mjs';
-import { startCodeProvider, startWebhookReceiver } from './lib/standins.mjs';
+import { gpSigningKeys } from './lib/federation.mjs';
+import { tempState, expectProblem, gpSecrets, startCodesAndHooks, startFederationWithProxy, serve } from './lib/util.mjs';
+import { call, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 
-const ADMIN_TOKEN = 'q-admin-' + randomBytes(16).toString('hex');
-const SECRETS = {
-  ADMIN_TOKEN,
-  TOKEN_KEYS: 'k1:' + randomBytes(32).toString('base64'),
-  WEBHOOK_MASTER_KEY: randomBytes(32).toString('hex'),
-};
+const SECRETS = gpSecrets('q');
+const { ADMIN_TOKEN } = SECRETS;
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
 // Plenty of rate for the functional tests; the rate test enrolls its own AP.
 const FAST = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
@@ -36,7 +32,7 @@ const aps = {};
 /** A loopback proxy in front of `target` (Host header kept: the peer signature covers @authority). */
 async function startProxy(targetPort) {
   const ctl = { mode: 'pass', delayMs: 0 };
-  const server = http.createServer((req, res) => {
+  const server = await serve((req, res) => {
     const isQuery = req.url.startsWith('/peer/v1/query');
     if (isQuery && ctl.mode === 'down') { req.socket.destroy(); return; }
     if (isQuery && ctl.mode === 'garbage') {
@@ -55,44 +51,24 @@ async function startProxy(targetPort) {
     if (isQuery && ctl.mode === 'slow') setTimeout(forward, ctl.delayMs);
     else forward();
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    ctl,
-    port: server.address().port,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
-  };
+  return { ctl, ...server };
 }
 
 before(async () => {
   state = tempState('query');
-  codes = await startCodeProvider({ twilio: { accountSid: 'ACq', authToken: 'tw' }, sendgrid: { apiKey: 'SG.q' } });
-  hooks = await startWebhookReceiver();
-  const envs = ['gp-a', 'gp-b', 'gp-c'];
-  const ports = await Promise.all(envs.map(() => freePort()));
-  const keys = Object.fromEntries(envs.map((e) => [e, gpSigningKeys()]));
-  proxy = await startProxy(ports[2]);
-  const common = {
-    ...SECRETS,
-    TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: 'ACq', TWILIO_AUTH_TOKEN: 'tw', TWILIO_FROM: '+15005550006',
-    SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.q', EMAIL_FROM: 'codes@glados.test',
-    WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400',
-  };
+  let standins;
+  ({ codes, hooks, bindings: standins } = await startCodesAndHooks('q'));
   // gp-a knows gp-c at the proxy's address.
-  const aPeers = [
-    { id: 'gp-b', url: `http://127.0.0.1:${ports[1]}`, public_key: keys['gp-b'].public },
-    { id: 'gp-c', url: `http://127.0.0.1:${proxy.port}`, public_key: keys['gp-c'].public },
-  ];
-  fed = await startFederation({
-    stateRoot: state.dir, ports, keys,
-    bindings: { '*': common, 'gp-a': { PEERS: JSON.stringify(aPeers) } },
-  });
+  ({ fed, proxy } = await startFederationWithProxy({
+    stateRoot: state.dir, bindings: { ...SECRETS, ...standins }, proxied: 'gp-c', startProxy,
+  }));
   // Every GP fetches its peers' snapshots and subscribes to their additions.
   for (const gp of fed.gps) await gp.cron();
   doc = await (await fed['gp-a'].fetch('/openapi.json')).json();
   ajv = new Ajv2020({ strict: false, allErrors: true });
   addFormats(ajv);
   ajv.addSchema(doc, 'openapi.json', undefined, false);
-  for (const env of envs) aps[env] = await enrollAp(fed[env], `q-${env.slice(3)}`, { rate_params: FAST });
+  for (const env of ['gp-a', 'gp-b', 'gp-c']) aps[env] = await enrollAp(fed[env], `q-${env.slice(3)}`, { rate_params: FAST });
 });
 
 after(async () => {
@@ -108,20 +84,6 @@ after(async () => {
 let seq = 0;
 /** A fresh valid phone number (US 415). */
 const phone = () => `+1415${String(6_100_000 + (++seq) * 41 + Math.floor(Math.random() * 40)).padStart(7, '0')}`;
-
-async function call(gp, method, path, { token, json, body, headers = {} } = {}) {
-  const init = { method, headers: { ...headers } };
-  if (token) init.headers.authorization = `Bearer ${token}`;
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  } else if (body !== undefined) init.body = body;
-  const res = await gp.fetch(path, init);
-  const text = await res.text();
-  let parsed = null;
-  try { parsed = text ? JSON.parse(text) : null; } catch { parsed = text; }
-  return { status: res.status, headers: res.headers, body: parsed, text };
-}
 
 /** Validates a /v1/query answer against its documented schema. */
 function validated(r) {
@@ -142,34 +104,13 @@ function validated(r) {
 
 const query = async (gp, ap, sii) => validated(await call(gp, 'POST', '/v1/query', { token: ap.token, json: { sii } }));
 
-async function enrollAp(gp, id, extra = {}) {
-  const r = await call(gp, 'POST', '/admin/v1/aps', {
-    headers: admin,
-    json: { id, name: `App ${id}`, webhook_url: `${hooks.url}/${id}`, ...extra },
-  });
-  assert.equal(r.status, 201, r.text);
-  const secret = r.body.credentials.client_secret;
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: 'grant_type=client_credentials',
-  });
-  assert.equal(t.status, 200);
-  return { id, token: (await t.json()).access_token };
-}
+const enrollAp = (gp, id, extra = {}) => enrollApAt(gp, { adminToken: ADMIN_TOKEN, webhookBase: hooks.url, id, ...extra });
 
 /** Creates and confirms a mapping through the real flow (code via the stand-in inbox). */
 async function register(gp, ap, sii, user) {
-  const c = await call(gp, 'POST', '/v1/mappings', { token: ap.token, json: { sii, user } });
-  assert.equal(c.status, 202, c.text);
-  const code = codes.lastCodeFor(sii);
-  assert.ok(code, `no code reached ${sii}`);
-  const v = await call(gp, 'POST', `/v1/verifications/${c.body.handle}`, { token: ap.token, json: { code } });
-  assert.equal(v.status, 201, v.text);
-  return { ...v.body, created: c.body };
+  const post = (path, json) => call(gp, 'POST', path, { token: ap.token, json });
+  const { created, confirmed } = await registerMapping(post, codes, sii, user);
+  return { ...confirmed.body, created: created.body };
 }
 
 async function copyOf(gp, peer, sii) {

@@ -15,16 +15,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createHash, randomBytes, sign as edSign } from 'node:crypto';
-import { startFederation, gpSigningKeys, freePort } from './lib/federation.mjs';
-import { tempState, expectProblem } from './lib/util.mjs';
-import { startCodeProvider, startWebhookReceiver } from './lib/standins.mjs';
+import { gpSigningKeys } from './lib/federation.mjs';
+import { tempState, expectProblem, gpSecrets, startCodesAndHooks, startFederationWithProxy, serve } from './lib/util.mjs';
+import { call, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
 
-const ADMIN_TOKEN = 's-admin-' + randomBytes(16).toString('hex');
-const SECRETS = {
-  ADMIN_TOKEN,
-  TOKEN_KEYS: 'k1:' + randomBytes(32).toString('base64'),
-  WEBHOOK_MASTER_KEY: randomBytes(32).toString('hex'),
-};
+const SECRETS = gpSecrets('s');
+const { ADMIN_TOKEN } = SECRETS;
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
 // A rate that depends on nothing but strikes: 64/s, halved per strike.
 const RATE = { base_per_sec: 64, per_user_per_day: 0, min_per_sec: 1, max_per_sec: 1000, burst_secs: 10, strike_factor: 0.5 };
@@ -47,7 +43,7 @@ const aps = {};
 async function startProxy(targetPort) {
   const ctl = { strikes: 'pass', times: 0 };
   const seen = [];
-  const server = http.createServer((req, res) => {
+  const server = await serve((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
@@ -80,39 +76,19 @@ async function startProxy(targetPort) {
       up.end(body);
     });
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    ctl,
-    seen,
-    port: server.address().port,
-    url: `http://127.0.0.1:${server.address().port}`,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
-  };
+  return { ctl, seen, ...server };
 }
 
 before(async () => {
   state = tempState('strikes');
-  codes = await startCodeProvider({ twilio: { accountSid: 'ACs', authToken: 'tw' }, sendgrid: { apiKey: 'SG.s' } });
-  hooks = await startWebhookReceiver();
-  const envs = ['gp-a', 'gp-b', 'gp-c'];
-  const ports = await Promise.all(envs.map(() => freePort()));
-  const keys = Object.fromEntries(envs.map((e) => [e, gpSigningKeys()]));
-  proxy = await startProxy(ports[1]);
-  const common = {
-    ...SECRETS,
-    TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: 'ACs', TWILIO_AUTH_TOKEN: 'tw', TWILIO_FROM: '+15005550006',
-    SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.s', EMAIL_FROM: 'codes@glados.test',
-    WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400',
-    PEER_STRIKES_PER_AP_PER_DAY: String(PER_DAY),
-  };
-  const aPeers = [
-    { id: 'gp-b', url: proxy.url, public_key: keys['gp-b'].public },
-    { id: 'gp-c', url: `http://127.0.0.1:${ports[2]}`, public_key: keys['gp-c'].public },
-  ];
-  fed = await startFederation({
-    stateRoot: state.dir, ports, keys,
-    bindings: { '*': common, 'gp-a': { PEERS: JSON.stringify(aPeers) } },
-  });
+  let standins;
+  ({ codes, hooks, bindings: standins } = await startCodesAndHooks('s'));
+  ({ fed, proxy } = await startFederationWithProxy({
+    stateRoot: state.dir,
+    bindings: { ...SECRETS, ...standins, PEER_STRIKES_PER_AP_PER_DAY: String(PER_DAY) },
+    proxied: 'gp-b',
+    startProxy,
+  }));
   for (const gp of fed.gps) await gp.cron();
   aps.x = await enrollAp(fed['gp-a'], 's-x');
   aps.x2 = await enrollAp(fed['gp-a'], 's-x2');
@@ -137,46 +113,12 @@ let seq = 0;
 const phone = () => `+1415${String(7_100_000 + (++seq) * 37 + Math.floor(Math.random() * 30)).padStart(7, '0')}`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function call(gp, method, path, { token, json, body, headers = {} } = {}) {
-  const init = { method, headers: { ...headers } };
-  if (token) init.headers.authorization = `Bearer ${token}`;
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  } else if (body !== undefined) init.body = body;
-  const res = await gp.fetch(path, init);
-  const text = await res.text();
-  let parsed = null;
-  try { parsed = text ? JSON.parse(text) : null; } catch { parsed = text; }
-  return { status: res.status, headers: res.headers, body: parsed, text };
-}
-
-async function enrollAp(gp, id, extra = {}) {
-  const r = await call(gp, 'POST', '/admin/v1/aps', {
-    headers: admin,
-    json: { id, name: `App ${id}`, webhook_url: `${hooks.url}/${id}`, ...extra },
-  });
-  assert.equal(r.status, 201, r.text);
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${id}:${r.body.credentials.client_secret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: 'grant_type=client_credentials',
-  });
-  assert.equal(t.status, 200);
-  return { id, gp, token: (await t.json()).access_token };
-}
+const enrollAp = (gp, id, extra = {}) => enrollApAt(gp, { adminToken: ADMIN_TOKEN, webhookBase: hooks.url, id, ...extra });
 
 async function register(ap, sii, user) {
-  const c = await call(ap.gp, 'POST', '/v1/mappings', { token: ap.token, json: { sii, user } });
-  assert.equal(c.status, 202, c.text);
-  const code = codes.lastCodeFor(sii);
-  assert.ok(code, `no code reached ${sii}`);
-  const v = await call(ap.gp, 'POST', `/v1/verifications/${c.body.handle}`, { token: ap.token, json: { code } });
-  assert.equal(v.status, 201, v.text);
-  return { ...v.body, created: c.body };
+  const post = (path, json) => call(ap.gp, 'POST', path, { token: ap.token, json });
+  const { created, confirmed } = await registerMapping(post, codes, sii, user);
+  return { ...confirmed.body, created: created.body };
 }
 
 const act = (ap, action, json) => call(ap.gp, 'POST', `/v1/mappings/${action}`, { token: ap.token, json });

@@ -2,8 +2,11 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
-import { ROOT } from './federation.mjs';
+import { ROOT, startFederation, gpSigningKeys, freePort } from './federation.mjs';
+import { startCodeProvider, startWebhookReceiver } from './standins.mjs';
 
 /** A fresh state directory, removed again by the returned cleanup. */
 export function tempState(label) {
@@ -30,4 +33,71 @@ export async function expectProblem(res, status, slug) {
   assert.equal(typeof doc.title, 'string');
   assert.ok(doc.detail && doc.detail.length > 10, `problem detail should explain: ${text}`);
   return doc;
+}
+
+/** Fresh GP secrets: the admin token (`${label}-admin-…`), token keys, webhook master key. */
+export function gpSecrets(label) {
+  return {
+    ADMIN_TOKEN: `${label}-admin-${randomBytes(16).toString('hex')}`,
+    TOKEN_KEYS: 'k1:' + randomBytes(32).toString('base64'),
+    WEBHOOK_MASTER_KEY: randomBytes(32).toString('hex'),
+  };
+}
+
+/**
+ * The stand-in code provider (Twilio account `AC${tag}`, SendGrid key
+ * `SG.${tag}`) and webhook receiver, and the bindings that point a GP at
+ * them, with a day of webhook retries compressed into 100–400 ms:
+ * `{ codes, hooks, bindings }` (the caller closes codes and hooks).
+ */
+export async function startCodesAndHooks(tag) {
+  const codes = await startCodeProvider({ twilio: { accountSid: `AC${tag}`, authToken: 'tw' }, sendgrid: { apiKey: `SG.${tag}` } });
+  const hooks = await startWebhookReceiver();
+  const bindings = {
+    TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: `AC${tag}`, TWILIO_AUTH_TOKEN: 'tw', TWILIO_FROM: '+15005550006',
+    SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: `SG.${tag}`, EMAIL_FROM: 'codes@glados.test',
+    WEBHOOK_RETRY_BASE_MS: '100', WEBHOOK_RETRY_MAX_MS: '400',
+  };
+  return { codes, hooks, bindings };
+}
+
+/**
+ * Three peered GPs (gp-a, gp-b, gp-c) where gp-a reaches `proxied` through
+ * a proxy: `startProxy(port)` is started in front of that GP's port before
+ * the GPs start, and gp-a's PEERS name the proxy's `url` for it (the Host
+ * header the proxy keeps is the one the peer signature covers). `bindings`
+ * go to every GP. Returns `{ fed, proxy }`.
+ */
+export async function startFederationWithProxy({ stateRoot, bindings, proxied, startProxy }) {
+  const envs = ['gp-a', 'gp-b', 'gp-c'];
+  const ports = await Promise.all(envs.map(() => freePort()));
+  const keys = Object.fromEntries(envs.map((e) => [e, gpSigningKeys()]));
+  const proxy = await startProxy(ports[envs.indexOf(proxied)]);
+  const aPeers = envs.slice(1).map((env) => ({
+    id: env,
+    url: env === proxied ? proxy.url : `http://127.0.0.1:${ports[envs.indexOf(env)]}`,
+    public_key: keys[env].public,
+  }));
+  try {
+    const fed = await startFederation({
+      stateRoot, ports, keys,
+      bindings: { '*': bindings, 'gp-a': { PEERS: JSON.stringify(aPeers) } },
+    });
+    return { fed, proxy };
+  } catch (e) {
+    await proxy.close();
+    throw e;
+  }
+}
+
+/** An HTTP server on a free loopback port: `{ port, url, close }` (close drops open connections). */
+export async function serve(handler) {
+  const server = http.createServer(handler);
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address();
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
+  };
 }
