@@ -26,12 +26,13 @@
 //
 //   node wasm-tests/bench-fanout.mjs [--peers 3,50] [--queries 5000]
 //        [--peer-siis 20000] [--concurrency 8] [--mappings 2000]
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { Gp, startFederation, freePort, gpSigningKeys } from './lib/federation.mjs';
-import { tempState } from './lib/util.mjs';
+import { tempState, gpSecrets } from './lib/util.mjs';
+import { enrollBenchAp, numbers, bulk, queryStats as stats, median } from './lib/bench.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -48,18 +49,13 @@ const peerSiis = Math.min(Number(opt['peer-siis']), 1_000_000);
 const concurrency = Math.min(Number(opt.concurrency), 64);
 const mappings = Math.min(Number(opt.mappings), peerSiis);
 
-const ADMIN_TOKEN = `adm_${randomBytes(24).toString('base64url')}`;
-const SECRETS = {
-  ADMIN_TOKEN,
-  TOKEN_KEYS: `t1:${randomBytes(32).toString('base64')}`,
-  WEBHOOK_MASTER_KEY: `whm_${randomBytes(24).toString('base64url')}`,
-};
+const SECRETS = gpSecrets('bench');
+const { ADMIN_TOKEN } = SECRETS;
 const FAST = { base_per_sec: 100_000, min_per_sec: 100_000, max_per_sec: 100_000, burst_secs: 10 };
 // Filters as the product sizes them by default (wrangler.toml [vars]).
 const FILTER = { FILTER_EXPECTED_SIIS: String(peerSiis), FILTER_FP_RATE: '0.01', FILTER_LAYOUT: 'blocked' };
 
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 
 /** A random valid NANP number outside area 212 (the benchmark's mapped and miss blocks). */
 function randomSii() {
@@ -159,34 +155,7 @@ async function startStandins(filters) {
   };
 }
 
-async function enroll(gp, id, extra) {
-  const r = await gp.fetch('/admin/v1/aps', {
-    method: 'POST',
-    headers: { ...admin, 'content-type': 'application/json' },
-    body: JSON.stringify({ id, name: id, webhook_url: 'http://127.0.0.1:9/hooks', rate_params: FAST, ...extra }),
-  });
-  if (r.status !== 201) throw new Error(`enroll ${id}: ${r.status} ${await r.text()}`);
-  const { credentials } = await r.json();
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
-    headers: { authorization: `Basic ${Buffer.from(`${id}:${credentials.client_secret}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
-    body: 'grant_type=client_credentials',
-  });
-  return (await t.json()).access_token;
-}
-
-async function bulk(gp, token, siis, key) {
-  const body = siis.map((sii, i) => JSON.stringify({ sii, user: `u${i}` })).join('\n') + '\n';
-  const r = await gp.fetch('/v1/mappings/bulk', {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-ndjson', 'idempotency-key': key },
-    body,
-  });
-  if (r.status !== 200) throw new Error(`bulk: ${r.status} ${await r.text()}`);
-}
-
-const numbers = (block, n) => Array.from({ length: n }, (_, i) => `+1212${block}${String(i).padStart(6, '0')}`);
-const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
+const enroll = async (gp, id, extra) => (await enrollBenchAp(gp, ADMIN_TOKEN, id, { rate_params: FAST, ...extra })).token;
 
 /** Sends `n` queries (closed loop, `concurrency` at a time); the fan-out of each. */
 async function drive(gp, token, n, pick) {

@@ -3,11 +3,11 @@
 // and its confirmation. Real built worker in workerd (Miniflare), loopback.
 //
 //   node wasm-tests/bench-lifecycle.mjs [--mappings 200000] [--per-upload 50000] [--parallel 2] [--singles 100]
-import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Gp, freePort } from './lib/federation.mjs';
-import { tempState } from './lib/util.mjs';
+import { tempState, gpSecrets } from './lib/util.mjs';
 import { startCodeProvider } from './lib/standins.mjs';
+import { enrollBenchAp, percentile } from './lib/bench.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -23,14 +23,14 @@ const perUpload = Number(opt['per-upload']);
 const parallel = Number(opt.parallel);
 const singles = Number(opt.singles);
 
-const ADMIN_TOKEN = `adm_${randomBytes(24).toString('base64url')}`;
+const SECRETS = gpSecrets('bench');
+const { ADMIN_TOKEN } = SECRETS;
 const state = tempState('bench-lifecycle');
 const codes = await startCodeProvider();
 const gp = new Gp({
   env: 'gp-a', port: await freePort(), stateDir: state.dir,
   bindings: {
-    PEERS: '[]', ADMIN_TOKEN, TOKEN_KEYS: `t1:${randomBytes(32).toString('base64')}`,
-    WEBHOOK_MASTER_KEY: `whm_${randomBytes(24).toString('base64url')}`,
+    PEERS: '[]', ...SECRETS,
     TWILIO_BASE_URL: codes.url, TWILIO_ACCOUNT_SID: 'ACbench', TWILIO_AUTH_TOKEN: 't', TWILIO_FROM: '+15005550006',
     SENDGRID_BASE_URL: codes.url, SENDGRID_API_KEY: 'SG.b', EMAIL_FROM: 'b@b.test',
     MAPPING_SHARDS: opt.shards, CODES_PER_AP_PER_HOUR: '1000000',
@@ -38,20 +38,7 @@ const gp = new Gp({
 });
 await gp.start();
 
-async function enroll(id, extra) {
-  const r = await gp.fetch('/admin/v1/aps', {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ id, name: id, webhook_url: 'http://127.0.0.1:9/hooks', ...extra }),
-  });
-  const { credentials } = await r.json();
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
-    headers: { authorization: `Basic ${Buffer.from(`${id}:${credentials.client_secret}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
-    body: 'grant_type=client_credentials',
-  });
-  return (await t.json()).access_token;
-}
+const enroll = async (id, extra) => (await enrollBenchAp(gp, ADMIN_TOKEN, id, extra)).token;
 
 try {
   const bulkToken = await enroll('bench-bulk', { bulk_allowed: true });
@@ -105,7 +92,7 @@ try {
     confirmMs.push(performance.now() - t);
     if (v.status !== 201) throw new Error(`confirm ${v.status}`);
   }
-  const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor(p * s.length))].toFixed(1); };
+  const pct = (xs, p) => percentile(xs, p).toFixed(1);
   console.log(`create (incl. stand-in SMS send): p50 ${pct(createMs, 0.5)} ms, p95 ${pct(createMs, 0.95)} ms over ${singles}`);
   console.log(`confirm: p50 ${pct(confirmMs, 0.5)} ms, p95 ${pct(confirmMs, 0.95)} ms over ${singles}`);
 } finally {

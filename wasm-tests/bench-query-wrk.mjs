@@ -39,14 +39,15 @@
 // --one-sii: every request of a scenario asks for the same SII (how the
 // earlier wrk run in bench-query.mjs did it), instead of cycling through
 // the mapped SIIs / random unmapped numbers.
-import { randomBytes } from 'node:crypto';
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify, parseArgs } from 'node:util';
 import path from 'node:path';
 import { Miniflare } from 'miniflare';
 import { startFederation, freePort, ROOT } from './lib/federation.mjs';
-import { tempState } from './lib/util.mjs';
+import { tempState, gpSecrets } from './lib/util.mjs';
+import { accessToken } from './lib/ap.mjs';
+import { enrollBenchAp, numbers, bulk, queryStats as stats, waitForPeerCopy, median } from './lib/bench.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -73,12 +74,8 @@ const exec = promisify(execFile);
 const LUA = path.join(ROOT, 'scripts', 'bench-query-wrk.lua');
 const HZ = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
-const ADMIN_TOKEN = `adm_${randomBytes(24).toString('base64url')}`;
-const SECRETS = {
-  ADMIN_TOKEN,
-  TOKEN_KEYS: `t1:${randomBytes(32).toString('base64')}`,
-  WEBHOOK_MASTER_KEY: `whm_${randomBytes(24).toString('base64url')}`,
-};
+const SECRETS = gpSecrets('bench');
+const { ADMIN_TOKEN } = SECRETS;
 // Far above what the load reaches: the limiter must not answer 429s.
 const FAST = { base_per_sec: 100_000, min_per_sec: 100_000, max_per_sec: 100_000, burst_secs: 10 };
 
@@ -100,39 +97,11 @@ function cpuMs(pid) {
 }
 const nodeCpuMs = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
-
+/** Enrolls an AP; returns a function that takes a fresh token for it (a run outlasts one). */
 async function enroll(gp, id, extra) {
-  const r = await gp.fetch('/admin/v1/aps', {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ id, name: id, webhook_url: 'http://127.0.0.1:9/hooks', rate_params: FAST, ...extra }),
-  });
-  if (r.status !== 201) throw new Error(`enroll ${id}: ${r.status} ${await r.text()}`);
-  const { credentials } = await r.json();
-  return async () => {
-    const t = await gp.fetch('/oauth/token', {
-      method: 'POST',
-      headers: { authorization: `Basic ${Buffer.from(`${id}:${credentials.client_secret}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
-      body: 'grant_type=client_credentials',
-    });
-    return (await t.json()).access_token;
-  };
+  const ap = await enrollBenchAp(gp, ADMIN_TOKEN, id, { rate_params: FAST, ...extra });
+  return () => accessToken(gp, id, ap.secret);
 }
-
-const numbers = (block, n) => Array.from({ length: n }, (_, i) => `+1212${block}${String(i).padStart(6, '0')}`);
-
-async function bulk(gp, token, siis, key) {
-  const body = siis.map((sii, i) => JSON.stringify({ sii, user: `u${i}` })).join('\n') + '\n';
-  const r = await gp.fetch('/v1/mappings/bulk', {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-ndjson', 'idempotency-key': key },
-    body,
-  });
-  if (r.status !== 200) throw new Error(`bulk: ${r.status} ${await r.text()}`);
-}
-
-const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
 
 /** One wrk run; `luaArgs` go to scripts/bench-query-wrk.lua's init(). */
 async function wrk(url, luaArgs, secs = seconds, connections = connList[0]) {
@@ -173,13 +142,7 @@ try {
   const remote = numbers('3', mappings);
   await bulk(home, bulkA, local, 'bench-local');
   await bulk(fed['gp-b'], bulkB, remote, 'bench-remote');
-  const w0 = performance.now();
-  for (;;) {
-    const r = await home.getJson(`/__debug/peer-filters?sii=${encodeURIComponent(remote[remote.length - 1])}`);
-    if (r.body.peers.find((p) => p.peer === 'gp-b')?.contains === true) break;
-    if (performance.now() - w0 > 15_000) throw new Error('remote mappings did not reach gp-a');
-    await sleep(20);
-  }
+  await waitForPeerCopy(home, 'gp-b', remote[remote.length - 1], 15_000);
   const files = {
     local: path.join(state.dir, 'local.txt'),
     remote: path.join(state.dir, 'remote.txt'),

@@ -12,10 +12,10 @@
 // 50 peers whose filters are at design fill: wasm-tests/bench-fanout.mjs.
 //
 //   node wasm-tests/bench-query.mjs [--seconds 5] [--concurrency 16] [--mappings 2000]
-import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { startFederation } from './lib/federation.mjs';
-import { tempState } from './lib/util.mjs';
+import { tempState, gpSecrets } from './lib/util.mjs';
+import { enrollBenchAp, numbers, bulk, queryStats as stats, waitForPeerCopy, percentile } from './lib/bench.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -28,54 +28,14 @@ const seconds = Math.min(Number(opt.seconds), 60);
 const concurrency = Math.min(Number(opt.concurrency), 256);
 const mappings = Math.min(Number(opt.mappings), 100_000);
 
-const ADMIN_TOKEN = `adm_${randomBytes(24).toString('base64url')}`;
-const SECRETS = {
-  ADMIN_TOKEN,
-  TOKEN_KEYS: `t1:${randomBytes(32).toString('base64')}`,
-  WEBHOOK_MASTER_KEY: `whm_${randomBytes(24).toString('base64url')}`,
-};
+const SECRETS = gpSecrets('bench');
+const { ADMIN_TOKEN } = SECRETS;
 const FAST = { base_per_sec: 10_000, min_per_sec: 10_000, max_per_sec: 10_000, burst_secs: 10 };
 
 const state = tempState('bench-query');
 const fed = await startFederation({ stateRoot: state.dir, bindings: { '*': SECRETS } });
 
-async function enroll(gp, id, extra) {
-  const r = await gp.fetch('/admin/v1/aps', {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ id, name: id, webhook_url: 'http://127.0.0.1:9/hooks', rate_params: FAST, ...extra }),
-  });
-  if (r.status !== 201) throw new Error(`enroll ${id}: ${r.status} ${await r.text()}`);
-  const { credentials } = await r.json();
-  const t = await gp.fetch('/oauth/token', {
-    method: 'POST',
-    headers: { authorization: `Basic ${Buffer.from(`${id}:${credentials.client_secret}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
-    body: 'grant_type=client_credentials',
-  });
-  return (await t.json()).access_token;
-}
-
-/** `n` distinct valid numbers in a block of the 212 area. */
-const numbers = (block, n) => Array.from({ length: n }, (_, i) => `+1212${block}${String(i).padStart(6, '0')}`);
-
-async function bulk(gp, token, siis, key) {
-  const body = siis.map((sii, i) => JSON.stringify({ sii, user: `u${i}` })).join('\n') + '\n';
-  const r = await gp.fetch('/v1/mappings/bulk', {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-ndjson', 'idempotency-key': key },
-    body,
-  });
-  if (r.status !== 200) throw new Error(`bulk: ${r.status} ${await r.text()}`);
-}
-
-const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
-
-async function contains(gp, peer, sii) {
-  const r = await gp.getJson(`/__debug/peer-filters?sii=${encodeURIComponent(sii)}`);
-  return r.body.peers.find((p) => p.peer === peer)?.contains === true;
-}
-
-const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+const enroll = async (gp, id, extra) => (await enrollBenchAp(gp, ADMIN_TOKEN, id, { rate_params: FAST, ...extra })).token;
 
 async function run(name, gp, token, pick) {
   const before = await Promise.all(fed.gps.map(stats));
@@ -102,7 +62,6 @@ async function run(name, gp, token, pick) {
   }));
   const elapsed = (performance.now() - t0) / 1000;
   const after = await Promise.all(fed.gps.map(stats));
-  lat.sort((a, b) => a - b);
   const d = (k, g = 0) => after[g][k] - before[g][k];
   const q = d('queries');
   const remoteDo = fed.gps.slice(1).reduce((n, _, j) => n + (after[j + 1].peer_queries_answered - before[j + 1].peer_queries_answered), 0);
@@ -110,8 +69,8 @@ async function run(name, gp, token, pick) {
     scenario: name,
     queries: lat.length,
     'q/s': Math.round(lat.length / elapsed),
-    'p50 ms': pct(lat, 0.5).toFixed(2),
-    'p99 ms': pct(lat, 0.99).toFixed(2),
+    'p50 ms': percentile(lat, 0.5).toFixed(2),
+    'p99 ms': percentile(lat, 0.99).toFixed(2),
     'not 200 or incomplete': errors,
     statuses: Object.entries(statuses).map(([k, v]) => `${k}×${v}`).join(' '),
     'shard DO/q': (d('shard_lookups') / q).toFixed(3),
@@ -132,12 +91,8 @@ try {
   await bulk(fed['gp-a'], bulkA, local, 'bench-local');
   await bulk(fed['gp-b'], bulkB, remote, 'bench-remote');
   // Wait until gp-a's copy of gp-b's filter has the last remote SII.
-  const w0 = performance.now();
-  while (!(await contains(fed['gp-a'], 'gp-b', remote[remote.length - 1]))) {
-    if (performance.now() - w0 > 10_000) throw new Error('remote mappings did not reach gp-a');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  console.log(`${mappings} bulk mappings at gp-b visible in gp-a's filter copy after ${(performance.now() - w0).toFixed(0)} ms`);
+  const waited = await waitForPeerCopy(fed['gp-a'], 'gp-b', remote[remote.length - 1], 10_000);
+  console.log(`${mappings} bulk mappings at gp-b visible in gp-a's filter copy after ${waited.toFixed(0)} ms`);
   // Warm-up: isolate caches (registry, peer filters), a lease.
   await run('warm-up', fed['gp-a'], tokA, (i) => local[i % local.length]);
   const results = [];
