@@ -341,6 +341,18 @@ pub enum Action {
     Mine,
 }
 
+/// The peers to send a claim to when one of our APs takes the preference:
+/// draft §10, "the GP of the new AP looks into its routing filters to see if
+/// any other GP might own a mapping for the SII which has changed"
+/// (isolate-cached filter copies).
+async fn claim_peer_ids(env: &Env, cfg: &GpConfig, sii: &Sii) -> Vec<String> {
+    super::query::matching_peers(env, cfg, sii)
+        .await
+        .into_iter()
+        .map(|p| p.id.clone())
+        .collect()
+}
+
 /// `POST /v1/mappings/{choice|reestablish|prefer-back|report|delete|mine}`.
 pub async fn action(
     mut req: Request,
@@ -355,14 +367,7 @@ pub async fn action(
         Action::Choice => {
             let b: ChoiceBody = read_json(&mut req, false).await?;
             let sii = parse_sii(&b.sii)?;
-            // draft §10: "the GP of the new AP looks into its routing
-            // filters to see if any other GP might own a mapping for the
-            // SII which has changed" (isolate-cached filter copies).
-            let claim_peers = super::query::matching_peers(env, cfg, &sii)
-                .await
-                .into_iter()
-                .map(|p| p.id.clone())
-                .collect();
+            let claim_peers = claim_peer_ids(env, cfg, &sii).await;
             let op = ShardOp::Choose {
                 sii: sii.to_string(),
                 ap: ap_id.clone(),
@@ -382,26 +387,15 @@ pub async fn action(
                     sii: s,
                     ap: a,
                     gp: cfg.id.clone(),
-                    // draft §10: preferred again as of now, so the peers
-                    // whose filters may hold the SII are told, as for a choice.
-                    claim_peers: super::query::matching_peers(env, cfg, &sii)
-                        .await
-                        .into_iter()
-                        .map(|p| p.id.clone())
-                        .collect(),
+                    // Preferred again as of now: told as for a choice.
+                    claim_peers: claim_peer_ids(env, cfg, &sii).await,
                     now_ms: now,
                 },
                 Action::PreferBack => ShardOp::PreferBack {
                     sii: s,
                     ap: a,
                     gp: cfg.id.clone(),
-                    // draft §10, as for a choice: the peers whose filters
-                    // may hold the SII.
-                    claim_peers: super::query::matching_peers(env, cfg, &sii)
-                        .await
-                        .into_iter()
-                        .map(|p| p.id.clone())
-                        .collect(),
+                    claim_peers: claim_peer_ids(env, cfg, &sii).await,
                     now_ms: now,
                 },
                 Action::Report => ShardOp::Report {
