@@ -526,14 +526,7 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
         )
     };
     let u: Update = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
-    if u.gp != peer_id {
-        return Err(ApiError::client(
-            403,
-            "peer-mismatch",
-            "Update from another GP",
-            format!("signed by {peer_id} but names {}", u.gp),
-        ));
-    }
+    peer_auth::require_sender(&peer_id, &u.gp, "Update from another GP")?;
     let peer = peer_auth::peer(cfg, &peer_id)
         .ok_or_else(|| ApiError::Internal(format!("verified peer {peer_id} not configured")))?
         .clone();

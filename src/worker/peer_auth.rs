@@ -224,6 +224,22 @@ pub async fn verify(
     Ok((verified.keyid, body))
 }
 
+/// A peer message names its sender (a claim's `from_gp`, an update's
+/// `gp`, a strike notice's `from_gp`); it must be the GP that signed it, or
+/// one peer could speak for another (draft §6: GPs talk only to the peers
+/// they are configured with, each for itself).
+pub fn require_sender(signer: &str, named: &str, title: &'static str) -> ApiResult<()> {
+    if named == signer {
+        return Ok(());
+    }
+    Err(ApiError::client(
+        403,
+        "peer-mismatch",
+        title,
+        format!("signed by {signer} but names {named}"),
+    ))
+}
+
 /// RFC 9421 §5.1: a 401 tells the signer what to sign with `Accept-Signature`.
 fn with_accept_signature(e: httpsig::SigError) -> ApiError {
     ApiError::from(e).with_header(

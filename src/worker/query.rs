@@ -423,14 +423,7 @@ pub async fn serve_claim(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResu
             format!("the claim was not understood: {e}"),
         )
     })?;
-    if claim.from_gp != peer {
-        return Err(ApiError::client(
-            403,
-            "peer-mismatch",
-            "Claim from another GP",
-            format!("signed by {peer} but names {}", claim.from_gp),
-        ));
-    }
+    peer_auth::require_sender(&peer, &claim.from_gp, "Claim from another GP")?;
     let index = shard_of(&claim.sii, mapping_shard::shard_count(env));
     let op = ShardOp::ApplyClaim {
         claim,

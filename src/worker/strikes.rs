@@ -74,14 +74,7 @@ pub async fn serve_strike(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiRes
             "id must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'".into(),
         ));
     }
-    if notice.from_gp != peer {
-        return Err(ApiError::client(
-            403,
-            "peer-mismatch",
-            "Strike from another GP",
-            format!("signed by {peer} but names {}", notice.from_gp),
-        ));
-    }
+    peer_auth::require_sender(&peer, &notice.from_gp, "Strike from another GP")?;
     let ap = notice.against.to_string();
     match registry_object::call(env, &RegistryOp::Get { id: ap.clone() }).await? {
         RegistryReply::Ap { .. } => {}
