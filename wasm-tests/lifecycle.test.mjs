@@ -256,8 +256,8 @@ test('a repeated request within the cooldown reuses the handle and sends nothing
   const b = await create(ap, sii, 'carol');
   assert.equal(b.status, 202);
   assert.equal(b.body.handle, a.body.handle);
-  assert.equal(a.body.resent, true);
-  assert.equal(b.body.resent, false);
+  assert.equal(a.body.sent, true);
+  assert.equal(b.body.sent, false);
   assert.equal(codes.sms().filter((m) => m.to === sii).length, 1, 'one message only');
   // A request for another user of the same AP replaces the verification.
   const c = await create(ap, sii, 'carol2');
@@ -317,7 +317,7 @@ test('a delivery failure is a retryable 503 and leaves nothing behind', async ()
   // The retry is a fresh request (no stale handle reused) and works.
   const ok = await create(ap, sii, 'dave');
   assert.equal(ok.status, 202);
-  assert.equal(ok.body.resent, true);
+  assert.equal(ok.body.sent, true);
   assert.equal((await confirm(ap, ok.body.handle, codes.lastCodeFor(sii))).status, 201);
   // Provider down (connection dropped): same answer.
   codes.setDown(true);

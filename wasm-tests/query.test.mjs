@@ -358,8 +358,15 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   await register(b, aps['gp-b'], sii, 'old-b');
   await reaches(a, 'gp-b', sii);
   const reg = await register(a, aps['gp-a'], sii, 'new-a');
-  // §8.2.1 across GPs: the creation names the holder on gp-b.
+  // §8.2.1 across GPs: the creation names the holder on gp-b, and so does
+  // the confirmation, whose mapping is not preferred until the AP's choice:
+  // until then every GP still answers gp-b's mapping.
   assert.deepEqual(reg.created.existing, { provider: 'q-b', name: null, gp: 'gp-b' });
+  assert.deepEqual(reg.existing, { provider: 'q-b', name: null, gp: 'gp-b' });
+  assert.equal(reg.mapping.preferred, false);
+  const before = await query(a, aps['gp-a'], sii);
+  assert.equal(before.body.gp, 'gp-b', before.text);
+  assert.equal(before.body.ssi.user, 'old-b');
   const ch = await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii, choice: 'replace' } });
   assert.equal(ch.status, 200, ch.text);
   assert.ok(!JSON.stringify(ch.body).includes('gp-b'), 'the AP is not told which peers may hold the SII');

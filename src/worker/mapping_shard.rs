@@ -68,8 +68,15 @@ pub enum ShardOp {
         ap: String,
         code: String,
         pepper: String,
+        /// The preferred holder of the SII on a peer GP, if any: the new
+        /// mapping is then not preferred until the AP's choice (§8.2.1).
+        #[serde(default)]
+        remote: Option<Candidate>,
         now_ms: u64,
     },
+    /// The SII of `ap`'s pending verification `salt` (none for another AP's
+    /// handle), so the caller can look for a holder on a peer GP first.
+    PendingSii { salt: String, ap: String },
     Choose {
         sii: String,
         ap: String,
@@ -165,6 +172,9 @@ pub enum ShardReply {
     Confirmed {
         mapping: MappingView,
         existing: Option<Party>,
+    },
+    PendingSii {
+        sii: Option<String>,
     },
     Done {
         notified: Vec<String>,
@@ -670,8 +680,16 @@ impl MappingShard {
                 ap,
                 code,
                 pepper,
+                remote,
                 now_ms,
-            } => self.confirm(salt, ap, code, pepper, now_ms),
+            } => self.confirm(salt, ap, code, pepper, remote, now_ms),
+            ShardOp::PendingSii { salt, ap } => {
+                let sii = self
+                    .pending_by_salt(&salt)?
+                    .filter(|p| p.ap == ap)
+                    .map(|p| p.sii);
+                Ok((ShardReply::PendingSii { sii }, false))
+            }
             ShardOp::Choose {
                 sii,
                 ap,
@@ -1042,6 +1060,7 @@ impl MappingShard {
         ap: String,
         code: String,
         pepper: String,
+        remote: Option<Candidate>,
         now_ms: u64,
     ) -> ApiResult<Applied> {
         let Some(p) = self.pending_by_salt(&salt)? else {
@@ -1071,11 +1090,16 @@ impl MappingShard {
         let mut r = self.load_record(&sii)?;
         let was_new = r.mapping_of(&caller).is_none();
         let others = r.mappings().iter().any(|m| m.ap() != &caller);
-        let created =
-            match r.create_verified(&caller, Ssi::new(caller.clone(), user), by, None, now_ms) {
-                Ok(c) => c,
-                Err(e) => return Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
-            };
+        let created = match r.create_verified(
+            &caller,
+            Ssi::new(caller.clone(), user),
+            by,
+            remote.as_ref(),
+            now_ms,
+        ) {
+            Ok(c) => c,
+            Err(e) => return Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        };
         self.store_record(&r)?;
         // draft §8.2: "If there is a match, it considers the mapping
         // validated, and stores it." The verification is used up.

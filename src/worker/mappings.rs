@@ -111,6 +111,46 @@ async fn remote_holder(env: &Env, cfg: &GpConfig, sii: &Sii) -> Option<Party> {
     }
 }
 
+/// draft §8.2.1 across GPs, at confirmation: the preferred holder of the
+/// pending SII on a peer GP. With one, the new mapping is stored without
+/// preference and the answer names that holder, so the AP renders the
+/// user's choice instead of silently taking over (a mapping confirmed here
+/// must not outrank the peer's before the user chose). Free unless a
+/// peer's filter matches the SII; an unreachable peer finds nothing.
+async fn remote_candidate(
+    env: &Env,
+    cfg: &GpConfig,
+    shard: &str,
+    handle: &Handle,
+    ap: &str,
+) -> ApiResult<Option<crate::core::mapping::Candidate>> {
+    if cfg.peers.is_empty() {
+        return Ok(None);
+    }
+    let op = ShardOp::PendingSii {
+        salt: hex(&handle.salt),
+        ap: ap.to_string(),
+    };
+    let sii = match mapping_shard::object_call(env, "MAPPING_SHARD", shard, &op).await? {
+        ShardReply::PendingSii { sii: Some(s) } => parse_sii(&s)?,
+        // Unknown handle: the confirmation itself answers that.
+        _ => return Ok(None),
+    };
+    if super::query::matching_peers(env, cfg, &sii)
+        .await
+        .is_empty()
+    {
+        return Ok(None);
+    }
+    match super::query::resolve(env, cfg, &sii).await {
+        Ok(r) => Ok(r.preferred.filter(|c| c.gp != cfg.id)),
+        Err(e) => {
+            worker::console_error!("remote holder lookup: {e:?}");
+            Ok(None)
+        }
+    }
+}
+
 async fn party_json(env: &Env, p: &Option<Party>) -> ApiResult<Value> {
     let Some(p) = p else {
         return Ok(Value::Null);
@@ -260,7 +300,7 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
             "channel": delivery::channel(&sii),
             "expires_at": rfc3339_ms(expires_at_ms),
             "expires_in": expires_at_ms.saturating_sub(now) / 1000,
-            "resent": !reused,
+            "sent": !reused,
             "existing": party_json(env, &existing).await?,
         }),
         202,
@@ -285,14 +325,16 @@ pub async fn confirm(
     let handle = Handle::parse(handle)?;
     let body: ConfirmBody = read_json(&mut req, false).await?;
     let ap_id = ap.record.id.clone();
+    let name = crate::core::shard::shard_name(handle.shard, mapping_shard::shard_count(env));
+    let remote = remote_candidate(env, cfg, &name, &handle, &ap_id).await?;
     let op = ShardOp::Confirm {
         salt: hex(&handle.salt),
         ap: ap_id.clone(),
         code: body.code,
         pepper: hex(&pepper(env)?),
+        remote,
         now_ms: auth::now_ms(),
     };
-    let name = crate::core::shard::shard_name(handle.shard, mapping_shard::shard_count(env));
     let reply: ShardReply = mapping_shard::object_call(env, "MAPPING_SHARD", &name, &op).await?;
     match reply {
         ShardReply::Confirmed { mapping, existing } => {
