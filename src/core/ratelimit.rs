@@ -183,6 +183,23 @@ impl Rate {
         // `as` saturates (NaN → 0), so this cannot panic.
         (want as u64).clamp(1, self.burst.max(1))
     }
+
+    /// How long an isolate refuses an AP locally after the limiter refused
+    /// it a lease whose next token accrues in `next_token_ms`: until a batch
+    /// of tokens accrued (a quarter of `period_ms`), not just the next one,
+    /// so a flooding AP costs a few limiter requests a second rather than
+    /// one per refused query. Never longer than half the time the bucket
+    /// takes to fill, so no token is lost to a full bucket meanwhile (they
+    /// wait in the bucket: the AP still gets its rate).
+    pub fn refusal_hold_ms(&self, next_token_ms: u64, period_ms: u64) -> u64 {
+        let fill_ms = if self.per_sec > 0.0 {
+            // `as` saturates, so this cannot panic.
+            (self.burst as f64 / self.per_sec * 1000.0) as u64
+        } else {
+            0
+        };
+        next_token_ms.max((period_ms / 4).min(fill_ms / 2))
+    }
 }
 
 /// True once an AP has collected enough strikes to lose access (draft §8.2.1:
@@ -474,6 +491,22 @@ mod tests {
         let small = Rate::new(1.0, 10);
         let mut b = TokenBucket::new(big, 0);
         assert_eq!(b.lease(1_000_000, 0, small), 10);
+    }
+
+    #[test]
+    fn refusal_hold_waits_for_a_batch_but_never_past_half_a_fill() {
+        // 20/s, burst 40: the bucket fills in 2 s; a quarter lease is 250 ms.
+        let r = Rate::new(20.0, 40);
+        assert_eq!(r.refusal_hold_ms(50, 1_000), 250);
+        // The next token is later than a batch: wait for it.
+        assert_eq!(r.refusal_hold_ms(400, 1_000), 400);
+        // A tiny bucket (fills in 100 ms) caps the hold at 50 ms.
+        assert_eq!(Rate::new(20.0, 2).refusal_hold_ms(10, 1_000), 50);
+        // Rate zero: only the limiter's own answer counts.
+        assert_eq!(
+            Rate::new(0.0, 0).refusal_hold_ms(3_600_000, 1_000),
+            3_600_000
+        );
     }
 
     #[test]

@@ -49,14 +49,7 @@ pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
     };
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::client(
-                400,
-                "body-unreadable",
-                "Request body unreadable",
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
+        let chunk = chunk.map_err(|e| unreadable("the request body", e))?;
         if out.len() + chunk.len() > cap {
             let mut seen = (out.len() + chunk.len()) as u64;
             while seen <= DRAIN_LIMIT {
@@ -70,6 +63,16 @@ pub async fn read_capped(req: &mut Request, cap: usize) -> ApiResult<Vec<u8>> {
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// The 400 for a body the client stopped sending or sent broken.
+pub fn unreadable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::client(
+        400,
+        "body-unreadable",
+        "Request body unreadable",
+        format!("{what} could not be read: {e}"),
+    )
 }
 
 /// Called with every response before it goes out: a request body the

@@ -545,14 +545,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     };
     if let Ok(mut stream) = req.stream() {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::client(
-                    400,
-                    "body-unreadable",
-                    "Request body unreadable",
-                    format!("the upload could not be read: {e}"),
-                )
-            })?;
+            let chunk = chunk.map_err(|e| super::body::unreadable("the upload", e))?;
             read += chunk.len();
             if read > MAX_UPLOAD_BYTES {
                 return Err(BulkError::TooLarge.into());

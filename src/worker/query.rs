@@ -177,7 +177,8 @@ async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
                 });
                 if held.rate == rate {
                     held.available = 0;
-                    held.empty_until_ms = now.saturating_add(refused_hold_ms(rate, ms));
+                    held.empty_until_ms =
+                        now.saturating_add(rate.refusal_hold_ms(ms, LEASE_PERIOD_MS));
                 }
             });
         }
@@ -209,21 +210,6 @@ async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
         total + available
     });
     Ok(RateInfo { rate, remaining })
-}
-
-/// How long an isolate refuses an AP locally after the limiter refused it
-/// a lease: until a batch of tokens accrued (a quarter lease), not just the
-/// next one, so a flooding AP costs a few limiter requests a second rather
-/// than two per admitted query. Never longer than half the time the bucket
-/// takes to fill, so no accrued token is lost to a full bucket meanwhile
-/// (the tokens wait in the bucket: the AP still gets its rate).
-fn refused_hold_ms(rate: Rate, next_token_ms: u64) -> u64 {
-    let fill_ms = if rate.per_sec > 0.0 {
-        (rate.burst as f64 / rate.per_sec * 1000.0) as u64
-    } else {
-        0
-    };
-    next_token_ms.max((LEASE_PERIOD_MS / 4).min(fill_ms / 2))
 }
 
 /// The 429 for a query over the AP's rate (draft §11.2).
