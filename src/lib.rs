@@ -2,12 +2,12 @@
 //! plus thin Cloudflare Workers glue and browser bindings.
 //!
 //! - [`core`]: identifiers, routing filter, mapping rules; pure Rust.
-//! - `worker` (feature `worker`): the GP as a Cloudflare Worker.
+//! - `edge` (feature `worker`): the GP as a Cloudflare Worker.
 //! - `web` (feature `web`): wasm-bindgen wrappers for the filter inspector.
 pub mod core;
 
 #[cfg(feature = "worker")]
-mod worker;
+mod edge;
 
 #[cfg(feature = "web")]
 pub mod web;

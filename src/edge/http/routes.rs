@@ -4,12 +4,19 @@
 //! `GET /__debug/routes` serves it so the end-to-end suite can check that
 //! every route is documented in `/openapi.json` (and nothing else is).
 
-use super::config::GpConfig;
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::mappings::{self, Action};
-use super::query;
-use super::{admin, auth, federation, filter_object, oauth, peers, public_filter};
 use crate::core::ratelimit::allowed_rate;
+use crate::edge::api::ap::mappings;
+use crate::edge::api::ap::mappings::Action;
+use crate::edge::api::ap::oauth;
+use crate::edge::api::ap::query;
+use crate::edge::api::operator::aps as admin;
+use crate::edge::api::public::filter as public_filter;
+use crate::edge::auth::ap as auth;
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::filter as filter_object;
+use crate::edge::outbound::probe as peers;
+use crate::edge::routing::copies as federation;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
 
@@ -369,7 +376,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
                 "peers": cfg.peers.iter().map(|p| &p.id).collect::<Vec<_>>(),
                 // What peers put into their PEERS entry for this GP (its
                 // GP-to-GP requests are signed with the matching seed).
-                "public_key": super::peer_auth::Signer::from_env(env)
+                "public_key": crate::edge::auth::peer::Signer::from_env(env)
                     .ok()
                     .map(|s| s.public_key_b64()),
             }))
@@ -409,7 +416,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::Query => query::query(req, env, cfg).await,
         Route::PeerQuery => query::serve_peer(req, env, cfg).await,
         Route::PeerClaims => query::serve_claim(req, env, cfg).await,
-        Route::PeerStrikes => super::strikes::serve_strike(req, env, cfg).await,
+        Route::PeerStrikes => crate::edge::api::peer::strikes::serve_strike(req, env, cfg).await,
         Route::DebugQueryStats => query::debug_stats(),
         Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,

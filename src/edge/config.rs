@@ -4,7 +4,7 @@
 //! of GP in the world. Rather, they are just well known." So the peers are
 //! static configuration, not something learned at run time.
 
-use super::error::{ApiError, ApiResult};
+use crate::edge::http::error::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use worker::Env;
 

@@ -27,13 +27,14 @@
 //! ([`insert_digests`] takes many digests), as DESIGN.md asks of the
 //! filter's writer.
 
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::peer_auth::{self, Signer};
 use crate::core::encoding::b64_encode;
 use crate::core::filter::{
     decode_additions, encode_additions, Filter, FilterHeader, FilterParams, HashScheme, Layout,
 };
 use crate::core::outbox::RetryPolicy;
+use crate::edge::auth::peer as peer_auth;
+use crate::edge::auth::peer::Signer;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -91,7 +92,7 @@ impl worker::DurableObject for FilterObject {
             },
             "/snapshot" => self.snapshot(),
             "/additions" => self.additions(&req),
-            "/subscribe" => match super::body::read_op::<SubscribeOp>(&mut req).await {
+            "/subscribe" => match crate::edge::http::body::read_op::<SubscribeOp>(&mut req).await {
                 Ok(op) => self.subscribe(op).await,
                 Err(e) => Err(ApiError::Internal(format!("subscribe body: {e}"))),
             },
@@ -323,7 +324,7 @@ impl FilterObject {
 
     /// An empty filter of `version`, sized from the config; not stored.
     fn empty_version(&self, version: u64) -> ApiResult<Filter> {
-        let cfg = super::config::GpConfig::from_env(&self.env)?;
+        let cfg = crate::edge::config::GpConfig::from_env(&self.env)?;
         let n = cfg.filter_expected_siis;
         let fp = cfg.filter_fp_rate;
         let params = match cfg.filter_layout.as_str() {
@@ -642,7 +643,7 @@ impl FilterObject {
 
     /// Inserts every shard's live SII digests into `fresh`; returns how many.
     async fn collect_shard_digests(&self, fresh: &mut Filter) -> ApiResult<usize> {
-        use super::mapping_shard::{self, ShardOp, ShardReply};
+        use crate::edge::objects::shard::{self as mapping_shard, ShardOp, ShardReply};
         let mut count = 0;
         for index in 0..mapping_shard::shard_count(&self.env) {
             let mut after = None;

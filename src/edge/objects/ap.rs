@@ -15,10 +15,6 @@
 //! webhook events are queued, user-count changes and strikes are applied
 //! to the AP registry (strikes also queue an `ap.strike` event).
 
-use super::auth;
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::mapping_shard::object_call;
-use super::registry_object::{self, RegistryOp, RegistryReply};
 use crate::core::bulk::KeyRecord;
 use crate::core::credentials::derive_webhook_secret;
 use crate::core::mapping::Strike;
@@ -26,6 +22,11 @@ use crate::core::outbox::{delivered, Delivery, RetryPolicy};
 use crate::core::ratelimit::{is_suspended, Rate, TokenBucket};
 use crate::core::verification::{SendLimit, WindowCounter};
 use crate::core::webhook::{self, Event, EventData};
+use crate::edge::auth::ap as auth;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::registry as registry_object;
+use crate::edge::objects::registry::{RegistryOp, RegistryReply};
+use crate::edge::objects::shard::object_call;
 use serde::{Deserialize, Serialize};
 use worker::{
     durable_object, AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit, Response,
@@ -183,7 +184,7 @@ impl worker::DurableObject for ApObject {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match super::body::read_op::<ApOp>(&mut req).await {
+        let result = match crate::edge::http::body::read_op::<ApOp>(&mut req).await {
             Ok(op) => self.apply(op).await,
             Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
         };

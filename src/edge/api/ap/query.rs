@@ -21,18 +21,22 @@
 //! subrequest per matching peer; the rate limiter adds one DO request per
 //! lease (about a second's worth of the AP's rate), not per query.
 
-use super::auth::{self, AuthedAp};
-use super::body::read_json_allow_array;
-use super::config::{GpConfig, Peer};
-use super::error::{ApiError, ApiResult};
-use super::mapping_shard::{self, ShardOp, ShardReply};
-use super::peer_auth::{self, Signer};
-use super::{ap_object, federation};
 use crate::core::mapping::{Candidate, Claim};
 use crate::core::query::{combine, PeerAnswer, PeerOutcome, QueryBody};
 use crate::core::ratelimit::{allowed_rate, Lease, Rate, RateLimited};
 use crate::core::shard::shard_of;
 use crate::core::Sii;
+use crate::edge::auth::ap as auth;
+use crate::edge::auth::ap::AuthedAp;
+use crate::edge::auth::peer as peer_auth;
+use crate::edge::auth::peer::Signer;
+use crate::edge::config::{GpConfig, Peer};
+use crate::edge::http::body::read_json_allow_array;
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::objects::ap as ap_object;
+use crate::edge::objects::shard as mapping_shard;
+use crate::edge::objects::shard::{ShardOp, ShardReply};
+use crate::edge::routing::copies as federation;
 use serde::Serialize;
 use serde_json::json;
 use std::cell::RefCell;
@@ -363,7 +367,7 @@ pub async fn query(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
         o.insert("created_at_ms".into(), json!(p.created_at_ms));
         o.insert("preferred_at_ms".into(), json!(p.preferred_at_ms));
     }
-    let mut resp = super::routes::json_ok(&out)?;
+    let mut resp = crate::edge::http::routes::json_ok(&out)?;
     for (k, v) in limit.headers() {
         let _ = resp.headers_mut().set(k, &v);
     }
@@ -387,7 +391,7 @@ pub async fn serve_peer(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResul
     let sii = b.into_sii()?;
     let candidate = lookup(env, cfg, &sii).await?;
     count(|s| s.peer_queries_answered += 1);
-    super::routes::json_ok(&json!(PeerAnswer {
+    crate::edge::http::routes::json_ok(&json!(PeerAnswer {
         gp: cfg.id.clone(),
         candidate,
     }))
@@ -416,9 +420,9 @@ pub async fn serve_claim(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResu
         now_ms: auth::now_ms(),
     };
     match mapping_shard::call(env, index, &op).await? {
-        ShardReply::Done { notified } => {
-            super::routes::json_ok(&json!({ "applied": true, "notified": notified.len() }))
-        }
+        ShardReply::Done { notified } => crate::edge::http::routes::json_ok(
+            &json!({ "applied": true, "notified": notified.len() }),
+        ),
         ShardReply::Refused(r) => Err(r.into_api()),
         _ => Err(ApiError::Internal("shard gave no claim answer".into())),
     }
@@ -427,5 +431,5 @@ pub async fn serve_claim(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResu
 /// `GET /__debug/query-stats`: this isolate's query counters.
 pub fn debug_stats() -> ApiResult<Response> {
     let s = STATS.with(|s| s.borrow().clone());
-    super::routes::json_ok(&json!(s))
+    crate::edge::http::routes::json_ok(&json!(s))
 }

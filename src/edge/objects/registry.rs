@@ -13,9 +13,9 @@
 //! itself, never the webhook secret (that one is derived, see
 //! `core::credentials::derive_webhook_secret`).
 
-use super::error::{ApiError, ApiResult, OrInternal};
 use crate::core::credentials::CertFingerprint;
 use crate::core::ratelimit::{is_suspended, RateParams};
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use serde::{Deserialize, Serialize};
 use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
 
@@ -137,7 +137,7 @@ impl worker::DurableObject for ApRegistry {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match super::body::read_op::<RegistryOp>(&mut req).await {
+        let result = match crate::edge::http::body::read_op::<RegistryOp>(&mut req).await {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("registry op: {e}"))),
         };
@@ -389,7 +389,7 @@ pub async fn call(env: &Env, op: &RegistryOp) -> ApiResult<RegistryReply> {
             resp.status_code()
         )));
     }
-    super::body::read_reply::<RegistryReply>(&mut resp)
+    crate::edge::http::body::read_reply::<RegistryReply>(&mut resp)
         .await
         .map_err(|e| ApiError::Internal(format!("registry reply: {e}")))
 }

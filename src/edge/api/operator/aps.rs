@@ -11,11 +11,6 @@
 //! nowhere else: the registry keeps only the client secret's hash, and the
 //! webhook secret is derived from WEBHOOK_MASTER_KEY, never stored.
 
-use super::auth;
-use super::body::{no_null, read_json};
-use super::config::GpConfig;
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::registry_object::{self, ApPatch, ApRecord, RegistryOp, RegistryReply, StoredAp};
 use crate::core::credentials::{
     derive_webhook_secret, format_client_secret, format_webhook_secret, hash_client_secret,
     normalize_fingerprints, validate_webhook_url, CertFingerprint,
@@ -23,6 +18,12 @@ use crate::core::credentials::{
 use crate::core::encoding::hex_encode;
 use crate::core::ratelimit::{allowed_rate, RateParams};
 use crate::core::ssi::ProviderId;
+use crate::edge::auth::ap as auth;
+use crate::edge::config::GpConfig;
+use crate::edge::http::body::{no_null, read_json};
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::registry as registry_object;
+use crate::edge::objects::registry::{ApPatch, ApRecord, RegistryOp, RegistryReply, StoredAp};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use worker::{Env, Request, Response};
@@ -205,7 +206,7 @@ fn credentials_json(
     Ok(c)
 }
 
-use super::routes::json_status;
+use crate::edge::http::routes::json_status;
 
 fn not_found(id: &str) -> ApiError {
     ApiError::client(

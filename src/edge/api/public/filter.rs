@@ -17,9 +17,9 @@
 //! - `full`: the GLF2 snapshot bytes (local and demo GPs), or the summary
 //!   when the client accepts JSON but not `application/octet-stream`.
 
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::routes::json_ok;
 use crate::core::filter::{Filter, HashScheme, Layout};
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::routes::json_ok;
 use serde_json::{json, Value};
 use worker::{Env, Request, Response};
 
@@ -144,7 +144,7 @@ fn finite_or_null(x: f64) -> Value {
 
 /// The current snapshot (GLF2) from the GP's filter object.
 async fn snapshot_bytes(env: &Env) -> ApiResult<Vec<u8>> {
-    let mut resp = super::filter_object::filter_stub(env)?
+    let mut resp = crate::edge::objects::filter::filter_stub(env)?
         .fetch_with_str("https://filter-object/snapshot")
         .await
         .internal("filter object fetch")?;

@@ -8,15 +8,17 @@
 //! certificate of the request when one is presented (RFC 8705 §3) and
 //! required to be when REQUIRE_MTLS (draft §11.3).
 
-use super::auth::{self, authorization, client_cert};
-use super::body::{media_type, read_capped, MAX_BODY_BYTES};
-use super::config::GpConfig;
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::registry_object::{self, RegistryOp, RegistryReply};
 use crate::core::credentials::{cert_for_token, parse_basic_credentials, verify_client_secret};
 use crate::core::encoding::{hex_decode, parse_form};
 use crate::core::ssi::ProviderId;
 use crate::core::token::{self, TokenClaims};
+use crate::edge::auth::ap as auth;
+use crate::edge::auth::ap::{authorization, client_cert};
+use crate::edge::config::GpConfig;
+use crate::edge::http::body::{media_type, read_capped, MAX_BODY_BYTES};
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::registry as registry_object;
+use crate::edge::objects::registry::{RegistryOp, RegistryReply};
 use serde_json::json;
 use worker::{Env, Request, Response};
 

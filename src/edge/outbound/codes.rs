@@ -12,11 +12,11 @@
 //! with `Retry-After`; the caller undoes its reservation, so nothing is
 //! left half-made.
 
-use super::config::binding;
-use super::error::{ApiError, ApiResult};
 use crate::core::creation::CodeMessage;
 use crate::core::encoding::b64_encode;
 use crate::core::sii::{Sii, SiiKind};
+use crate::edge::config::binding;
+use crate::edge::http::error::{ApiError, ApiResult};
 use serde_json::json;
 use worker::{AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit};
 

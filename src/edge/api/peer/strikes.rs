@@ -34,14 +34,18 @@
 //! and changes nothing; a replayed signed request is refused by the nonce
 //! check before anything else.
 
-use super::ap_object::{self, ApOp, ApReply};
-use super::config::GpConfig;
-use super::error::{ApiError, ApiResult};
-use super::mapping_shard::{self, ShardOp, ShardReply};
-use super::registry_object::{self, RegistryOp, RegistryReply};
-use super::{auth, peer_auth};
 use crate::core::mapping::StrikeNotice;
 use crate::core::shard::shard_of;
+use crate::edge::auth::ap as auth;
+use crate::edge::auth::peer as peer_auth;
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::objects::ap as ap_object;
+use crate::edge::objects::ap::{ApOp, ApReply};
+use crate::edge::objects::registry as registry_object;
+use crate::edge::objects::registry::{RegistryOp, RegistryReply};
+use crate::edge::objects::shard as mapping_shard;
+use crate::edge::objects::shard::{ShardOp, ShardReply};
 use serde_json::json;
 use worker::{Env, Request, Response};
 
@@ -145,7 +149,7 @@ pub async fn serve_strike(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiRes
             if !applied {
                 release().await?;
             }
-            super::routes::json_ok(&json!({
+            crate::edge::http::routes::json_ok(&json!({
                 "id": notice.id,
                 "applied": applied,
                 "duplicate": !applied,

@@ -10,14 +10,6 @@
 //! SIIs travel in bodies, never in URLs (they are personal data and URLs
 //! end up in logs).
 
-use super::ap_object::{self, ApOp, ApReply};
-use super::auth::{self, AuthedAp};
-use super::body::{media_type, read_json};
-use super::config::GpConfig;
-use super::delivery;
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::mapping_shard::{self, hex, MappingView, ShardOp, ShardReply};
-use super::registry_object::{self, RegistryOp, RegistryReply};
 use crate::core::bulk::{
     decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
     KeyRecord, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
@@ -29,13 +21,25 @@ use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::UserId;
 use crate::core::verification::{generate_code, hash_code, CodePolicy, SendLimit};
 use crate::core::webhook::rfc3339_ms;
+use crate::edge::auth::ap as auth;
+use crate::edge::auth::ap::AuthedAp;
+use crate::edge::config::GpConfig;
+use crate::edge::http::body::{media_type, read_json};
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::ap as ap_object;
+use crate::edge::objects::ap::{ApOp, ApReply};
+use crate::edge::objects::registry as registry_object;
+use crate::edge::objects::registry::{RegistryOp, RegistryReply};
+use crate::edge::objects::shard as mapping_shard;
+use crate::edge::objects::shard::{hex, MappingView, ShardOp, ShardReply};
+use crate::edge::outbound::codes as delivery;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use worker::{Env, Request, Response};
 
-use super::routes::json_status as respond;
+use crate::edge::http::routes::json_status as respond;
 
 fn random<const N: usize>() -> ApiResult<[u8; N]> {
     let mut b = [0u8; N];
@@ -96,10 +100,13 @@ async fn shard_call(env: &Env, sii: &Sii, op: ShardOp) -> ApiResult<ShardReply> 
 /// The preferred holder of `sii` on a peer GP, if the peers whose filters
 /// match say so. Best effort: an unreachable peer just finds nothing.
 async fn remote_holder(env: &Env, cfg: &GpConfig, sii: &Sii) -> Option<Party> {
-    if super::query::matching_peers(env, cfg, sii).await.is_empty() {
+    if crate::edge::api::ap::query::matching_peers(env, cfg, sii)
+        .await
+        .is_empty()
+    {
         return None;
     }
-    match super::query::resolve(env, cfg, sii).await {
+    match crate::edge::api::ap::query::resolve(env, cfg, sii).await {
         Ok(r) => r.preferred.filter(|c| c.gp != cfg.id).map(|c| Party {
             ap: c.ssi.provider().clone(),
             gp: Some(c.gp),
@@ -136,13 +143,13 @@ async fn remote_candidate(
         // Unknown handle: the confirmation itself answers that.
         _ => return Ok(None),
     };
-    if super::query::matching_peers(env, cfg, &sii)
+    if crate::edge::api::ap::query::matching_peers(env, cfg, &sii)
         .await
         .is_empty()
     {
         return Ok(None);
     }
-    match super::query::resolve(env, cfg, &sii).await {
+    match crate::edge::api::ap::query::resolve(env, cfg, &sii).await {
         Ok(r) => Ok(r.preferred.filter(|c| c.gp != cfg.id)),
         Err(e) => {
             worker::console_error!("remote holder lookup: {e:?}");
@@ -388,7 +395,7 @@ pub enum Action {
 /// any other GP might own a mapping for the SII which has changed"
 /// (isolate-cached filter copies).
 async fn claim_peer_ids(env: &Env, cfg: &GpConfig, sii: &Sii) -> Vec<String> {
-    super::query::matching_peers(env, cfg, sii)
+    crate::edge::api::ap::query::matching_peers(env, cfg, sii)
         .await
         .into_iter()
         .map(|p| p.id.clone())
@@ -545,7 +552,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     };
     if let Ok(mut stream) = req.stream() {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| super::body::unreadable("the upload", e))?;
+            let chunk = chunk.map_err(|e| crate::edge::http::body::unreadable("the upload", e))?;
             read += chunk.len();
             if read > MAX_UPLOAD_BYTES {
                 return Err(BulkError::TooLarge.into());

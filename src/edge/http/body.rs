@@ -1,7 +1,7 @@
 //! Reading request bodies safely: capped in size (a 413 problem, never an
 //! out-of-memory isolate), typed by Content-Type (415), parsed into 400s.
 
-use super::error::{ApiError, ApiResult};
+use crate::edge::http::error::{ApiError, ApiResult};
 use futures_util::StreamExt;
 use serde::de::{Deserialize, DeserializeOwned, Deserializer};
 use worker::{Request, Response};

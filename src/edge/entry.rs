@@ -1,29 +1,10 @@
-//! Cloudflare Workers glue: entry points, routing, Durable Objects, fetch.
-//!
-//! Kept thin on purpose: decisions live in `crate::core`; this layer reads
-//! requests, calls core, persists, and turns errors into responses in one
-//! place (`error`).
+//! Where the runtime enters: every HTTP request (`fetch`) and every cron
+//! tick (`scheduled`). Whatever happens, the client gets a response.
 
-mod admin;
-mod ap_object;
-mod auth;
-mod body;
-mod config;
-mod delivery;
-mod error;
-mod federation;
-mod filter_object;
-mod mapping_shard;
-mod mappings;
-mod oauth;
-mod peer_auth;
-mod peers;
-mod public_filter;
-mod query;
-mod registry_object;
-mod routes;
-mod strikes;
-
+use super::config;
+use super::http::{body, error, routes};
+use super::objects::filter as filter_object;
+use super::routing::copies as federation;
 use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
 
 /// Every request enters here; whatever happens, the client gets a response

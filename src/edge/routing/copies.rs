@@ -22,15 +22,17 @@
 //! After [`COMPACT_BATCHES`] batches the copy is rewritten as a new
 //! snapshot, so loading never reads more than that many batch keys.
 
-use super::auth;
-use super::body::read_capped;
-use super::config::{GpConfig, Peer};
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::filter_object::{self, SubscribeOp, CALLBACK_PATH};
-use super::peer_auth::{self, Signer};
 use crate::core::encoding::b64_decode;
 use crate::core::filter::{decode_additions, Filter};
 use crate::core::Sii;
+use crate::edge::auth::ap as auth;
+use crate::edge::auth::peer as peer_auth;
+use crate::edge::auth::peer::Signer;
+use crate::edge::config::{GpConfig, Peer};
+use crate::edge::http::body::read_capped;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::filter as filter_object;
+use crate::edge::objects::filter::{SubscribeOp, CALLBACK_PATH};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::cell::RefCell;
@@ -177,7 +179,7 @@ pub async fn debug_insert(mut req: Request, env: &Env) -> ApiResult<Response> {
         digests.push(Sii::parse(s)?.hash());
     }
     let additions = filter_object::insert_digests(env, &digests).await?;
-    super::routes::json_ok(&json!({ "additions": additions }))
+    crate::edge::http::routes::json_ok(&json!({ "additions": additions }))
 }
 
 /// `GET /__debug/peer-filters[?sii=…]`: this GP's copy of each peer's
@@ -204,7 +206,7 @@ pub async fn debug_peer_filters(req: Request, env: &Env, cfg: &GpConfig) -> ApiR
         };
         out.push(entry);
     }
-    super::routes::json_ok(&json!({ "gp": cfg.id, "peers": out }))
+    crate::edge::http::routes::json_ok(&json!({ "gp": cfg.id, "peers": out }))
 }
 
 // --------------------------------------------------------------- subscriber
@@ -536,12 +538,14 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
             // draft §9: "the other GPs need to fetch the newest one and
             // recreate their subscriptions to receive changes against it".
             match resync(env, cfg, &peer).await {
-                Ok(m) => super::routes::json_ok(&json!({ "resynced": m.version, "seq": m.seq })),
+                Ok(m) => crate::edge::http::routes::json_ok(
+                    &json!({ "resynced": m.version, "seq": m.seq }),
+                ),
                 // Acknowledge anyway: the old subscription is over either
                 // way, and the cron's catch-up fetches the snapshot later.
                 Err(e) => {
                     worker::console_error!("resync with {peer_id} failed: {e}");
-                    super::routes::json_ok(&json!({ "resynced": null, "error": e }))
+                    crate::edge::http::routes::json_ok(&json!({ "resynced": null, "error": e }))
                 }
             }
         }
@@ -549,7 +553,7 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
             let Some(mut c) = current.filter(|c| c.meta.version == u.version) else {
                 // Not the version we hold (lost state?): start over.
                 let r = resync(env, cfg, &peer).await;
-                return super::routes::json_ok(&json!({ "resynced": r.is_ok() }));
+                return crate::edge::http::routes::json_ok(&json!({ "resynced": r.is_ok() }));
             };
             if u.after > c.meta.seq {
                 // A gap: we lack batches (after, …]; tell the publisher
@@ -590,7 +594,9 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
             c.checked_ms = Date::now().as_millis();
             let seq = c.meta.seq;
             remember(&peer_id, c);
-            super::routes::json_ok(&json!({ "seq": seq, "applied": batch.indices.len() }))
+            crate::edge::http::routes::json_ok(
+                &json!({ "seq": seq, "applied": batch.indices.len() }),
+            )
         }
         other => Err(bad(format!("unknown update type {other:?}"))),
     }

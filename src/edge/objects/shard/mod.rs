@@ -15,11 +15,6 @@
 //! acknowledged change never loses its notification, even if the worker
 //! dies right after.
 
-use super::ap_object::{self, ApItem};
-use super::config::GpConfig;
-use super::error::{ApiError, ApiResult, OrInternal};
-use super::filter_object;
-use super::peer_auth::{self, Signer};
 use crate::core::bulk::{line_effect, LineEffect};
 use crate::core::creation::{repeat_rule, OpenPending, Repeat};
 use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
@@ -34,6 +29,13 @@ use crate::core::verification::{
     SEND_WINDOW_MS,
 };
 use crate::core::webhook::{Event, EventData};
+use crate::edge::auth::peer as peer_auth;
+use crate::edge::auth::peer::Signer;
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::ap as ap_object;
+use crate::edge::objects::ap::ApItem;
+use crate::edge::objects::filter as filter_object;
 use serde::{Deserialize, Serialize};
 use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
 
@@ -295,7 +297,7 @@ impl worker::DurableObject for MappingShard {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match super::body::read_op::<ShardOp>(&mut req).await {
+        let result = match crate::edge::http::body::read_op::<ShardOp>(&mut req).await {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("shard op: {e}"))),
         };
@@ -1520,7 +1522,7 @@ pub async fn object_call<O: Serialize, R: serde::de::DeserializeOwned>(
             resp.status_code()
         )));
     }
-    super::body::read_reply::<R>(&mut resp)
+    crate::edge::http::body::read_reply::<R>(&mut resp)
         .await
         .map_err(|e| ApiError::Internal(format!("{binding}/{name} reply: {e}")))
 }

@@ -26,14 +26,15 @@
 //! one registry request per AP per isolate per AP_CACHE_SECONDS, not per
 //! query (DESIGN.md cost budget: no DO hop for the token check).
 
-use super::config::binding;
-use super::config::GpConfig;
-use super::error::{ApiError, ApiResult};
-use super::registry_object::{self, ApRecord, RegistryOp, RegistryReply};
 use crate::core::credentials::{check_token_binding, CertFingerprint, ClientCert};
 use crate::core::token::{self, TokenClaims, TokenKeys};
 use crate::core::verification::ct_eq;
 use crate::core::Problem;
+use crate::edge::config::binding;
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::objects::registry as registry_object;
+use crate::edge::objects::registry::{ApRecord, RegistryOp, RegistryReply};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

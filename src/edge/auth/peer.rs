@@ -17,11 +17,11 @@
 //! nonce costs one DO request; the routed query may later fold that write
 //! into the mapping-shard call it makes anyway.
 
-use super::body::read_capped;
-use super::config::{GpConfig, Peer};
-use super::error::{ApiError, ApiResult, OrInternal};
 use crate::core::encoding::{b64_decode, b64url_decode, b64url_encode, hex_encode};
 use crate::core::httpsig::{self, PlainRequest};
+use crate::edge::config::{GpConfig, Peer};
+use crate::edge::http::body::read_capped;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};

@@ -1,6 +1,6 @@
 //! Talking to peer GPs over fetch.
 
-use super::config::{GpConfig, Peer};
+use crate::edge::config::{GpConfig, Peer};
 use serde::Serialize;
 use worker::{AbortSignal, Date, Fetch, Method, Request, RequestInit};
 

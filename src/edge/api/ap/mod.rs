@@ -1,0 +1,5 @@
+//! The AP API (draft §8): tokens, mapping creation and remedies, the query.
+
+pub mod mappings;
+pub mod oauth;
+pub mod query;

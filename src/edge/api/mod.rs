@@ -1,0 +1,6 @@
+//! Request handlers by audience.
+
+pub mod ap;
+pub mod operator;
+pub mod peer;
+pub mod public;

@@ -1,0 +1,3 @@
+//! The operator's API: AP enrolment, analytics, filter rebuild.
+
+pub mod aps;

@@ -1,0 +1,3 @@
+//! The peer API: signed GP-to-GP requests (draft §9, §10, §8.2.1).
+
+pub mod strikes;

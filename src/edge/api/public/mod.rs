@@ -1,0 +1,3 @@
+//! Public pages: health, GP info, the filter inspector view.
+
+pub mod filter;

@@ -1,0 +1,4 @@
+//! Who is calling.
+
+pub mod ap;
+pub mod peer;

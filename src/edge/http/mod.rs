@@ -1,0 +1,5 @@
+//! HTTP plumbing: the route table, request bodies, problem documents.
+
+pub mod body;
+pub mod error;
+pub mod routes;

@@ -1,0 +1,6 @@
+//! Durable Objects, one module each.
+
+pub mod ap;
+pub mod filter;
+pub mod registry;
+pub mod shard;

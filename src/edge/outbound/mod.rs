@@ -1,0 +1,4 @@
+//! Outbound clients.
+
+pub mod codes;
+pub mod probe;

@@ -1,0 +1,3 @@
+//! Peer routing: copies of the peers' filters and the query fan-out.
+
+pub mod copies;
