@@ -4,6 +4,8 @@
 //! of GP in the world. Rather, they are just well known." So the peers are
 //! static configuration, not something learned at run time.
 
+use crate::core::token::TokenKeys;
+
 use crate::edge::http::error::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use worker::Env;
@@ -146,4 +148,34 @@ fn parse_num<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> ApiResu
             .parse()
             .map_err(|_| ApiError::Internal(format!("config {name}={s:?} is not a number"))),
     }
+}
+
+/// Shortest operator secret accepted (ADMIN_TOKEN, WEBHOOK_MASTER_KEY).
+const MIN_SECRET_CHARS: usize = 32;
+
+pub fn operator_secret(env: &Env, name: &str) -> ApiResult<String> {
+    let value = binding(env, name).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "secret {name} is not set (wrangler secret put {name})"
+        ))
+    })?;
+    if value.chars().count() < MIN_SECRET_CHARS {
+        return Err(ApiError::Internal(format!(
+            "secret {name} is shorter than {MIN_SECRET_CHARS} characters"
+        )));
+    }
+    Ok(value)
+}
+
+/// The token MAC keys (`TOKEN_KEYS` secret: `kid1:base64key,kid2:…`).
+pub fn token_keys(env: &Env) -> ApiResult<TokenKeys> {
+    let spec = binding(env, "TOKEN_KEYS").ok_or_else(|| {
+        ApiError::Internal("secret TOKEN_KEYS is not set (wrangler secret put TOKEN_KEYS)".into())
+    })?;
+    TokenKeys::parse(&spec).map_err(|e| ApiError::Internal(format!("config: {e}")))
+}
+
+/// The key webhook signing secrets are derived from (`WEBHOOK_MASTER_KEY`).
+pub fn webhook_master_key(env: &Env) -> ApiResult<Vec<u8>> {
+    operator_secret(env, "WEBHOOK_MASTER_KEY").map(String::into_bytes)
 }

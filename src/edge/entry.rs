@@ -4,7 +4,6 @@
 use super::config;
 use super::http::{body, error, routes};
 use super::objects::filter as filter_object;
-use super::routing::copies as federation;
 use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
 
 /// Every request enters here; whatever happens, the client gets a response
@@ -41,7 +40,7 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     // draft §9: periodic rebuild, and catching up with every peer's
     // additions after this GP was down.
     match config::GpConfig::from_env(&env) {
-        Ok(cfg) => federation::cron(&env, &cfg).await,
+        Ok(cfg) => crate::edge::routing::sync::cron(&env, &cfg).await,
         Err(e) => worker::console_error!("cron {}: config: {:?}", event.cron(), e),
     }
 }

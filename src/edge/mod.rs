@@ -4,6 +4,8 @@
 //! errors into responses in one place (`http::error`). ARCHITECTURE.md maps
 //! the folders below.
 
+/// The only clock.
+mod clock;
 /// Entry points: the fetch and scheduled events.
 mod entry;
 
@@ -19,5 +21,9 @@ mod http;
 mod objects;
 /// Calls this GP makes to others: peers, SMS/email providers, webhooks.
 mod outbound;
+/// The per-AP query rate limit.
+mod ratelimit;
 /// The peer routing layer: peers' filter copies and the fan-out.
 mod routing;
+/// Counters of this isolate (tests, benchmarks).
+mod stats;

@@ -26,23 +26,21 @@
 //! one registry request per AP per isolate per AP_CACHE_SECONDS, not per
 //! query (DESIGN.md cost budget: no DO hop for the token check).
 
+use crate::edge::clock::now_ms;
+use crate::edge::config::token_keys;
+
 use crate::core::credentials::{check_token_binding, CertFingerprint, ClientCert};
-use crate::core::token::{self, TokenClaims, TokenKeys};
-use crate::core::verification::ct_eq;
+use crate::core::token::{self, TokenClaims};
 use crate::core::Problem;
-use crate::edge::config::binding;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::objects::registry as registry_object;
 use crate::edge::objects::registry::{ApRecord, RegistryOp, RegistryReply};
-use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use wasm_bindgen::JsValue;
-use worker::{Date, Env, Request};
+use worker::{Env, Request};
 
-/// Shortest operator secret accepted (ADMIN_TOKEN, WEBHOOK_MASTER_KEY).
-const MIN_SECRET_CHARS: usize = 32;
 /// Most APs an isolate caches; beyond this the cache starts over.
 const MAX_CACHED_APS: usize = 10_000;
 /// The realm named in `WWW-Authenticate` challenges.
@@ -51,11 +49,6 @@ const REALM: &str = "glados";
 thread_local! {
     static MTLS_NOTED: Cell<bool> = const { Cell::new(false) };
     static AP_CACHE: RefCell<HashMap<String, (ApRecord, u64)>> = RefCell::new(HashMap::new());
-}
-
-/// Milliseconds since the epoch (the Workers clock).
-pub fn now_ms() -> u64 {
-    Date::now().as_millis()
 }
 
 /// Logs once per isolate, at its first authenticated request, that mutual
@@ -69,33 +62,6 @@ pub fn note_mtls_mode(cfg: &GpConfig) {
     }
 }
 
-fn operator_secret(env: &Env, name: &str) -> ApiResult<String> {
-    let value = binding(env, name).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "secret {name} is not set (wrangler secret put {name})"
-        ))
-    })?;
-    if value.chars().count() < MIN_SECRET_CHARS {
-        return Err(ApiError::Internal(format!(
-            "secret {name} is shorter than {MIN_SECRET_CHARS} characters"
-        )));
-    }
-    Ok(value)
-}
-
-/// The token MAC keys (`TOKEN_KEYS` secret: `kid1:base64key,kid2:…`).
-pub fn token_keys(env: &Env) -> ApiResult<TokenKeys> {
-    let spec = binding(env, "TOKEN_KEYS").ok_or_else(|| {
-        ApiError::Internal("secret TOKEN_KEYS is not set (wrangler secret put TOKEN_KEYS)".into())
-    })?;
-    TokenKeys::parse(&spec).map_err(|e| ApiError::Internal(format!("config: {e}")))
-}
-
-/// The key webhook signing secrets are derived from (`WEBHOOK_MASTER_KEY`).
-pub fn webhook_master_key(env: &Env) -> ApiResult<Vec<u8>> {
-    operator_secret(env, "WEBHOOK_MASTER_KEY").map(String::into_bytes)
-}
-
 /// The credential of `Authorization: <scheme> <credential>` if the scheme
 /// matches (case-insensitively, RFC 9110 §11.1).
 pub fn authorization(req: &Request, scheme: &str) -> Option<String> {
@@ -104,40 +70,6 @@ pub fn authorization(req: &Request, scheme: &str) -> Option<String> {
     s.eq_ignore_ascii_case(scheme)
         .then(|| cred.trim().to_string())
         .filter(|c| !c.is_empty())
-}
-
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
-}
-
-/// Checks the operator's `Authorization: Bearer <ADMIN_TOKEN>`. Both sides
-/// are hashed before the constant-time compare, so neither the content nor
-/// the length of the secret leaks through timing.
-pub fn check_admin(req: &Request, env: &Env) -> ApiResult<()> {
-    let expected = operator_secret(env, "ADMIN_TOKEN")?;
-    let challenge = format!("Bearer realm=\"{REALM}-admin\"");
-    let Some(presented) = authorization(req, "Bearer") else {
-        return Err(ApiError::client(
-            401,
-            "missing-token",
-            "Authentication required",
-            "the admin API needs Authorization: Bearer <ADMIN_TOKEN>",
-        )
-        .with_header("WWW-Authenticate", challenge));
-    };
-    if !ct_eq(&digest(&presented), &digest(&expected)) {
-        return Err(ApiError::client(
-            401,
-            "invalid-admin-token",
-            "Invalid admin token",
-            "the bearer token is not this GP's admin token",
-        )
-        .with_header(
-            "WWW-Authenticate",
-            format!("{challenge}, error=\"invalid_token\""),
-        ));
-    }
-    Ok(())
 }
 
 /// Reads `request.cf.tlsClientAuth` field by field with `Reflect`: worker

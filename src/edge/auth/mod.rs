@@ -1,4 +1,5 @@
 //! Who is calling.
 
 pub mod ap;
+pub mod operator;
 pub mod peer;

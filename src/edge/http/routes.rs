@@ -4,19 +4,11 @@
 //! `GET /__debug/routes` serves it so the end-to-end suite can check that
 //! every route is documented in `/openapi.json` (and nothing else is).
 
-use crate::core::ratelimit::allowed_rate;
-use crate::edge::api::ap::mappings;
 use crate::edge::api::ap::mappings::Action;
-use crate::edge::api::ap::oauth;
-use crate::edge::api::ap::query;
-use crate::edge::api::operator::aps as admin;
-use crate::edge::api::public::filter as public_filter;
-use crate::edge::auth::ap as auth;
+use crate::edge::api::{ap, debug, operator, peer, public};
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::objects::filter as filter_object;
-use crate::edge::outbound::probe as peers;
-use crate::edge::routing::copies as federation;
+use crate::edge::http::respond::json_ok;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
 
@@ -312,9 +304,6 @@ const ROUTES: &[RouteDef] = &[
     },
 ];
 
-/// The OpenAPI 3.1 description of the client and admin API.
-const OPENAPI_JSON: &str = include_str!("openapi.json");
-
 /// Matches `path` against a template; returns the `{…}` segment, if any.
 fn match_template<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
     let mut param = None;
@@ -361,70 +350,48 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
     }
     let id = param.unwrap_or("");
     match def.route {
-        Route::Healthz => json_ok(&json!({ "status": "ok", "gp": cfg.id })),
-        Route::GpInfo => {
-            let filter = filter_object::current_info(env).await?;
-            json_ok(&json!({
-                "id": cfg.id,
-                "name": cfg.name,
-                "software": {
-                    "name": env!("CARGO_PKG_NAME"),
-                    "version": env!("CARGO_PKG_VERSION"),
-                },
-                "protocol": "draft-rosenberg-mimi-glados-00",
-                "filter": filter,
-                "peers": cfg.peers.iter().map(|p| &p.id).collect::<Vec<_>>(),
-                // What peers put into their PEERS entry for this GP (its
-                // GP-to-GP requests are signed with the matching seed).
-                "public_key": crate::edge::auth::peer::Signer::from_env(env)
-                    .ok()
-                    .map(|s| s.public_key_b64()),
-            }))
-        }
-        Route::Peers => {
-            let report = peers::probe_all(cfg).await;
-            json_ok(&json!({ "gp": cfg.id, "peers": report }))
-        }
-        Route::OpenApi => {
-            let mut resp = Response::ok(OPENAPI_JSON).internal("openapi")?;
-            resp.headers_mut()
-                .set("Content-Type", "application/json")
-                .internal("set header")?;
-            Ok(resp)
-        }
-        Route::OAuthToken => oauth::token(req, env, cfg).await,
-        Route::Me => me(&req, env, cfg).await,
-        Route::AdminAps if method == Method::Post => admin::enroll(req, env, cfg).await,
-        Route::AdminAps => admin::list(req, env).await,
-        Route::AdminAp if method == Method::Patch => admin::update(req, env, cfg, id).await,
-        Route::AdminAp => admin::show(req, env, id).await,
-        Route::AdminApSuspend => admin::suspend(req, env, id).await,
-        Route::AdminApReinstate => admin::reinstate(req, env, id).await,
-        Route::AdminApRotate => admin::rotate(req, env, id).await,
-        Route::AdminApAnalytics => mappings::analytics(req, env, id).await,
-        Route::AdminApWebhookReplay => mappings::replay(req, env, id).await,
-        Route::MappingCreate => mappings::create(req, env, cfg).await,
-        Route::Verification => mappings::confirm(req, env, cfg, id).await,
-        Route::MappingChoice => mappings::action(req, env, cfg, Action::Choice).await,
-        Route::MappingReestablish => mappings::action(req, env, cfg, Action::Reestablish).await,
-        Route::MappingPreferBack => mappings::action(req, env, cfg, Action::PreferBack).await,
-        Route::MappingReport => mappings::action(req, env, cfg, Action::Report).await,
-        Route::MappingDelete => mappings::action(req, env, cfg, Action::Delete).await,
-        Route::MappingMine => mappings::action(req, env, cfg, Action::Mine).await,
-        Route::MappingBulk => mappings::bulk(req, env, cfg).await,
-        Route::PublicFilter => public_filter::get(&req, env, &cfg.id).await,
-        Route::Query => query::query(req, env, cfg).await,
-        Route::PeerQuery => query::serve_peer(req, env, cfg).await,
-        Route::PeerClaims => query::serve_claim(req, env, cfg).await,
-        Route::PeerStrikes => crate::edge::api::peer::strikes::serve_strike(req, env, cfg).await,
-        Route::DebugQueryStats => query::debug_stats(),
-        Route::PeerFilter => federation::serve_snapshot(req, env, cfg).await,
-        Route::PeerFilterAdditions => federation::serve_additions(req, env, cfg).await,
-        Route::PeerFilterSubscriptions => federation::subscribe(req, env, cfg).await,
-        Route::PeerFilterUpdates => federation::receive_update(req, env, cfg).await,
-        Route::AdminFilterRebuild => federation::admin_rebuild(req, env).await,
-        Route::DebugFilterInsert => federation::debug_insert(req, env).await,
-        Route::DebugPeerFilters => federation::debug_peer_filters(req, env, cfg).await,
+        // Public pages.
+        Route::Healthz => public::info::healthz(cfg),
+        Route::GpInfo => public::info::gp_info(env, cfg).await,
+        Route::Peers => public::info::peers(cfg).await,
+        Route::OpenApi => public::info::openapi(),
+        Route::PublicFilter => public::filter::get(&req, env, &cfg.id).await,
+        // The AP API.
+        Route::OAuthToken => ap::oauth::token(req, env, cfg).await,
+        Route::Me => ap::me::me(&req, env, cfg).await,
+        Route::MappingCreate => ap::mappings::create(req, env, cfg).await,
+        Route::Verification => ap::mappings::confirm(req, env, cfg, id).await,
+        Route::MappingChoice => ap::mappings::action(req, env, cfg, Action::Choice).await,
+        Route::MappingReestablish => ap::mappings::action(req, env, cfg, Action::Reestablish).await,
+        Route::MappingPreferBack => ap::mappings::action(req, env, cfg, Action::PreferBack).await,
+        Route::MappingReport => ap::mappings::action(req, env, cfg, Action::Report).await,
+        Route::MappingDelete => ap::mappings::action(req, env, cfg, Action::Delete).await,
+        Route::MappingMine => ap::mappings::action(req, env, cfg, Action::Mine).await,
+        Route::MappingBulk => ap::bulk::bulk(req, env, cfg).await,
+        Route::Query => ap::query::query(req, env, cfg).await,
+        // The operator's API.
+        Route::AdminAps if method == Method::Post => operator::aps::enroll(req, env, cfg).await,
+        Route::AdminAps => operator::aps::list(req, env).await,
+        Route::AdminAp if method == Method::Patch => operator::aps::update(req, env, cfg, id).await,
+        Route::AdminAp => operator::aps::show(req, env, id).await,
+        Route::AdminApSuspend => operator::aps::suspend(req, env, id).await,
+        Route::AdminApReinstate => operator::aps::reinstate(req, env, id).await,
+        Route::AdminApRotate => operator::aps::rotate(req, env, id).await,
+        Route::AdminApAnalytics => operator::analytics::analytics(req, env, id).await,
+        Route::AdminApWebhookReplay => operator::analytics::replay(req, env, id).await,
+        Route::AdminFilterRebuild => operator::filter::rebuild(req, env).await,
+        // The peer API (signed GP-to-GP requests).
+        Route::PeerQuery => peer::query::serve(req, env, cfg).await,
+        Route::PeerClaims => peer::claims::serve(req, env, cfg).await,
+        Route::PeerStrikes => peer::strikes::serve(req, env, cfg).await,
+        Route::PeerFilter => peer::filter::serve_snapshot(req, env, cfg).await,
+        Route::PeerFilterAdditions => peer::filter::serve_additions(req, env, cfg).await,
+        Route::PeerFilterSubscriptions => peer::filter::subscribe(req, env, cfg).await,
+        Route::PeerFilterUpdates => peer::filter::receive_update(req, env, cfg).await,
+        // Test-only routes (DEBUG_ROUTES).
+        Route::DebugQueryStats => debug::query_stats(),
+        Route::DebugFilterInsert => debug::filter_insert(req, env).await,
+        Route::DebugPeerFilters => debug::peer_filters(req, env, cfg).await,
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,
@@ -439,47 +406,4 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
             }
         }
     }
-}
-
-/// `GET /v1/me`: the authenticated AP as the GP sees it. The first client
-/// API route; it proves the whole chain (token, certificate binding,
-/// registry state) and shows the AP its current rate limit (draft §11.2:
-/// "rate limited based on the number of enrolled users").
-async fn me(req: &Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
-    let ap = auth::authenticate(req, env, cfg).await?;
-    let r = &ap.record;
-    let rate = allowed_rate(&r.rate_params, r.enrolled_users, r.strikes);
-    json_ok(&json!({
-        "id": r.id,
-        "name": r.name,
-        "bulk_allowed": r.bulk_allowed,
-        "enrolled_users": r.enrolled_users,
-        "strikes": r.strikes,
-        "rate": { "per_sec": rate.per_sec, "burst": rate.burst },
-        "token": {
-            "expires_at": ap.claims.expires_at,
-            "generation": ap.claims.generation,
-            "cnf": ap.claims.cnf.map(|f| json!({ "x5t#S256": f.to_x5t_s256() })),
-        },
-        "mtls": {
-            "required": cfg.require_mtls,
-            "certificate_sha256": ap.cert.map(|f| f.to_hex()),
-        },
-    }))
-}
-
-/// A 200 JSON response.
-pub fn json_ok(body: &serde_json::Value) -> ApiResult<Response> {
-    json_status(body, 200)
-}
-
-/// A JSON response with `status`; API answers are never cached.
-pub fn json_status(body: &serde_json::Value, status: u16) -> ApiResult<Response> {
-    let mut resp = Response::from_json(body)
-        .internal("serialize response")?
-        .with_status(status);
-    resp.headers_mut()
-        .set("Cache-Control", "no-store")
-        .internal("set header")?;
-    Ok(resp)
 }

@@ -18,20 +18,18 @@
 use crate::core::bulk::KeyRecord;
 use crate::core::credentials::derive_webhook_secret;
 use crate::core::mapping::Strike;
-use crate::core::outbox::{delivered, Delivery, RetryPolicy};
+use crate::core::outbox::{Delivery, RetryPolicy};
 use crate::core::ratelimit::{is_suspended, Rate, TokenBucket};
 use crate::core::verification::{SendLimit, WindowCounter};
-use crate::core::webhook::{self, Event, EventData};
+use crate::core::webhook::{Event, EventData};
 use crate::edge::auth::ap as auth;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::objects::registry as registry_object;
 use crate::edge::objects::registry::{RegistryOp, RegistryReply};
 use crate::edge::objects::shard::object_call;
+use crate::edge::outbound::webhooks::post_webhook;
 use serde::{Deserialize, Serialize};
-use worker::{
-    durable_object, AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-    SqlStorage, State,
-};
+use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 
 /// Something a mapping shard hands to an AP's object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,7 +195,7 @@ impl worker::DurableObject for ApObject {
     async fn alarm(&self) -> worker::Result<Response> {
         match self.deliver_due().await {
             Ok(Some(next)) => {
-                let wait = next.saturating_sub(auth::now_ms()) as i64;
+                let wait = next.saturating_sub(crate::edge::clock::now_ms()) as i64;
                 self.state.storage().set_alarm(wait.max(0)).await?;
             }
             Ok(None) => {}
@@ -245,7 +243,6 @@ fn retry_policy(env: &Env) -> RetryPolicy {
     }
 }
 
-const WEBHOOK_TIMEOUT_MS: u32 = 5_000;
 const SEEN_TTL_MS: u64 = 7 * 24 * 3_600_000;
 const MAX_PER_ALARM: usize = 50;
 
@@ -366,7 +363,7 @@ impl ApObject {
 
     async fn apply(&self, op: ApOp) -> ApiResult<ApReply> {
         self.ensure_schema()?;
-        let now = auth::now_ms();
+        let now = crate::edge::clock::now_ms();
         match op {
             ApOp::Take { ap, items } => {
                 // Remembered for the alarm, which has no request to read it from.
@@ -673,7 +670,7 @@ impl ApObject {
     /// Delivers due events in order; returns when the next one is due.
     async fn deliver_due(&self) -> ApiResult<Option<u64>> {
         self.ensure_schema()?;
-        let now = auth::now_ms();
+        let now = crate::edge::clock::now_ms();
         let rows: Vec<EventRow> = self
             .sql()
             .exec(
@@ -703,7 +700,12 @@ impl ApObject {
                     Err(err) => {
                         let mut r = [0u8; 4];
                         let _ = getrandom::fill(&mut r);
-                        d.failed(&policy, err.clone(), auth::now_ms(), u32::from_le_bytes(r));
+                        d.failed(
+                            &policy,
+                            err.clone(),
+                            crate::edge::clock::now_ms(),
+                            u32::from_le_bytes(r),
+                        );
                         stats.last_error = Some(err);
                         if d.dead {
                             worker::console_error!(
@@ -752,36 +754,9 @@ impl ApObject {
                 RegistryReply::Ap { ap } => ap.record,
                 _ => return Err(ApiError::Internal(format!("AP {id} is not enrolled"))),
             };
-        let master = auth::webhook_master_key(&self.env)?;
+        let master = crate::edge::config::webhook_master_key(&self.env)?;
         let key = derive_webhook_secret(&master, &record.id, record.webhook_generation);
         Ok((record.webhook_url, key.to_vec()))
-    }
-}
-
-async fn post_webhook(url: &str, key: &[u8], id: &str, body: &str) -> Result<(), String> {
-    let ts = auth::now_ms() / 1000;
-    let headers = Headers::new();
-    for (k, v) in webhook::headers(key, id, ts, body.as_bytes()) {
-        headers.set(k, &v).map_err(|e| e.to_string())?;
-    }
-    headers
-        .set("Content-Type", "application/json")
-        .map_err(|e| e.to_string())?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(wasm_bindgen::JsValue::from_str(body)));
-    let req = Request::new_with_init(url, &init).map_err(|e| format!("bad url: {e}"))?;
-    let signal: AbortSignal = web_sys::AbortSignal::timeout_with_u32(WEBHOOK_TIMEOUT_MS).into();
-    let resp = Fetch::Request(req)
-        .send_with_signal(&signal)
-        .await
-        .map_err(|e| format!("fetch: {e}"))?;
-    let status = resp.status_code();
-    if delivered(status) {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
     }
 }
 

@@ -32,9 +32,8 @@ use crate::core::filter::{
     decode_additions, encode_additions, Filter, FilterHeader, FilterParams, HashScheme, Layout,
 };
 use crate::core::outbox::RetryPolicy;
-use crate::edge::auth::peer as peer_auth;
-use crate::edge::auth::peer::Signer;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::outbound::peer::Signer;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -761,7 +760,7 @@ impl FilterObject {
             jobs.push((d, body.to_string(), to));
         }
         let sends = jobs.iter().map(|(d, body, _)| {
-            peer_auth::signed_fetch(
+            crate::edge::outbound::peer::signed_fetch(
                 &signer,
                 Method::Post,
                 &d.callback,

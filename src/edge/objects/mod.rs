@@ -2,5 +2,6 @@
 
 pub mod ap;
 pub mod filter;
+pub mod nonces;
 pub mod registry;
 pub mod shard;

@@ -1,3 +1,5 @@
 //! Peer routing: copies of the peers' filters and the query fan-out.
 
 pub mod copies;
+pub mod fanout;
+pub mod sync;

@@ -10,10 +10,6 @@
 //! SIIs travel in bodies, never in URLs (they are personal data and URLs
 //! end up in logs).
 
-use crate::core::bulk::{
-    decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
-    KeyRecord, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
-};
 use crate::core::creation::{code_message, Handle};
 use crate::core::mapping::{Choice, Party};
 use crate::core::shard::shard_of;
@@ -24,8 +20,8 @@ use crate::core::webhook::rfc3339_ms;
 use crate::edge::auth::ap as auth;
 use crate::edge::auth::ap::AuthedAp;
 use crate::edge::config::GpConfig;
-use crate::edge::http::body::{media_type, read_json};
-use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::body::read_json;
+use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::objects::ap as ap_object;
 use crate::edge::objects::ap::{ApOp, ApReply};
 use crate::edge::objects::registry as registry_object;
@@ -33,13 +29,12 @@ use crate::edge::objects::registry::{RegistryOp, RegistryReply};
 use crate::edge::objects::shard as mapping_shard;
 use crate::edge::objects::shard::{hex, MappingView, ShardOp, ShardReply};
 use crate::edge::outbound::codes as delivery;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use worker::{Env, Request, Response};
 
-use crate::edge::http::routes::json_status as respond;
+use crate::edge::http::respond::json_status as respond;
 
 fn random<const N: usize>() -> ApiResult<[u8; N]> {
     let mut b = [0u8; N];
@@ -57,7 +52,7 @@ fn pepper(env: &Env) -> ApiResult<Vec<u8>> {
             return Ok(s.into_bytes());
         }
     }
-    let master = auth::webhook_master_key(env)?;
+    let master = crate::edge::config::webhook_master_key(env)?;
     let mut h = Sha256::new();
     h.update(b"glados/code-pepper/v1\0");
     h.update(&master);
@@ -100,13 +95,13 @@ async fn shard_call(env: &Env, sii: &Sii, op: ShardOp) -> ApiResult<ShardReply> 
 /// The preferred holder of `sii` on a peer GP, if the peers whose filters
 /// match say so. Best effort: an unreachable peer just finds nothing.
 async fn remote_holder(env: &Env, cfg: &GpConfig, sii: &Sii) -> Option<Party> {
-    if crate::edge::api::ap::query::matching_peers(env, cfg, sii)
+    if crate::edge::routing::fanout::matching_peers(env, cfg, sii)
         .await
         .is_empty()
     {
         return None;
     }
-    match crate::edge::api::ap::query::resolve(env, cfg, sii).await {
+    match crate::edge::routing::fanout::resolve(env, cfg, sii).await {
         Ok(r) => r.preferred.filter(|c| c.gp != cfg.id).map(|c| Party {
             ap: c.ssi.provider().clone(),
             gp: Some(c.gp),
@@ -143,13 +138,13 @@ async fn remote_candidate(
         // Unknown handle: the confirmation itself answers that.
         _ => return Ok(None),
     };
-    if crate::edge::api::ap::query::matching_peers(env, cfg, &sii)
+    if crate::edge::routing::fanout::matching_peers(env, cfg, &sii)
         .await
         .is_empty()
     {
         return Ok(None);
     }
-    match crate::edge::api::ap::query::resolve(env, cfg, &sii).await {
+    match crate::edge::routing::fanout::resolve(env, cfg, &sii).await {
         Ok(r) => Ok(r.preferred.filter(|c| c.gp != cfg.id)),
         Err(e) => {
             worker::console_error!("remote holder lookup: {e:?}");
@@ -212,7 +207,7 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
     let sii = parse_sii(&body.sii)?;
     let user = UserId::parse(&body.user)?;
     let ap_id = ap.record.id.clone();
-    let now = auth::now_ms();
+    let now = crate::edge::clock::now_ms();
     let (policy, ttl_ms) = code_policy(env, cfg)?;
     let code = generate_code(&policy, &mut |b: &mut [u8]| {
         let _ = getrandom::fill(b);
@@ -340,7 +335,7 @@ pub async fn confirm(
         code: body.code,
         pepper: hex(&pepper(env)?),
         remote,
-        now_ms: auth::now_ms(),
+        now_ms: crate::edge::clock::now_ms(),
     };
     let reply: ShardReply = mapping_shard::object_call(env, "MAPPING_SHARD", &name, &op).await?;
     match reply {
@@ -395,7 +390,7 @@ pub enum Action {
 /// any other GP might own a mapping for the SII which has changed"
 /// (isolate-cached filter copies).
 async fn claim_peer_ids(env: &Env, cfg: &GpConfig, sii: &Sii) -> Vec<String> {
-    crate::edge::api::ap::query::matching_peers(env, cfg, sii)
+    crate::edge::routing::fanout::matching_peers(env, cfg, sii)
         .await
         .into_iter()
         .map(|p| p.id.clone())
@@ -411,7 +406,7 @@ pub async fn action(
 ) -> ApiResult<Response> {
     let ap: AuthedAp = auth::authenticate(&req, env, cfg).await?;
     let ap_id = ap.record.id.clone();
-    let now = auth::now_ms();
+    let now = crate::edge::clock::now_ms();
     let (sii, op) = match action {
         Action::Choice => {
             let b: ChoiceBody = read_json(&mut req, false).await?;
@@ -480,297 +475,5 @@ pub async fn action(
         ),
         ShardReply::Refused(r) => Err(r.into_api()),
         _ => Err(ApiError::Internal("shard: unexpected reply".into())),
-    }
-}
-
-/// Lines per shard request of a bulk upload.
-const BULK_BATCH: usize = 2_000;
-
-/// `POST /v1/mappings/bulk` (draft §8.3).
-pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
-    let ap = auth::authenticate(&req, env, cfg).await?;
-    if !ap.record.bulk_allowed {
-        return Err(BulkError::NotAllowed.into());
-    }
-    if media_type(&req).as_deref() != Some("application/x-ndjson") {
-        return Err(ApiError::from(BulkError::WrongContentType)
-            .with_header("Accept-Post", "application/x-ndjson"));
-    }
-    let key = IdempotencyKey::parse(
-        &req.headers()
-            .get("Idempotency-Key")
-            .ok()
-            .flatten()
-            .unwrap_or_default(),
-    )?;
-    let ap_id = ap.record.id.clone();
-    let now = auth::now_ms();
-    let idem_key = format!("bulk:{}", key.as_str());
-    let stored = match ap_object::call(
-        env,
-        &ap_id,
-        &ApOp::IdemGet {
-            key: idem_key.clone(),
-        },
-    )
-    .await?
-    {
-        ApReply::Idem { record } => record,
-        _ => None,
-    };
-    if let Ok(Some(len)) = req.headers().get("Content-Length") {
-        if len
-            .trim()
-            .parse::<u64>()
-            .is_ok_and(|n| n > MAX_UPLOAD_BYTES as u64)
-        {
-            return Err(BulkError::TooLarge.into());
-        }
-    }
-
-    // The body is read as a stream: lines are cut and parsed as chunks
-    // arrive (the raw bytes are never buffered), and hashed for the
-    // idempotency check. Nothing is written before the whole upload was
-    // read, so size limits and the key decision come before any write.
-    let count = mapping_shard::shard_count(env);
-    let mut summary = BulkSummary::default();
-    let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
-        Default::default();
-    let mut splitter = LineSplitter::new();
-    let mut hasher = Sha256::new();
-    let mut read = 0usize;
-    let mut sink = |n: u32, line: Result<&[u8], crate::core::bulk::LineProblem>| match line
-        .and_then(parse_line)
-    {
-        Ok(Some(l)) => per_shard.entry(shard_of(&l.sii, count)).or_default().push((
-            n,
-            l.sii.to_string(),
-            l.user.to_string(),
-        )),
-        Ok(None) => {}
-        Err(p) => summary.refused(p.at(n)),
-    };
-    if let Ok(mut stream) = req.stream() {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| crate::edge::http::body::unreadable("the upload", e))?;
-            read += chunk.len();
-            if read > MAX_UPLOAD_BYTES {
-                return Err(BulkError::TooLarge.into());
-            }
-            hasher.update(&chunk);
-            splitter.push(&chunk, &mut sink);
-            if splitter.lines() > MAX_LINES_PER_UPLOAD {
-                return Err(BulkError::TooLarge.into());
-            }
-        }
-    }
-    splitter.finish(&mut sink);
-    summary.lines = splitter.lines();
-    if summary.lines > MAX_LINES_PER_UPLOAD {
-        return Err(BulkError::TooLarge.into());
-    }
-    let body_sha256: [u8; 32] = hasher.finalize().into();
-    let decision = match decide_key(stored.as_ref(), &body_sha256, now) {
-        // When to come back: the running upload's lease, renewed while it
-        // lives, lapses within IDEMPOTENCY_LEASE_MS once it died.
-        Err(BulkError::KeyInUse) => {
-            let left = stored.as_ref().map_or(1, |r| lease_left_ms(r, now));
-            return Err(ApiError::from(BulkError::KeyInUse)
-                .with_header("Retry-After", left.div_ceil(1000).max(1).to_string()));
-        }
-        d => d?,
-    };
-    if let KeyDecision::Replay(summary) = decision {
-        let mut resp = respond(&json!(summary), 200)?;
-        resp.headers_mut()
-            .set("Idempotent-Replayed", "true")
-            .internal("header")?;
-        return Ok(resp);
-    }
-    ap_object::call(
-        env,
-        &ap_id,
-        &ApOp::IdemPut {
-            key: idem_key.clone(),
-            record: KeyRecord {
-                body_sha256,
-                // Not the request's start: the body may have taken a while.
-                started_ms: auth::now_ms(),
-                summary: None,
-            },
-        },
-    )
-    .await?;
-
-    let mut batches = Vec::new();
-    for (shard, lines) in per_shard {
-        for chunk in lines.chunks(BULK_BATCH) {
-            batches.push((shard, chunk.to_vec()));
-        }
-    }
-    let work = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
-        let ap_id = ap_id.clone();
-        async move {
-            let op = ShardOp::Bulk {
-                ap: ap_id,
-                lines: chunk
-                    .iter()
-                    .map(|(_, s, u)| (s.clone(), u.clone()))
-                    .collect(),
-                now_ms: now,
-            };
-            let reply = mapping_shard::call(env, shard, &op).await;
-            (chunk, reply)
-        }
-    }));
-    // The key's lease is renewed while the shards write, so it stays held
-    // for as long as this upload runs and no longer: a GP killed mid-upload
-    // frees it within IDEMPOTENCY_LEASE_MS for the client's retry (it was a
-    // fixed 5 minutes of 409s before).
-    let (renewing, done) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
-    let renew = async {
-        loop {
-            worker::Delay::from(std::time::Duration::from_millis(IDEMPOTENCY_RENEW_MS)).await;
-            renewing.set(true);
-            let op = ApOp::IdemPut {
-                key: idem_key.clone(),
-                record: KeyRecord {
-                    body_sha256,
-                    started_ms: auth::now_ms(),
-                    summary: None,
-                },
-            };
-            if let Err(e) = ap_object::call(env, &ap_id, &op).await {
-                worker::console_error!("bulk: renewing the idempotency lease: {e:?}");
-            }
-            renewing.set(false);
-            if done.get() {
-                break;
-            }
-        }
-    };
-    futures_util::pin_mut!(work, renew);
-    let results = match futures_util::future::select(work, renew).await {
-        futures_util::future::Either::Left((results, renew)) => {
-            // A renewal still on its way must land before the summary.
-            done.set(true);
-            if renewing.get() {
-                renew.await;
-            }
-            results
-        }
-        futures_util::future::Either::Right(((), work)) => work.await,
-    };
-    for (chunk, reply) in results {
-        match reply? {
-            ShardReply::Bulk { effects } => {
-                for ((n, _, _), effect) in chunk.iter().zip(effects) {
-                    match effect {
-                        Ok(e) => summary.applied(e),
-                        Err(detail) => summary.refused(crate::core::bulk::LineError {
-                            line: *n,
-                            problem: "mapping-refused".into(),
-                            detail,
-                        }),
-                    }
-                }
-            }
-            _ => return Err(ApiError::Internal("shard: unexpected bulk reply".into())),
-        }
-    }
-    summary.errors.sort_by_key(|e| e.line);
-    ap_object::call(
-        env,
-        &ap_id,
-        &ApOp::IdemPut {
-            key: idem_key.clone(),
-            record: KeyRecord {
-                body_sha256,
-                started_ms: now,
-                summary: Some(summary.clone()),
-            },
-        },
-    )
-    .await?;
-    respond(&json!(summary), 200)
-}
-
-/// `GET /admin/v1/aps/{id}/analytics` (draft §11.2: "Glados can
-/// additionally use analytics to look for odd patterns in registrations,
-/// including clearly fake or genreated email addresses, overlaps with
-/// existing email addresses and so on").
-pub async fn analytics(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
-    let record = match registry_object::call(env, &RegistryOp::Get { id: id.into() }).await? {
-        RegistryReply::Ap { ap } => ap.record,
-        _ => {
-            return Err(ApiError::client(
-                404,
-                "no-such-ap",
-                "No such AP",
-                format!("no AP with id {id:?} is enrolled here"),
-            ))
-        }
-    };
-    let (a, outbox) = match ap_object::call(env, id, &ApOp::Stats).await? {
-        ApReply::Stats { analytics, outbox } => (analytics, outbox),
-        _ => return Err(ApiError::Internal("ap object: unexpected reply".into())),
-    };
-    let ratio = |num: u64, den: u64| {
-        if den == 0 {
-            Value::Null
-        } else {
-            json!(num as f64 / den as f64)
-        }
-    };
-    respond(
-        &json!({
-            "ap": record.id,
-            "enrolled_users": record.enrolled_users,
-            "strikes": record.strikes,
-            "suspended": record.suspended,
-            "codes_sent": a.codes_sent,
-            "verified": a.verified,
-            "wrong_codes": a.wrong_codes,
-            "failed_verification_ratio": ratio(a.wrong_codes, a.wrong_codes + a.verified),
-            "unconfirmed_ratio": ratio(a.codes_sent.saturating_sub(a.verified), a.codes_sent),
-            "peak_codes_per_minute": a.peak_codes_per_minute,
-            "sequential_numbers": a.sequential,
-            "sequential_ratio": ratio(a.sequential, a.codes_sent),
-            "mappings_created": a.mappings_created,
-            "mappings_removed": a.mappings_removed,
-            "overlapping": a.overlapping,
-            "overlap_ratio": ratio(a.overlapping, a.mappings_created),
-            "webhooks": {
-                "queued": outbox.queued,
-                "dead_lettered": outbox.dead,
-                "delivered": outbox.delivered,
-                "oldest_queued_at": outbox.oldest_queued_ms.map(rfc3339_ms),
-                "last_error": outbox.last_error,
-            },
-        }),
-        200,
-    )
-}
-
-/// `POST /admin/v1/aps/{id}/webhooks/replay`: requeues the AP's
-/// dead-lettered webhooks (the retry horizon passed, e.g. because its
-/// endpoint was down for longer), with a fresh horizon.
-pub async fn replay(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
-    if !matches!(
-        registry_object::call(env, &RegistryOp::Get { id: id.into() }).await?,
-        RegistryReply::Ap { .. }
-    ) {
-        return Err(ApiError::client(
-            404,
-            "no-such-ap",
-            "No such AP",
-            format!("no AP with id {id:?} is enrolled here"),
-        ));
-    }
-    match ap_object::call(env, id, &ApOp::Replay).await? {
-        ApReply::Replayed { events } => respond(&json!({ "ap": id, "requeued": events }), 200),
-        _ => Err(ApiError::Internal("ap object: unexpected reply".into())),
     }
 }

@@ -165,7 +165,7 @@ pub async fn token(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
     let cnf = cert_for_token(cfg.require_mtls, &cert, &record.cert_fingerprints)
         .map_err(|e| invalid_client(how, e.to_string()))?;
 
-    let now = auth::now_ms() / 1000;
+    let now = crate::edge::clock::now_ms() / 1000;
     let claims = TokenClaims {
         ap: ap_id,
         generation: record.generation,
@@ -173,7 +173,7 @@ pub async fn token(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
         expires_at: now + cfg.token_ttl_secs,
         cnf,
     };
-    let keys = auth::token_keys(env)?;
+    let keys = crate::edge::config::token_keys(env)?;
     let access_token = token::issue(&keys, &claims);
     // RFC 6749 §5.1: "The authorization server MUST include the HTTP
     // "Cache-Control" response header field with a value of "no-store"".

@@ -199,14 +199,17 @@ fn credentials_json(
         "token_endpoint": "/oauth/token",
     });
     if with_webhook {
-        let key =
-            derive_webhook_secret(&auth::webhook_master_key(env)?, &r.id, r.webhook_generation);
+        let key = derive_webhook_secret(
+            &crate::edge::config::webhook_master_key(env)?,
+            &r.id,
+            r.webhook_generation,
+        );
         c["webhook_secret"] = json!(format_webhook_secret(&key));
     }
     Ok(c)
 }
 
-use crate::edge::http::routes::json_status;
+use crate::edge::http::respond::json_status;
 
 fn not_found(id: &str) -> ApiError {
     ApiError::client(
@@ -236,7 +239,7 @@ async fn apply(env: &Env, op: RegistryOp, id: &str) -> ApiResult<StoredAp> {
 
 /// `POST /admin/v1/aps`: enroll an AP; answers 201 with its credentials.
 pub async fn enroll(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     let body: EnrollRequest = read_json(&mut req, false).await?;
     let id = parse_id(&body.id)?;
     let name = check_name(&body.name)?;
@@ -244,9 +247,9 @@ pub async fn enroll(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
     let cert_fingerprints = fingerprints(&body.cert_fingerprints, cfg)?;
     let rate_params = merge_rate(&RateParams::default(), body.rate_params)?;
     // Fail before storing anything if the webhook key is not configured.
-    auth::webhook_master_key(env)?;
+    crate::edge::config::webhook_master_key(env)?;
     let secret = format_client_secret(&random32()?);
-    let now = auth::now_ms();
+    let now = crate::edge::clock::now_ms();
     let record = ApRecord {
         id: id.to_string(),
         name,
@@ -281,7 +284,7 @@ pub async fn enroll(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
 
 /// `GET /admin/v1/aps`.
 pub async fn list(req: Request, env: &Env) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     match registry_object::call(env, &RegistryOp::List).await? {
         RegistryReply::List { aps } => json_status(
             &json!({ "aps": aps.iter().map(ap_json).collect::<Vec<_>>() }),
@@ -293,7 +296,7 @@ pub async fn list(req: Request, env: &Env) -> ApiResult<Response> {
 
 /// `GET /admin/v1/aps/{id}`.
 pub async fn show(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     let id = parse_id(id)?;
     let stored = apply(env, RegistryOp::Get { id: id.to_string() }, id.as_str()).await?;
     json_status(&json!({ "ap": ap_json(&stored.record) }), 200)
@@ -303,7 +306,7 @@ pub async fn show(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
 /// permission or rate parameters. Changing certificates revokes the AP's
 /// tokens (they may be bound to a removed certificate).
 pub async fn update(mut req: Request, env: &Env, cfg: &GpConfig, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     let id = parse_id(id)?;
     let body: UpdateRequest = read_json(&mut req, false).await?;
     let current = apply(env, RegistryOp::Get { id: id.to_string() }, id.as_str()).await?;
@@ -328,7 +331,7 @@ pub async fn update(mut req: Request, env: &Env, cfg: &GpConfig, id: &str) -> Ap
     let op = RegistryOp::Update {
         id: id.to_string(),
         patch,
-        now_ms: auth::now_ms(),
+        now_ms: crate::edge::clock::now_ms(),
     };
     let stored = apply(env, op, id.as_str()).await?;
     json_status(&json!({ "ap": ap_json(&stored.record) }), 200)
@@ -337,7 +340,7 @@ pub async fn update(mut req: Request, env: &Env, cfg: &GpConfig, id: &str) -> Ap
 /// `POST /admin/v1/aps/{id}/suspend`: no new tokens, existing ones refused
 /// (see `auth` for how fast).
 pub async fn suspend(mut req: Request, env: &Env, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     let id = parse_id(id)?;
     let body: SuspendRequest = read_json(&mut req, true).await?;
     let reason = body
@@ -359,7 +362,7 @@ pub async fn suspend(mut req: Request, env: &Env, id: &str) -> ApiResult<Respons
     let op = RegistryOp::Suspend {
         id: id.to_string(),
         reason,
-        now_ms: auth::now_ms(),
+        now_ms: crate::edge::clock::now_ms(),
     };
     let stored = apply(env, op, id.as_str()).await?;
     json_status(&json!({ "ap": ap_json(&stored.record) }), 200)
@@ -367,12 +370,12 @@ pub async fn suspend(mut req: Request, env: &Env, id: &str) -> ApiResult<Respons
 
 /// `POST /admin/v1/aps/{id}/reinstate`.
 pub async fn reinstate(mut req: Request, env: &Env, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     let id = parse_id(id)?;
     let _: EmptyRequest = read_json(&mut req, true).await?;
     let op = RegistryOp::Reinstate {
         id: id.to_string(),
-        now_ms: auth::now_ms(),
+        now_ms: crate::edge::clock::now_ms(),
     };
     let stored = apply(env, op, id.as_str()).await?;
     json_status(&json!({ "ap": ap_json(&stored.record) }), 200)
@@ -382,18 +385,18 @@ pub async fn reinstate(mut req: Request, env: &Env, id: &str) -> ApiResult<Respo
 /// request, a new webhook secret), shown once; the old secret and every
 /// token issued so far stop working.
 pub async fn rotate(mut req: Request, env: &Env, id: &str) -> ApiResult<Response> {
-    auth::check_admin(&req, env)?;
+    crate::edge::auth::operator::check_admin(&req, env)?;
     let id = parse_id(id)?;
     let body: RotateRequest = read_json(&mut req, true).await?;
     if body.webhook_secret {
-        auth::webhook_master_key(env)?;
+        crate::edge::config::webhook_master_key(env)?;
     }
     let secret = format_client_secret(&random32()?);
     let op = RegistryOp::Rotate {
         id: id.to_string(),
         secret_hash: hex_encode(&hash_client_secret(&secret)),
         rotate_webhook: body.webhook_secret,
-        now_ms: auth::now_ms(),
+        now_ms: crate::edge::clock::now_ms(),
     };
     let stored = apply(env, op, id.as_str()).await?;
     json_status(

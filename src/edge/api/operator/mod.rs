@@ -1,3 +1,5 @@
 //! The operator's API: AP enrolment, analytics, filter rebuild.
 
+pub mod analytics;
 pub mod aps;
+pub mod filter;

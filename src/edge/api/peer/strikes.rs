@@ -36,7 +36,6 @@
 
 use crate::core::mapping::StrikeNotice;
 use crate::core::shard::shard_of;
-use crate::edge::auth::ap as auth;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
@@ -69,7 +68,7 @@ fn invalid(detail: String) -> ApiError {
 }
 
 /// `POST /peer/v1/strikes` (see the module documentation).
-pub async fn serve_strike(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let (peer, body) = peer_auth::verify(&mut req, env, cfg, MAX_STRIKE_BODY).await?;
     let notice: StrikeNotice = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the strike notice was not understood: {e}")))?;
@@ -94,7 +93,7 @@ pub async fn serve_strike(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiRes
             ))
         }
     }
-    let now = auth::now_ms();
+    let now = crate::edge::clock::now_ms();
     let fresh = match ap_object::call(
         env,
         &ap,
@@ -149,7 +148,7 @@ pub async fn serve_strike(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiRes
             if !applied {
                 release().await?;
             }
-            crate::edge::http::routes::json_ok(&json!({
+            crate::edge::http::respond::json_ok(&json!({
                 "id": notice.id,
                 "applied": applied,
                 "duplicate": !applied,

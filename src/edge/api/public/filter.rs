@@ -19,7 +19,7 @@
 
 use crate::core::filter::{Filter, HashScheme, Layout};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::http::routes::json_ok;
+use crate::edge::http::respond::json_ok;
 use serde_json::{json, Value};
 use worker::{Env, Request, Response};
 

@@ -29,13 +29,12 @@ use crate::core::verification::{
     SEND_WINDOW_MS,
 };
 use crate::core::webhook::{Event, EventData};
-use crate::edge::auth::peer as peer_auth;
-use crate::edge::auth::peer::Signer;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::objects::ap as ap_object;
 use crate::edge::objects::ap::ApItem;
 use crate::edge::objects::filter as filter_object;
+use crate::edge::outbound::peer::Signer;
 use serde::{Deserialize, Serialize};
 use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
 
@@ -1236,7 +1235,7 @@ impl MappingShard {
             let notice = PeerNotice::load(&r.claim)?;
             let (path, body) = notice.wire()?;
             let url = format!("{}{path}", peer.url.trim_end_matches('/'));
-            match peer_auth::signed_fetch(
+            match crate::edge::outbound::peer::signed_fetch(
                 &signer,
                 Method::Post,
                 &url,

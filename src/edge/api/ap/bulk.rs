@@ -1,0 +1,232 @@
+//! `POST /v1/mappings/bulk` (draft §8.3): an authorised AP uploads mappings it verified itself, as NDJSON, idempotently.
+
+use crate::core::bulk::{
+    decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
+    KeyRecord, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
+};
+use crate::core::shard::shard_of;
+use crate::edge::auth::ap as auth;
+use crate::edge::config::GpConfig;
+use crate::edge::http::body::media_type;
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::respond::json_status as respond;
+use crate::edge::objects::ap as ap_object;
+use crate::edge::objects::ap::{ApOp, ApReply};
+use crate::edge::objects::shard as mapping_shard;
+use crate::edge::objects::shard::{ShardOp, ShardReply};
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use worker::{Env, Request, Response};
+
+/// Lines per shard request of a bulk upload.
+const BULK_BATCH: usize = 2_000;
+
+/// `POST /v1/mappings/bulk` (draft §8.3).
+pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let ap = auth::authenticate(&req, env, cfg).await?;
+    if !ap.record.bulk_allowed {
+        return Err(BulkError::NotAllowed.into());
+    }
+    if media_type(&req).as_deref() != Some("application/x-ndjson") {
+        return Err(ApiError::from(BulkError::WrongContentType)
+            .with_header("Accept-Post", "application/x-ndjson"));
+    }
+    let key = IdempotencyKey::parse(
+        &req.headers()
+            .get("Idempotency-Key")
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    )?;
+    let ap_id = ap.record.id.clone();
+    let now = crate::edge::clock::now_ms();
+    let idem_key = format!("bulk:{}", key.as_str());
+    let stored = match ap_object::call(
+        env,
+        &ap_id,
+        &ApOp::IdemGet {
+            key: idem_key.clone(),
+        },
+    )
+    .await?
+    {
+        ApReply::Idem { record } => record,
+        _ => None,
+    };
+    if let Ok(Some(len)) = req.headers().get("Content-Length") {
+        if len
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|n| n > MAX_UPLOAD_BYTES as u64)
+        {
+            return Err(BulkError::TooLarge.into());
+        }
+    }
+
+    // The body is read as a stream: lines are cut and parsed as chunks
+    // arrive (the raw bytes are never buffered), and hashed for the
+    // idempotency check. Nothing is written before the whole upload was
+    // read, so size limits and the key decision come before any write.
+    let count = mapping_shard::shard_count(env);
+    let mut summary = BulkSummary::default();
+    let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
+        Default::default();
+    let mut splitter = LineSplitter::new();
+    let mut hasher = Sha256::new();
+    let mut read = 0usize;
+    let mut sink = |n: u32, line: Result<&[u8], crate::core::bulk::LineProblem>| match line
+        .and_then(parse_line)
+    {
+        Ok(Some(l)) => per_shard.entry(shard_of(&l.sii, count)).or_default().push((
+            n,
+            l.sii.to_string(),
+            l.user.to_string(),
+        )),
+        Ok(None) => {}
+        Err(p) => summary.refused(p.at(n)),
+    };
+    if let Ok(mut stream) = req.stream() {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| crate::edge::http::body::unreadable("the upload", e))?;
+            read += chunk.len();
+            if read > MAX_UPLOAD_BYTES {
+                return Err(BulkError::TooLarge.into());
+            }
+            hasher.update(&chunk);
+            splitter.push(&chunk, &mut sink);
+            if splitter.lines() > MAX_LINES_PER_UPLOAD {
+                return Err(BulkError::TooLarge.into());
+            }
+        }
+    }
+    splitter.finish(&mut sink);
+    summary.lines = splitter.lines();
+    if summary.lines > MAX_LINES_PER_UPLOAD {
+        return Err(BulkError::TooLarge.into());
+    }
+    let body_sha256: [u8; 32] = hasher.finalize().into();
+    let decision = match decide_key(stored.as_ref(), &body_sha256, now) {
+        // When to come back: the running upload's lease, renewed while it
+        // lives, lapses within IDEMPOTENCY_LEASE_MS once it died.
+        Err(BulkError::KeyInUse) => {
+            let left = stored.as_ref().map_or(1, |r| lease_left_ms(r, now));
+            return Err(ApiError::from(BulkError::KeyInUse)
+                .with_header("Retry-After", left.div_ceil(1000).max(1).to_string()));
+        }
+        d => d?,
+    };
+    if let KeyDecision::Replay(summary) = decision {
+        let mut resp = respond(&json!(summary), 200)?;
+        resp.headers_mut()
+            .set("Idempotent-Replayed", "true")
+            .internal("header")?;
+        return Ok(resp);
+    }
+    ap_object::call(
+        env,
+        &ap_id,
+        &ApOp::IdemPut {
+            key: idem_key.clone(),
+            record: KeyRecord {
+                body_sha256,
+                // Not the request's start: the body may have taken a while.
+                started_ms: crate::edge::clock::now_ms(),
+                summary: None,
+            },
+        },
+    )
+    .await?;
+
+    let mut batches = Vec::new();
+    for (shard, lines) in per_shard {
+        for chunk in lines.chunks(BULK_BATCH) {
+            batches.push((shard, chunk.to_vec()));
+        }
+    }
+    let work = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
+        let ap_id = ap_id.clone();
+        async move {
+            let op = ShardOp::Bulk {
+                ap: ap_id,
+                lines: chunk
+                    .iter()
+                    .map(|(_, s, u)| (s.clone(), u.clone()))
+                    .collect(),
+                now_ms: now,
+            };
+            let reply = mapping_shard::call(env, shard, &op).await;
+            (chunk, reply)
+        }
+    }));
+    // The key's lease is renewed while the shards write, so it stays held
+    // for as long as this upload runs and no longer: a GP killed mid-upload
+    // frees it within IDEMPOTENCY_LEASE_MS for the client's retry (it was a
+    // fixed 5 minutes of 409s before).
+    let (renewing, done) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
+    let renew = async {
+        loop {
+            worker::Delay::from(std::time::Duration::from_millis(IDEMPOTENCY_RENEW_MS)).await;
+            renewing.set(true);
+            let op = ApOp::IdemPut {
+                key: idem_key.clone(),
+                record: KeyRecord {
+                    body_sha256,
+                    started_ms: crate::edge::clock::now_ms(),
+                    summary: None,
+                },
+            };
+            if let Err(e) = ap_object::call(env, &ap_id, &op).await {
+                worker::console_error!("bulk: renewing the idempotency lease: {e:?}");
+            }
+            renewing.set(false);
+            if done.get() {
+                break;
+            }
+        }
+    };
+    futures_util::pin_mut!(work, renew);
+    let results = match futures_util::future::select(work, renew).await {
+        futures_util::future::Either::Left((results, renew)) => {
+            // A renewal still on its way must land before the summary.
+            done.set(true);
+            if renewing.get() {
+                renew.await;
+            }
+            results
+        }
+        futures_util::future::Either::Right(((), work)) => work.await,
+    };
+    for (chunk, reply) in results {
+        match reply? {
+            ShardReply::Bulk { effects } => {
+                for ((n, _, _), effect) in chunk.iter().zip(effects) {
+                    match effect {
+                        Ok(e) => summary.applied(e),
+                        Err(detail) => summary.refused(crate::core::bulk::LineError {
+                            line: *n,
+                            problem: "mapping-refused".into(),
+                            detail,
+                        }),
+                    }
+                }
+            }
+            _ => return Err(ApiError::Internal("shard: unexpected bulk reply".into())),
+        }
+    }
+    summary.errors.sort_by_key(|e| e.line);
+    ap_object::call(
+        env,
+        &ap_id,
+        &ApOp::IdemPut {
+            key: idem_key.clone(),
+            record: KeyRecord {
+                body_sha256,
+                started_ms: now,
+                summary: Some(summary.clone()),
+            },
+        },
+    )
+    .await?;
+    respond(&json!(summary), 200)
+}

@@ -1,0 +1,43 @@
+//! `POST /peer/v1/claims`: a peer GP's claim (draft §10).
+
+use crate::core::mapping::Claim;
+use crate::core::shard::shard_of;
+use crate::edge::api::peer::query::MAX_PEER_QUERY_BODY;
+use crate::edge::auth::peer as peer_auth;
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::objects::shard as mapping_shard;
+use crate::edge::objects::shard::{ShardOp, ShardReply};
+use serde_json::json;
+use worker::{Env, Request, Response};
+
+/// `POST /peer/v1/claims`: a peer GP tells this GP that one of its APs
+/// claimed an SII (draft §10: "it sends a webhook callback to those GP,
+/// indicating that that particular SII has been claimed"). A local mapping
+/// not newer than the claim is deleted (replace) or outranked (prefer), and
+/// its AP is told by webhook through the shard's outbox. Idempotent: a
+/// repeated claim finds nothing older left to displace.
+pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let (peer, body) = peer_auth::verify(&mut req, env, cfg, MAX_PEER_QUERY_BODY).await?;
+    let claim: Claim = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::client(
+            400,
+            "invalid-claim",
+            "Invalid claim",
+            format!("the claim was not understood: {e}"),
+        )
+    })?;
+    peer_auth::require_sender(&peer, &claim.from_gp, "Claim from another GP")?;
+    let index = shard_of(&claim.sii, mapping_shard::shard_count(env));
+    let op = ShardOp::ApplyClaim {
+        claim,
+        now_ms: crate::edge::clock::now_ms(),
+    };
+    match mapping_shard::call(env, index, &op).await? {
+        ShardReply::Done { notified } => crate::edge::http::respond::json_ok(
+            &json!({ "applied": true, "notified": notified.len() }),
+        ),
+        ShardReply::Refused(r) => Err(r.into_api()),
+        _ => Err(ApiError::Internal("shard gave no claim answer".into())),
+    }
+}

@@ -1,0 +1,45 @@
+//! The operator: `Authorization: Bearer <ADMIN_TOKEN>` on the admin API.
+
+use crate::core::verification::ct_eq;
+use crate::edge::auth::ap::authorization;
+use crate::edge::config::operator_secret;
+use crate::edge::http::error::{ApiError, ApiResult};
+use sha2::{Digest, Sha256};
+use worker::{Env, Request};
+
+/// The realm named in `WWW-Authenticate` challenges.
+const REALM: &str = "glados";
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Checks the operator's `Authorization: Bearer <ADMIN_TOKEN>`. Both sides
+/// are hashed before the constant-time compare, so neither the content nor
+/// the length of the secret leaks through timing.
+pub fn check_admin(req: &Request, env: &Env) -> ApiResult<()> {
+    let expected = operator_secret(env, "ADMIN_TOKEN")?;
+    let challenge = format!("Bearer realm=\"{REALM}-admin\"");
+    let Some(presented) = authorization(req, "Bearer") else {
+        return Err(ApiError::client(
+            401,
+            "missing-token",
+            "Authentication required",
+            "the admin API needs Authorization: Bearer <ADMIN_TOKEN>",
+        )
+        .with_header("WWW-Authenticate", challenge));
+    };
+    if !ct_eq(&digest(&presented), &digest(&expected)) {
+        return Err(ApiError::client(
+            401,
+            "invalid-admin-token",
+            "Invalid admin token",
+            "the bearer token is not this GP's admin token",
+        )
+        .with_header(
+            "WWW-Authenticate",
+            format!("{challenge}, error=\"invalid_token\""),
+        ));
+    }
+    Ok(())
+}

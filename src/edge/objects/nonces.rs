@@ -1,0 +1,75 @@
+//! PeerNonces: the replay store of signed peer requests, sharded by nonce hash.
+
+use crate::edge::http::error::{ApiResult, OrInternal};
+use serde::Deserialize;
+use serde_json::json;
+use worker::{durable_object, Date, Env, Request, Response, SqlStorage, State};
+
+/// One shard of the nonce store: remembers nonce hashes until they expire.
+#[durable_object]
+pub struct PeerNonces {
+    state: State,
+}
+
+impl worker::DurableObject for PeerNonces {
+    fn new(state: State, _env: Env) -> Self {
+        PeerNonces { state }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        #[derive(Deserialize)]
+        struct Check {
+            key: String,
+            expires_ms: u64,
+        }
+        let check: Check = match req.json().await {
+            Ok(c) => c,
+            Err(e) => return Response::error(format!("bad nonce check: {e}"), 400),
+        };
+        match self.check(&check.key, check.expires_ms) {
+            Ok(fresh) => Response::from_json(&json!({ "fresh": fresh })),
+            Err(e) => e.into_response("/nonces/check"),
+        }
+    }
+}
+
+impl PeerNonces {
+    fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    /// Records the nonce; `false` if it was already there. Single-threaded
+    /// and without an await between the read and the write, so two
+    /// concurrent replays cannot both pass.
+    fn check(&self, key: &str, expires_ms: u64) -> ApiResult<bool> {
+        let sql = self.sql();
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS nonce_exp ON nonce (exp);",
+            None,
+        )
+        .internal("nonce schema")?;
+        let now = Date::now().as_millis() as i64;
+        sql.exec("DELETE FROM nonce WHERE exp < ?", Some(vec![now.into()]))
+            .internal("nonce expiry")?;
+        #[derive(Deserialize)]
+        struct Row {
+            #[allow(dead_code)]
+            exp: i64,
+        }
+        let rows: Vec<Row> = sql
+            .exec("SELECT exp FROM nonce WHERE k = ?", Some(vec![key.into()]))
+            .internal("nonce read")?
+            .to_array()
+            .internal("nonce rows")?;
+        if !rows.is_empty() {
+            return Ok(false);
+        }
+        sql.exec(
+            "INSERT INTO nonce (k, exp) VALUES (?, ?)",
+            Some(vec![key.into(), (expires_ms as i64).into()]),
+        )
+        .internal("nonce insert")?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,132 @@
+//! Signed GP-to-GP requests going out (RFC 9421, Ed25519; draft §11.1).
+
+use crate::core::encoding::{b64_decode, b64url_decode, b64url_encode};
+use crate::core::httpsig::{self, PlainRequest};
+use crate::edge::http::error::{ApiError, ApiResult};
+use worker::{AbortSignal, Date, Env, Fetch, Headers, Method, Request, RequestInit};
+
+/// Decodes a 32-byte key given in base64 or base64url.
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim();
+    let bytes = b64_decode(t).or_else(|_| b64url_decode(t)).ok()?;
+    bytes.try_into().ok()
+}
+
+/// This GP's signing identity: its GP id (the `keyid`) and Ed25519 seed.
+pub struct Signer {
+    pub keyid: String,
+    seed: [u8; 32],
+}
+
+impl Signer {
+    /// Reads `GP_ID` and the secret `GP_SIGNING_KEY` (32-byte seed, base64).
+    pub fn from_env(env: &Env) -> ApiResult<Signer> {
+        let keyid = env
+            .var("GP_ID")
+            .map(|v| v.to_string())
+            .map_err(|_| ApiError::Internal("config GP_ID is not set".into()))?;
+        let text = env
+            .secret("GP_SIGNING_KEY")
+            .map(|v| v.to_string())
+            .or_else(|_| env.var("GP_SIGNING_KEY").map(|v| v.to_string()))
+            .map_err(|_| {
+                ApiError::Internal(
+                    "secret GP_SIGNING_KEY (Ed25519 seed, base64) is not set: peers cannot be called"
+                        .into(),
+                )
+            })?;
+        let seed = decode_key(&text).ok_or_else(|| {
+            ApiError::Internal("secret GP_SIGNING_KEY is not 32 bytes of base64".into())
+        })?;
+        Ok(Signer { keyid, seed })
+    }
+
+    /// The Ed25519 public key (base64) peers must configure for this GP.
+    pub fn public_key_b64(&self) -> String {
+        crate::core::encoding::b64_encode(&httpsig::public_key(&self.seed))
+    }
+}
+
+/// What a peer answered.
+pub struct PeerResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// Sends one signed request to a peer with a timeout. Errors are strings
+/// for logs and "incomplete" reports: a failing peer is never our 5xx.
+pub async fn signed_fetch(
+    signer: &Signer,
+    method: Method,
+    url: &str,
+    body: Option<(&[u8], &str)>,
+    extra: &[(&str, &str)],
+    timeout_ms: u32,
+) -> Result<PeerResponse, String> {
+    let parsed = worker::Url::parse(url).map_err(|e| format!("bad peer url {url}: {e}"))?;
+    let host = parsed.host_str().unwrap_or("").to_ascii_lowercase();
+    let authority = match parsed.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    };
+    let mut msg = PlainRequest {
+        method: method.to_string(),
+        authority,
+        path: parsed.path().to_string(),
+        query: parsed.query().map(str::to_string),
+        headers: Vec::new(),
+    };
+    let headers = Headers::new();
+    if let Some((bytes, ctype)) = body {
+        let digest = httpsig::content_digest(bytes);
+        headers
+            .set("Content-Type", ctype)
+            .map_err(|e| e.to_string())?;
+        headers
+            .set("Content-Digest", &digest)
+            .map_err(|e| e.to_string())?;
+        msg.headers.push(("content-digest".into(), digest));
+    }
+    for (k, v) in extra {
+        headers.set(k, v).map_err(|e| e.to_string())?;
+    }
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| format!("getrandom: {e}"))?;
+    let created = Date::now().as_millis() / 1000;
+    let signed = httpsig::sign(
+        &msg,
+        &signer.seed,
+        &signer.keyid,
+        created,
+        &b64url_encode(&nonce),
+    )
+    .map_err(|e| format!("signing: {e}"))?;
+    headers
+        .set("Signature-Input", &signed.signature_input)
+        .map_err(|e| e.to_string())?;
+    headers
+        .set("Signature", &signed.signature)
+        .map_err(|e| e.to_string())?;
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers);
+    if let Some((bytes, _)) = body {
+        init.with_body(Some(js_sys::Uint8Array::from(bytes).into()));
+    }
+    let req = Request::new_with_init(url, &init).map_err(|e| format!("request {url}: {e}"))?;
+    let signal: AbortSignal = web_sys::AbortSignal::timeout_with_u32(timeout_ms).into();
+    let mut resp = Fetch::Request(req)
+        .send_with_signal(&signal)
+        .await
+        .map_err(|e| format!("fetch {url}: {e}"))?;
+    let status = resp.status_code();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {url}: {e}"))?;
+    Ok(PeerResponse {
+        status,
+        headers: resp.headers().clone(),
+        body,
+    })
+}

@@ -1,0 +1,30 @@
+//! Counters of this isolate, for the tests ("the peer received no query") and the benchmarks (DO requests and subrequests per query).
+
+use serde::Serialize;
+use std::cell::RefCell;
+
+/// Counters of this isolate, for the tests ("the peer received no query")
+/// and the benchmark (DO requests and subrequests per query).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub queries: u64,
+    pub shard_lookups: u64,
+    pub lease_requests: u64,
+    pub peer_queries_sent: u64,
+    pub peer_queries_received: u64,
+    pub peer_queries_answered: u64,
+    pub rate_limited: u64,
+}
+
+pub fn count(f: impl FnOnce(&mut Stats)) {
+    STATS.with(|s| f(&mut s.borrow_mut()));
+}
+
+thread_local! {
+    static STATS: RefCell<Stats> = RefCell::new(Stats::default());
+}
+
+/// A copy of this isolate's counters.
+pub fn snapshot() -> Stats {
+    STATS.with(|s| s.borrow().clone())
+}
