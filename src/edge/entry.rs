@@ -1,9 +1,9 @@
 //! Where the runtime enters: every HTTP request (`fetch`) and every cron
 //! tick (`scheduled`). Whatever happens, the client gets a response.
+use crate::edge::rpc::filter::FilterClient;
 
 use super::config;
 use super::http::{body, error, routes};
-use super::objects::filter as filter_object;
 use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
 
 /// Every request enters here; whatever happens, the client gets a response
@@ -33,7 +33,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
 /// filter object exists, so a fresh deployment has a filter to publish.
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
-    match filter_object::current_info(&env).await {
+    match FilterClient::new(&env).info().await {
         Ok(info) => worker::console_log!("cron {}: filter {}", event.cron(), info),
         Err(e) => worker::console_error!("cron {}: filter check failed: {:?}", event.cron(), e),
     }

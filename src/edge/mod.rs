@@ -25,5 +25,7 @@ mod outbound;
 mod ratelimit;
 /// The peer routing layer: peers' filter copies and the fan-out.
 mod routing;
+/// Calling Durable Objects: messages and typed clients.
+mod rpc;
 /// Counters of this isolate (tests, benchmarks).
 mod stats;

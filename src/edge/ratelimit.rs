@@ -1,9 +1,10 @@
 //! The per-AP query rate limit (draft §11.2): isolate-local leases of the AP's one token bucket, which lives in its ApObject.
+use crate::edge::rpc::ap::ApClient;
+use crate::edge::rpc::ap::Grant;
 
 use crate::core::ratelimit::{allowed_rate, Lease, Rate, RateLimited};
 use crate::edge::auth::ap::AuthedAp;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::ap as ap_object;
 use crate::edge::stats;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -99,15 +100,11 @@ pub async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
     }
     stats::count(|s| s.lease_requests += 1);
     let want = rate.lease_size(LEASE_PERIOD_MS);
-    let reply = ap_object::call(env, &id, &ap_object::ApOp::QueryLease { want, rate }).await?;
-    let ap_object::ApReply::Lease {
+    let Grant {
         granted,
         available,
         retry_after_ms,
-    } = reply
-    else {
-        return Err(ApiError::Internal("limiter gave no lease".into()));
-    };
+    } = ApClient::new(env, &id).lease(want, rate).await?;
     if granted == 0 {
         // Concurrent requests of this isolate may have leased meanwhile.
         if let Some(remaining) = spend_local() {

@@ -3,10 +3,10 @@ use crate::core::Sii;
 use crate::edge::http::body::read_capped;
 use crate::edge::http::error::OrInternal;
 use crate::edge::routing::copies::peer_filter;
+use crate::edge::rpc::filter::FilterClient;
 
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::filter as filter_object;
 use serde::Deserialize;
 use serde_json::json;
 use worker::{Env, Request, Response};
@@ -31,7 +31,7 @@ pub async fn filter_insert(mut req: Request, env: &Env) -> ApiResult<Response> {
     for s in &b.siis {
         digests.push(Sii::parse(s)?.hash());
     }
-    let additions = filter_object::insert_digests(env, &digests).await?;
+    let additions = FilterClient::new(env).insert(&digests).await?;
     crate::edge::http::respond::json_ok(&json!({ "additions": additions }))
 }
 

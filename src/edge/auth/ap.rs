@@ -25,6 +25,7 @@
 //! defaults, 30 s, well inside the 300 s token lifetime. The cache costs
 //! one registry request per AP per isolate per AP_CACHE_SECONDS, not per
 //! query (DESIGN.md cost budget: no DO hop for the token check).
+use crate::edge::rpc::registry::current_ap;
 
 use crate::edge::clock::now_ms;
 use crate::edge::config::token_keys;
@@ -34,21 +35,16 @@ use crate::core::token::{self, TokenClaims};
 use crate::core::Problem;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{ApRecord, RegistryOp, RegistryReply};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use crate::edge::rpc::registry::ApRecord;
+use std::cell::Cell;
 use wasm_bindgen::JsValue;
 use worker::{Env, Request};
 
-/// Most APs an isolate caches; beyond this the cache starts over.
-const MAX_CACHED_APS: usize = 10_000;
 /// The realm named in `WWW-Authenticate` challenges.
 const REALM: &str = "glados";
 
 thread_local! {
     static MTLS_NOTED: Cell<bool> = const { Cell::new(false) };
-    static AP_CACHE: RefCell<HashMap<String, (ApRecord, u64)>> = RefCell::new(HashMap::new());
 }
 
 /// Logs once per isolate, at its first authenticated request, that mutual
@@ -106,53 +102,6 @@ pub fn client_cert(req: &Request) -> ClientCert {
 
 // ---------------------------------------------------------------- AP cache
 
-/// Puts a fresh registry entry into this isolate's cache (the token
-/// endpoint and admin operations call this, so this isolate sees their
-/// effect at once).
-pub fn remember(record: &ApRecord) {
-    let now = now_ms();
-    AP_CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= MAX_CACHED_APS && !c.contains_key(&record.id) {
-            c.clear();
-        }
-        c.insert(record.id.clone(), (record.clone(), now));
-    });
-}
-
-/// The AP's registry entry, from this isolate's cache if it is younger
-/// than AP_CACHE_SECONDS and not older than the token presented
-/// (`min_generation`: a token issued after the cache was filled forces a
-/// refresh rather than a false "revoked").
-async fn current_ap(
-    env: &Env,
-    cfg: &GpConfig,
-    id: &str,
-    min_generation: u64,
-) -> ApiResult<Option<ApRecord>> {
-    let now = now_ms();
-    let max_age = cfg.ap_cache_secs.saturating_mul(1000);
-    let cached = AP_CACHE.with(|c| {
-        c.borrow().get(id).and_then(|(rec, at)| {
-            (now.saturating_sub(*at) < max_age && rec.generation >= min_generation)
-                .then(|| rec.clone())
-        })
-    });
-    if cached.is_some() {
-        return Ok(cached);
-    }
-    match registry_object::call(env, &RegistryOp::Get { id: id.into() }).await? {
-        RegistryReply::Ap { ap } => {
-            remember(&ap.record);
-            Ok(Some(ap.record))
-        }
-        _ => {
-            AP_CACHE.with(|c| c.borrow_mut().remove(id));
-            Ok(None)
-        }
-    }
-}
-
 // ------------------------------------------------------------ client calls
 
 /// An AP whose access token checked out; what client routes work with.
@@ -207,7 +156,14 @@ pub async fn authenticate(req: &Request, env: &Env, cfg: &GpConfig) -> ApiResult
     let cert = client_cert(req);
     check_token_binding(cfg.require_mtls, &cert, claims.cnf.as_ref()).map_err(invalid_token)?;
 
-    let Some(record) = current_ap(env, cfg, claims.ap.as_str(), claims.generation).await? else {
+    let Some(record) = current_ap(
+        env,
+        cfg.ap_cache_secs,
+        claims.ap.as_str(),
+        claims.generation,
+    )
+    .await?
+    else {
         return Err(token_problem(
             "invalid-token",
             "Invalid access token",

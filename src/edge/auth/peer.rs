@@ -17,21 +17,18 @@
 //! nonce costs one DO request; the routed query may later fold that write
 //! into the mapping-shard call it makes anyway.
 use crate::edge::outbound::peer::decode_key;
+use crate::edge::rpc::nonces::Nonces;
 
 use crate::core::encoding::hex_encode;
 use crate::core::httpsig::{self, PlainRequest};
 use crate::edge::config::{GpConfig, Peer};
 use crate::edge::http::body::read_capped;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use serde::Deserialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use worker::{Date, Env, Method, Request, RequestInit};
+use worker::{Date, Env, Request};
 
-/// Nonce-store shards: spreads peers' request rate over this many objects.
-pub const NONCE_SHARDS: u32 = 8;
 /// Isolate-local nonces kept before the set is pruned.
 const LOCAL_NONCES_MAX: usize = 8192;
 
@@ -148,26 +145,10 @@ async fn check_nonce(env: &Env, keyid: &str, nonce: &str, expires_ms: u64) -> Ap
     if seen_here {
         return Err(replayed(keyid));
     }
-    let shard = u32::from_be_bytes([key[0], key[1], key[2], key[3]]) % NONCE_SHARDS;
-    let stub = env
-        .durable_object("PEER_NONCES")
-        .internal("PEER_NONCES binding")?
-        .id_from_name(&format!("nonces-{shard}"))
-        .internal("nonce object id")?
-        .get_stub()
-        .internal("nonce object stub")?;
-    let body = json!({ "key": hex_encode(&key), "expires_ms": expires_ms }).to_string();
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
-    let req = Request::new_with_init("https://nonces/check", &init).internal("nonce request")?;
-    let mut resp = stub.fetch_with_request(req).await.internal("nonce fetch")?;
-    #[derive(Deserialize)]
-    struct Reply {
-        fresh: bool,
-    }
-    let reply: Reply = resp.json().await.internal("nonce reply")?;
-    if !reply.fresh {
+    let fresh = Nonces::of(env, &key)
+        .check(hex_encode(&key), expires_ms)
+        .await?;
+    if !fresh {
         return Err(replayed(keyid));
     }
     LOCAL_NONCES.with(|m| {

@@ -118,21 +118,6 @@ async fn drain_up_to(mut req: Request, limit: u64) {
     }
 }
 
-/// Reads a JSON message from the worker to one of its Durable Objects with
-/// serde_json: `req.json()` goes through JSON.parse, which turns a u64 above
-/// 2^53 (a peer's `at_ms`, a filter cursor) into a float that no longer
-/// reads as u64, and the GP answered 500 (found by schemathesis).
-pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Result<T, String> {
-    let text = req.text().await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| e.to_string())
-}
-
-/// The same for a Durable Object's JSON reply (see [`read_op`]).
-pub async fn read_reply<T: DeserializeOwned>(resp: &mut Response) -> Result<T, String> {
-    let text = resp.text().await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| e.to_string())
-}
-
 /// The media type of the request, lowercased, without parameters.
 pub fn media_type(req: &Request) -> Option<String> {
     let ct = req.headers().get("Content-Type").ok().flatten()?;

@@ -14,161 +14,26 @@
 //! Items from mapping shards ([`ApItem`]) are applied once each, by id:
 //! webhook events are queued, user-count changes and strikes are applied
 //! to the AP registry (strikes also queue an `ap.strike` event).
+use crate::edge::objects::dec;
+use crate::edge::objects::enc;
+use crate::edge::rpc;
+use crate::edge::rpc::ap::Analytics;
+use crate::edge::rpc::ap::ApItem;
+use crate::edge::rpc::ap::ApOp;
+use crate::edge::rpc::ap::ApReply;
+use crate::edge::rpc::ap::OutboxStats;
+use crate::edge::rpc::registry::Registry;
 
-use crate::core::bulk::KeyRecord;
 use crate::core::credentials::derive_webhook_secret;
-use crate::core::mapping::Strike;
 use crate::core::outbox::{Delivery, RetryPolicy};
-use crate::core::ratelimit::{is_suspended, Rate, TokenBucket};
-use crate::core::verification::{SendLimit, WindowCounter};
+use crate::core::ratelimit::{is_suspended, TokenBucket};
+use crate::core::verification::SendLimit;
 use crate::core::webhook::{Event, EventData};
-use crate::edge::auth::ap as auth;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{RegistryOp, RegistryReply};
-use crate::edge::objects::shard::object_call;
 use crate::edge::outbound::webhooks::post_webhook;
+use crate::edge::rpc::registry::RegistryOp;
 use serde::{Deserialize, Serialize};
 use worker::{durable_object, Env, Request, Response, SqlStorage, State};
-
-/// Something a mapping shard hands to an AP's object.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ApItem {
-    /// A webhook to deliver.
-    Event { id: String, event: Event },
-    /// Enrolled users changed (draft §11.2: rate limits "based on the
-    /// number of enrolled users"); `overlap` counts new mappings of SIIs
-    /// other APs already hold (an analytics signal).
-    Users {
-        id: String,
-        delta: i64,
-        overlap: u32,
-    },
-    /// A strike against this AP (draft §8.2.1).
-    Strike { id: String, strike: Strike },
-}
-
-impl ApItem {
-    /// The item's id (applied at most once).
-    pub fn id(&self) -> &str {
-        match self {
-            ApItem::Event { id, .. } | ApItem::Users { id, .. } | ApItem::Strike { id, .. } => id,
-        }
-    }
-}
-
-/// Registration signals per AP (draft §11.2).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Analytics {
-    pub codes_sent: u64,
-    pub verified: u64,
-    pub wrong_codes: u64,
-    pub mappings_created: u64,
-    pub mappings_removed: u64,
-    /// New mappings for SIIs another AP already held.
-    pub overlapping: u64,
-    /// Phone numbers requested within ±16 of the previous one.
-    pub sequential: u64,
-    pub peak_codes_per_minute: u32,
-    pub minute_start_ms: u64,
-    pub this_minute: u32,
-    pub last_number: Option<u64>,
-    pub send_counter: WindowCounter,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ApOp {
-    Take {
-        ap: String,
-        items: Vec<ApItem>,
-    },
-    /// Count a code send against the AP's hourly limit (and analytics).
-    RecordSend {
-        per_ap_per_hour: u32,
-        /// The phone number as an integer, for the sequential-number signal.
-        number: Option<u64>,
-        now_ms: u64,
-    },
-    RefundSend,
-    NoteVerify {
-        ok: bool,
-    },
-    Stats,
-    /// Requeue dead-lettered webhooks.
-    Replay,
-    IdemGet {
-        key: String,
-    },
-    IdemPut {
-        key: String,
-        record: KeyRecord,
-    },
-    /// draft §8.1/§11.2 query rate limit: lease up to `want` tokens from
-    /// the AP's bucket at `rate` (computed by the caller from the registry
-    /// entry), for an isolate to spend locally.
-    QueryLease {
-        want: u64,
-        rate: Rate,
-    },
-    /// Takes one of peer `from_gp`'s strikes against this AP for the last
-    /// 24 h (at most `per_day`), for its notice `id`; a notice already
-    /// holding a slot keeps it (`fresh: false`).
-    ReservePeerStrike {
-        from_gp: String,
-        id: String,
-        per_day: u32,
-        now_ms: u64,
-    },
-    /// Gives back a slot taken by `ReservePeerStrike` for a notice that was
-    /// refused or turned out to be a redelivery.
-    ReleasePeerStrike {
-        from_gp: String,
-        id: String,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum ApReply {
-    Ok,
-    Replayed {
-        events: u64,
-    },
-    Limited {
-        retry_after_ms: Option<u64>,
-    },
-    Stats {
-        analytics: Analytics,
-        outbox: OutboxStats,
-    },
-    Idem {
-        record: Option<KeyRecord>,
-    },
-    /// A peer strike slot: `fresh` when taken by this call.
-    Reserved {
-        fresh: bool,
-    },
-    Lease {
-        granted: u64,
-        /// Whole tokens left in the bucket after the grant.
-        available: u64,
-        /// When nothing was granted: ms until one token accrues (`None`:
-        /// never at this rate).
-        retry_after_ms: Option<u64>,
-    },
-}
-
-/// What the operator sees of an AP's outbox.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OutboxStats {
-    pub queued: u64,
-    pub dead: u64,
-    pub delivered: u64,
-    pub oldest_queued_ms: Option<u64>,
-    pub last_error: Option<String>,
-}
 
 #[durable_object]
 pub struct ApObject {
@@ -182,14 +47,11 @@ impl worker::DurableObject for ApObject {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match crate::edge::http::body::read_op::<ApOp>(&mut req).await {
+        let result = match rpc::read_op::<ApOp>(&mut req).await {
             Ok(op) => self.apply(op).await,
             Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
         };
-        match result {
-            Ok(reply) => Response::from_json(&reply),
-            Err(e) => e.into_response("/ap-object"),
-        }
+        rpc::answer(result, "/ap-object")
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -218,14 +80,6 @@ struct EventRow {
     id: String,
     body: String,
     delivery: String,
-}
-
-fn enc<T: Serialize>(v: &T) -> ApiResult<String> {
-    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("encode: {e}")))
-}
-
-fn dec<T: serde::de::DeserializeOwned>(s: &str) -> ApiResult<T> {
-    serde_json::from_str(s).map_err(|e| ApiError::Internal(format!("stored row is corrupt: {e}")))
 }
 
 /// Webhook retry policy; the vars exist so tests can compress a day.
@@ -380,17 +234,13 @@ impl ApObject {
                             queued = true;
                         }
                         ApItem::Users { delta, overlap, .. } => {
-                            let reply = registry_object::call(
-                                &self.env,
-                                &RegistryOp::AdjustUsers {
-                                    id: ap.clone(),
-                                    delta: *delta,
-                                    now_ms: now,
-                                },
-                            )
-                            .await?;
-                            if let RegistryReply::Ap { ap: stored } = reply {
-                                auth::remember(&stored.record);
+                            let op = RegistryOp::AdjustUsers {
+                                id: ap.clone(),
+                                delta: *delta,
+                                now_ms: now,
+                            };
+                            if let Ok(stored) = Registry::new(&self.env).apply(&op).await? {
+                                crate::edge::rpc::registry::remember(&stored.record);
                             }
                             let mut a: Analytics = self.get_kv("analytics")?;
                             if *delta > 0 {
@@ -402,17 +252,13 @@ impl ApObject {
                             self.put_kv("analytics", &a)?;
                         }
                         ApItem::Strike { strike, .. } => {
-                            let reply = registry_object::call(
-                                &self.env,
-                                &RegistryOp::Strike {
-                                    id: ap.clone(),
-                                    now_ms: now,
-                                },
-                            )
-                            .await?;
-                            if let RegistryReply::Ap { ap: stored } = reply {
+                            let op = RegistryOp::Strike {
+                                id: ap.clone(),
+                                now_ms: now,
+                            };
+                            if let Ok(stored) = Registry::new(&self.env).apply(&op).await? {
                                 let r = &stored.record;
-                                auth::remember(r);
+                                crate::edge::rpc::registry::remember(r);
                                 let data = EventData::from_strike(
                                     strike,
                                     r.strikes,
@@ -749,32 +595,11 @@ impl ApObject {
     /// The AP's webhook URL and signing key (registry + derivation).
     async fn target(&self) -> ApiResult<(String, Vec<u8>)> {
         let id: String = self.get_kv("ap_id")?;
-        let record =
-            match registry_object::call(&self.env, &RegistryOp::Get { id: id.clone() }).await? {
-                RegistryReply::Ap { ap } => ap.record,
-                _ => return Err(ApiError::Internal(format!("AP {id} is not enrolled"))),
-            };
+        let Some(record) = Registry::new(&self.env).get(&id).await?.map(|ap| ap.record) else {
+            return Err(ApiError::Internal(format!("AP {id} is not enrolled")));
+        };
         let master = crate::edge::config::webhook_master_key(&self.env)?;
         let key = derive_webhook_secret(&master, &record.id, record.webhook_generation);
         Ok((record.webhook_url, key.to_vec()))
     }
-}
-
-/// Hands shard items to AP `ap`'s object.
-pub async fn take(env: &Env, ap: &str, items: Vec<ApItem>) -> ApiResult<()> {
-    call(
-        env,
-        ap,
-        &ApOp::Take {
-            ap: ap.to_owned(),
-            items,
-        },
-    )
-    .await
-    .map(|_| ())
-}
-
-/// One operation on AP `ap`'s object.
-pub async fn call(env: &Env, ap: &str, op: &ApOp) -> ApiResult<ApReply> {
-    object_call(env, "AP_OBJECT", ap, op).await
 }

@@ -26,6 +26,10 @@
 //! not the whole filter. Writers reach this single object in batches
 //! ([`insert_digests`] takes many digests), as DESIGN.md asks of the
 //! filter's writer.
+use crate::edge::rpc;
+use crate::edge::rpc::filter::SubscribeOp;
+use crate::edge::rpc::shard::shard_count;
+use crate::edge::rpc::shard::Shard;
 
 use crate::core::encoding::b64_encode;
 use crate::core::filter::{
@@ -34,7 +38,7 @@ use crate::core::filter::{
 use crate::core::outbox::RetryPolicy;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::outbound::peer::Signer;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use worker::{durable_object, Date, Env, Method, Request, Response, SqlStorage, State};
@@ -49,10 +53,6 @@ pub const BATCH_WINDOW_MS: i64 = 100;
 const MAX_INDICES_PER_MESSAGE: usize = 200_000;
 /// How long one delivery to a subscriber may take.
 const DELIVERY_TIMEOUT_MS: u32 = 5_000;
-/// The subscriber endpoint every GP serves (callbacks go only to the
-/// configured peer URL plus this path: no caller-chosen URLs, no SSRF).
-pub const CALLBACK_PATH: &str = "/peer/v1/filter-updates";
-
 /// Size of one stored chunk of the serialized filter (below the 2 MB row cap).
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -91,7 +91,7 @@ impl worker::DurableObject for FilterObject {
             },
             "/snapshot" => self.snapshot(),
             "/additions" => self.additions(&req),
-            "/subscribe" => match crate::edge::http::body::read_op::<SubscribeOp>(&mut req).await {
+            "/subscribe" => match rpc::read_op::<SubscribeOp>(&mut req).await {
                 Ok(op) => self.subscribe(op).await,
                 Err(e) => Err(ApiError::Internal(format!("subscribe body: {e}"))),
             },
@@ -114,15 +114,6 @@ impl worker::DurableObject for FilterObject {
         }
         Response::ok("ok")
     }
-}
-
-/// `POST /subscribe` from the worker: a verified peer's subscription.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct SubscribeOp {
-    pub peer: String,
-    pub callback: String,
-    pub version: u64,
-    pub after: u64,
 }
 
 #[derive(Deserialize)]
@@ -642,19 +633,12 @@ impl FilterObject {
 
     /// Inserts every shard's live SII digests into `fresh`; returns how many.
     async fn collect_shard_digests(&self, fresh: &mut Filter) -> ApiResult<usize> {
-        use crate::edge::objects::shard::{self as mapping_shard, ShardOp, ShardReply};
         let mut count = 0;
-        for index in 0..mapping_shard::shard_count(&self.env) {
+        for index in 0..shard_count(&self.env) {
+            let shard = Shard::at(&self.env, index);
             let mut after = None;
             loop {
-                let op = ShardOp::Digests {
-                    after,
-                    limit: 5_000,
-                };
-                let (digests, next) = match mapping_shard::call(&self.env, index, &op).await? {
-                    ShardReply::Digests { digests, next } => (digests, next),
-                    _ => return Err(ApiError::Internal("shard: unexpected digests reply".into())),
-                };
+                let (digests, next) = shard.digests(after, 5_000).await?;
                 for hex in &digests {
                     let bytes = crate::core::encoding::hex_decode(hex)
                         .map_err(|e| ApiError::Internal(format!("shard digest: {e}")))?;
@@ -908,79 +892,4 @@ fn filter_info(f: &Filter) -> Value {
         "estimated_siis": f.estimated_items(),
         "estimated_fp_rate": f.estimated_fp_rate(),
     })
-}
-
-/// Asks the GP's filter object for its current filter's description.
-pub async fn current_info(env: &Env) -> ApiResult<Value> {
-    let mut resp = filter_stub(env)?
-        .fetch_with_str("https://filter-object/info")
-        .await
-        .internal("filter object fetch")?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(ApiError::Internal(format!(
-            "filter object answered {}: {text}",
-            resp.status_code()
-        )));
-    }
-    resp.json::<Value>().await.internal("filter object body")
-}
-
-/// The stub of the GP's one filter object.
-pub fn filter_stub(env: &Env) -> ApiResult<worker::Stub> {
-    env.durable_object("FILTER")
-        .internal("FILTER binding")?
-        .id_from_name("own")
-        .internal("filter object id")?
-        .get_stub()
-        .internal("filter object stub")
-}
-
-/// Sends one request to the filter object and returns its response as is
-/// (problems included), for the peer routes to pass on.
-pub async fn call(
-    env: &Env,
-    path_and_query: &str,
-    method: Method,
-    body: Option<Vec<u8>>,
-) -> ApiResult<Response> {
-    let mut init = worker::RequestInit::new();
-    init.with_method(method);
-    if let Some(b) = body {
-        init.with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
-    }
-    let req = Request::new_with_init(&format!("https://filter-object{path_and_query}"), &init)
-        .internal("filter object request")?;
-    filter_stub(env)?
-        .fetch_with_request(req)
-        .await
-        .internal("filter object fetch")
-}
-
-/// Inserts SII digests (`Sii::hash()`) into the GP's own filter, in one
-/// batch, and returns the bit indices that flipped 0→1 (already logged and
-/// queued for subscribers). Call it once per created mapping or once per
-/// bulk upload with all its digests — never per digest in a loop.
-pub async fn insert_digests(env: &Env, digests: &[[u8; 32]]) -> ApiResult<Vec<u64>> {
-    if digests.is_empty() {
-        return Ok(Vec::new());
-    }
-    let body: Vec<u8> = digests.iter().flatten().copied().collect();
-    let mut resp = call(env, "/insert", Method::Post, Some(body)).await?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(ApiError::Internal(format!(
-            "filter insert answered {}: {text}",
-            resp.status_code()
-        )));
-    }
-    #[derive(Deserialize)]
-    struct Reply {
-        additions: Vec<u64>,
-    }
-    Ok(resp
-        .json::<Reply>()
-        .await
-        .internal("filter insert reply")?
-        .additions)
 }

@@ -1,8 +1,10 @@
 //! PeerNonces: the replay store of signed peer requests, sharded by nonce hash.
+use crate::edge::rpc;
+use crate::edge::rpc::nonces::Check;
+use crate::edge::rpc::nonces::Fresh;
 
 use crate::edge::http::error::{ApiResult, OrInternal};
 use serde::Deserialize;
-use serde_json::json;
 use worker::{durable_object, Date, Env, Request, Response, SqlStorage, State};
 
 /// One shard of the nonce store: remembers nonce hashes until they expire.
@@ -17,19 +19,14 @@ impl worker::DurableObject for PeerNonces {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        #[derive(Deserialize)]
-        struct Check {
-            key: String,
-            expires_ms: u64,
-        }
-        let check: Check = match req.json().await {
+        let check: Check = match rpc::read_op(&mut req).await {
             Ok(c) => c,
             Err(e) => return Response::error(format!("bad nonce check: {e}"), 400),
         };
-        match self.check(&check.key, check.expires_ms) {
-            Ok(fresh) => Response::from_json(&json!({ "fresh": fresh })),
-            Err(e) => e.into_response("/nonces/check"),
-        }
+        let result = self
+            .check(&check.key, check.expires_ms)
+            .map(|fresh| Fresh { fresh });
+        rpc::answer(result, "/nonces/check")
     }
 }
 

@@ -13,118 +13,12 @@
 //! itself, never the webhook secret (that one is derived, see
 //! `core::credentials::derive_webhook_secret`).
 
-use crate::core::credentials::CertFingerprint;
-use crate::core::ratelimit::{is_suspended, RateParams};
+use crate::core::ratelimit::is_suspended;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use serde::{Deserialize, Serialize};
-use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
-
-/// An enrolled AP as the registry keeps it (no secrets in here: this is
-/// what admin responses and the isolate cache hold).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApRecord {
-    /// Provider id (draft §2's "unique identifier for the communication
-    /// service provider"); also the OAuth client_id.
-    pub id: String,
-    pub name: String,
-    pub webhook_url: String,
-    /// SHA-256 fingerprints of the AP's client certificates (draft §11.3).
-    pub cert_fingerprints: Vec<CertFingerprint>,
-    /// draft §11.1: "Glados trusts only a few of them to create bulk mappings".
-    pub bulk_allowed: bool,
-    pub rate_params: RateParams,
-    pub suspended: bool,
-    pub suspended_reason: Option<String>,
-    /// Bumped whenever tokens issued so far must stop working (suspension,
-    /// secret rotation, certificate change). Tokens carry it.
-    pub generation: u64,
-    /// Input of the webhook-secret derivation; bumped when it is rotated.
-    pub webhook_generation: u64,
-    /// draft §11.2 "rate limited based on the number of enrolled users";
-    /// maintained by the mapping work (0 until then).
-    pub enrolled_users: u64,
-    /// draft §8.2.1 strikes; maintained by the mapping work.
-    pub strikes: u32,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-}
-
-/// A record with its secret hash: only ever between the object and the
-/// token endpoint / admin glue, never in a response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredAp {
-    pub record: ApRecord,
-    /// Hex SHA-256 (`core::credentials::hash_client_secret`).
-    pub secret_hash: String,
-}
-
-/// Changes an operator may make to an AP (`PATCH /admin/v1/aps/{id}`),
-/// already validated by the admin glue.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ApPatch {
-    pub name: Option<String>,
-    pub webhook_url: Option<String>,
-    pub cert_fingerprints: Option<Vec<CertFingerprint>>,
-    pub bulk_allowed: Option<bool>,
-    pub rate_params: Option<RateParams>,
-}
-
-/// What the glue asks of the object.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum RegistryOp {
-    Enroll {
-        record: ApRecord,
-        secret_hash: String,
-    },
-    Get {
-        id: String,
-    },
-    List,
-    Update {
-        id: String,
-        patch: ApPatch,
-        now_ms: u64,
-    },
-    Suspend {
-        id: String,
-        reason: Option<String>,
-        now_ms: u64,
-    },
-    Reinstate {
-        id: String,
-        now_ms: u64,
-    },
-    Rotate {
-        id: String,
-        secret_hash: String,
-        rotate_webhook: bool,
-        now_ms: u64,
-    },
-    /// Enrolled users changed (mapping lifecycle: creations, bulk uploads,
-    /// deletions, replacements).
-    AdjustUsers {
-        id: String,
-        delta: i64,
-        now_ms: u64,
-    },
-    /// One more strike (draft §8.2.1); suspends at the AP's threshold
-    /// (draft §11.2, `RateParams::suspend_after_strikes`).
-    Strike {
-        id: String,
-        now_ms: u64,
-    },
-}
-
-/// The object's answer.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum RegistryReply {
-    Ap { ap: StoredAp },
-    List { aps: Vec<ApRecord> },
-    NotFound,
-    Exists,
-}
+use crate::edge::rpc;
+use crate::edge::rpc::registry::{ApRecord, RegistryOp, RegistryReply, StoredAp};
+use serde::Deserialize;
+use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 
 #[durable_object]
 pub struct ApRegistry {
@@ -137,14 +31,11 @@ impl worker::DurableObject for ApRegistry {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match crate::edge::http::body::read_op::<RegistryOp>(&mut req).await {
+        let result = match rpc::read_op::<RegistryOp>(&mut req).await {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("registry op: {e}"))),
         };
-        match result {
-            Ok(reply) => Response::from_json(&reply),
-            Err(e) => e.into_response("/registry"),
-        }
+        rpc::answer(result, "/registry")
     }
 }
 
@@ -361,35 +252,4 @@ fn decode_row(row: Row) -> ApiResult<StoredAp> {
         record,
         secret_hash: row.secret_hash,
     })
-}
-
-/// Sends one operation to the GP's registry object.
-pub async fn call(env: &Env, op: &RegistryOp) -> ApiResult<RegistryReply> {
-    let stub = env
-        .durable_object("AP_REGISTRY")
-        .internal("AP_REGISTRY binding")?
-        .id_from_name("registry")
-        .internal("registry id")?
-        .get_stub()
-        .internal("registry stub")?;
-    let body =
-        serde_json::to_string(op).map_err(|e| ApiError::Internal(format!("encode op: {e}")))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
-    let req = Request::new_with_init("https://registry/op", &init).internal("registry request")?;
-    let mut resp = stub
-        .fetch_with_request(req)
-        .await
-        .internal("registry fetch")?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(ApiError::Internal(format!(
-            "registry answered {}: {text}",
-            resp.status_code()
-        )));
-    }
-    crate::edge::http::body::read_reply::<RegistryReply>(&mut resp)
-        .await
-        .map_err(|e| ApiError::Internal(format!("registry reply: {e}")))
 }

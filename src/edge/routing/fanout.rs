@@ -1,13 +1,11 @@
 //! The routed query (draft §8.1): which peers' filters may hold an SII, asking exactly those, signed, in parallel with this GP's own shard, and combining the answers.
+use crate::edge::rpc::shard::Shard;
 
 use crate::core::mapping::Candidate;
 use crate::core::query::{combine, PeerAnswer, PeerOutcome};
-use crate::core::shard::shard_of;
 use crate::core::Sii;
 use crate::edge::config::{GpConfig, Peer};
-use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::shard as mapping_shard;
-use crate::edge::objects::shard::{ShardOp, ShardReply};
+use crate::edge::http::error::ApiResult;
 use crate::edge::outbound::peer::Signer;
 use crate::edge::routing::copies as federation;
 use crate::edge::stats;
@@ -23,14 +21,7 @@ pub const PEER_QUERY_PATH: &str = "/peer/v1/query";
 /// This GP's own preferred mapping for the SII: one shard request.
 pub async fn lookup(env: &Env, cfg: &GpConfig, sii: &Sii) -> ApiResult<Option<Candidate>> {
     stats::count(|s| s.shard_lookups += 1);
-    let op = ShardOp::Lookup {
-        sii: sii.to_string(),
-        gp: cfg.id.clone(),
-    };
-    match mapping_shard::call(env, shard_of(sii, mapping_shard::shard_count(env)), &op).await? {
-        ShardReply::Lookup { candidate } => Ok(candidate),
-        _ => Err(ApiError::Internal("shard gave no lookup answer".into())),
-    }
+    Shard::of(env, sii).lookup(sii, &cfg.id).await
 }
 
 /// Peers whose filter copy says they may hold the SII. A peer whose filter

@@ -1,10 +1,10 @@
 //! Keeping the peers' filter copies current (draft §9): subscribing, full resync, catch-up after downtime, and the cron tick.
 use crate::edge::routing::copies::PeerMeta;
 use crate::edge::routing::copies::{read_meta, store_snapshot, MAX_SNAPSHOT, PEER_TIMEOUT_MS};
+use crate::edge::rpc::filter::FilterClient;
 
 use crate::core::filter::Filter;
 use crate::edge::config::{GpConfig, Peer};
-use crate::edge::objects::filter as filter_object;
 use crate::edge::outbound::peer::Signer;
 use serde_json::json;
 use worker::{Date, Env, Method};
@@ -119,14 +119,14 @@ pub async fn cron(env: &Env, cfg: &GpConfig) {
         .and_then(|v| v.to_string().trim().parse().ok())
         .unwrap_or(168);
     if hours > 0 {
-        match filter_object::current_info(env).await {
+        match FilterClient::new(env).info().await {
             Ok(info) => {
                 let created = info
                     .get("created_at_ms")
                     .and_then(|v| v.as_u64())
                     .unwrap_or(0);
                 if Date::now().as_millis().saturating_sub(created) >= hours * 3_600_000 {
-                    match filter_object::call(env, "/rebuild", Method::Post, None).await {
+                    match FilterClient::new(env).rebuild().await {
                         Ok(_) => worker::console_log!("filter rebuilt (older than {hours} h)"),
                         Err(e) => worker::console_error!("filter rebuild failed: {:?}", e),
                     }

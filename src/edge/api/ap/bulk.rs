@@ -1,4 +1,7 @@
 //! `POST /v1/mappings/bulk` (draft §8.3): an authorised AP uploads mappings it verified itself, as NDJSON, idempotently.
+use crate::edge::rpc::ap::ApClient;
+use crate::edge::rpc::shard::shard_count;
+use crate::edge::rpc::shard::Shard;
 
 use crate::core::bulk::{
     decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
@@ -10,10 +13,6 @@ use crate::edge::config::GpConfig;
 use crate::edge::http::body::media_type;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::http::respond::json_status as respond;
-use crate::edge::objects::ap as ap_object;
-use crate::edge::objects::ap::{ApOp, ApReply};
-use crate::edge::objects::shard as mapping_shard;
-use crate::edge::objects::shard::{ShardOp, ShardReply};
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -42,18 +41,8 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     let ap_id = ap.record.id.clone();
     let now = crate::edge::clock::now_ms();
     let idem_key = format!("bulk:{}", key.as_str());
-    let stored = match ap_object::call(
-        env,
-        &ap_id,
-        &ApOp::IdemGet {
-            key: idem_key.clone(),
-        },
-    )
-    .await?
-    {
-        ApReply::Idem { record } => record,
-        _ => None,
-    };
+    let ap_object = ApClient::new(env, &ap_id);
+    let stored = ap_object.idem_get(&idem_key).await?;
     if let Ok(Some(len)) = req.headers().get("Content-Length") {
         if len
             .trim()
@@ -68,7 +57,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     // arrive (the raw bytes are never buffered), and hashed for the
     // idempotency check. Nothing is written before the whole upload was
     // read, so size limits and the key decision come before any write.
-    let count = mapping_shard::shard_count(env);
+    let count = shard_count(env);
     let mut summary = BulkSummary::default();
     let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
         Default::default();
@@ -123,20 +112,17 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             .internal("header")?;
         return Ok(resp);
     }
-    ap_object::call(
-        env,
-        &ap_id,
-        &ApOp::IdemPut {
-            key: idem_key.clone(),
-            record: KeyRecord {
+    ap_object
+        .idem_put(
+            &idem_key,
+            KeyRecord {
                 body_sha256,
                 // Not the request's start: the body may have taken a while.
                 started_ms: crate::edge::clock::now_ms(),
                 summary: None,
             },
-        },
-    )
-    .await?;
+        )
+        .await?;
 
     let mut batches = Vec::new();
     for (shard, lines) in per_shard {
@@ -147,15 +133,11 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     let work = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
         let ap_id = ap_id.clone();
         async move {
-            let op = ShardOp::Bulk {
-                ap: ap_id,
-                lines: chunk
-                    .iter()
-                    .map(|(_, s, u)| (s.clone(), u.clone()))
-                    .collect(),
-                now_ms: now,
-            };
-            let reply = mapping_shard::call(env, shard, &op).await;
+            let lines = chunk
+                .iter()
+                .map(|(_, s, u)| (s.clone(), u.clone()))
+                .collect();
+            let reply = Shard::at(env, shard).bulk(&ap_id, lines, now).await;
             (chunk, reply)
         }
     }));
@@ -168,15 +150,12 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         loop {
             worker::Delay::from(std::time::Duration::from_millis(IDEMPOTENCY_RENEW_MS)).await;
             renewing.set(true);
-            let op = ApOp::IdemPut {
-                key: idem_key.clone(),
-                record: KeyRecord {
-                    body_sha256,
-                    started_ms: crate::edge::clock::now_ms(),
-                    summary: None,
-                },
+            let record = KeyRecord {
+                body_sha256,
+                started_ms: crate::edge::clock::now_ms(),
+                summary: None,
             };
-            if let Err(e) = ap_object::call(env, &ap_id, &op).await {
+            if let Err(e) = ap_object.idem_put(&idem_key, record).await {
                 worker::console_error!("bulk: renewing the idempotency lease: {e:?}");
             }
             renewing.set(false);
@@ -198,35 +177,27 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         futures_util::future::Either::Right(((), work)) => work.await,
     };
     for (chunk, reply) in results {
-        match reply? {
-            ShardReply::Bulk { effects } => {
-                for ((n, _, _), effect) in chunk.iter().zip(effects) {
-                    match effect {
-                        Ok(e) => summary.applied(e),
-                        Err(detail) => summary.refused(crate::core::bulk::LineError {
-                            line: *n,
-                            problem: "mapping-refused".into(),
-                            detail,
-                        }),
-                    }
-                }
+        for ((n, _, _), effect) in chunk.iter().zip(reply?) {
+            match effect {
+                Ok(e) => summary.applied(e),
+                Err(detail) => summary.refused(crate::core::bulk::LineError {
+                    line: *n,
+                    problem: "mapping-refused".into(),
+                    detail,
+                }),
             }
-            _ => return Err(ApiError::Internal("shard: unexpected bulk reply".into())),
         }
     }
     summary.errors.sort_by_key(|e| e.line);
-    ap_object::call(
-        env,
-        &ap_id,
-        &ApOp::IdemPut {
-            key: idem_key.clone(),
-            record: KeyRecord {
+    ap_object
+        .idem_put(
+            &idem_key,
+            KeyRecord {
                 body_sha256,
                 started_ms: now,
                 summary: Some(summary.clone()),
             },
-        },
-    )
-    .await?;
+        )
+        .await?;
     respond(&json!(summary), 200)
 }

@@ -9,6 +9,16 @@
 //!
 //! SIIs travel in bodies, never in URLs (they are personal data and URLs
 //! end up in logs).
+use crate::core::encoding::hex_encode;
+use crate::edge::rpc::ap::ApClient;
+use crate::edge::rpc::ap::Limited;
+use crate::edge::rpc::registry::Registry;
+use crate::edge::rpc::shard::shard_count;
+use crate::edge::rpc::shard::Begun;
+use crate::edge::rpc::shard::Confirmed;
+use crate::edge::rpc::shard::Refusal;
+use crate::edge::rpc::shard::Shard;
+use crate::edge::rpc::shard::Status;
 
 use crate::core::creation::{code_message, Handle};
 use crate::core::mapping::{Choice, Party};
@@ -22,13 +32,8 @@ use crate::edge::auth::ap::AuthedAp;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::read_json;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::ap as ap_object;
-use crate::edge::objects::ap::{ApOp, ApReply};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{RegistryOp, RegistryReply};
-use crate::edge::objects::shard as mapping_shard;
-use crate::edge::objects::shard::{hex, MappingView, ShardOp, ShardReply};
 use crate::edge::outbound::codes as delivery;
+use crate::edge::rpc::shard::MappingView;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -85,11 +90,6 @@ fn parse_sii(s: &str) -> ApiResult<Sii> {
     Sii::parse(s).map_err(ApiError::from)
 }
 
-async fn shard_call(env: &Env, sii: &Sii, op: ShardOp) -> ApiResult<ShardReply> {
-    let index = shard_of(sii, mapping_shard::shard_count(env));
-    mapping_shard::call(env, index, &op).await
-}
-
 /// `{provider, name, gp}` for the holder named in §8.2.1 answers (draft:
 /// "include that provider ID and name").
 /// The preferred holder of `sii` on a peer GP, if the peers whose filters
@@ -122,22 +122,20 @@ async fn remote_holder(env: &Env, cfg: &GpConfig, sii: &Sii) -> Option<Party> {
 async fn remote_candidate(
     env: &Env,
     cfg: &GpConfig,
-    shard: &str,
     handle: &Handle,
     ap: &str,
 ) -> ApiResult<Option<crate::core::mapping::Candidate>> {
     if cfg.peers.is_empty() {
         return Ok(None);
     }
-    let op = ShardOp::PendingSii {
-        salt: hex(&handle.salt),
-        ap: ap.to_string(),
+    let pending = Shard::at(env, handle.shard)
+        .pending_sii(hex_encode(&handle.salt), ap)
+        .await?;
+    // Unknown handle: the confirmation itself answers that.
+    let Some(sii) = pending else {
+        return Ok(None);
     };
-    let sii = match mapping_shard::object_call(env, "MAPPING_SHARD", shard, &op).await? {
-        ShardReply::PendingSii { sii: Some(s) } => parse_sii(&s)?,
-        // Unknown handle: the confirmation itself answers that.
-        _ => return Ok(None),
-    };
+    let sii = parse_sii(&sii)?;
     if crate::edge::routing::fanout::matching_peers(env, cfg, &sii)
         .await
         .is_empty()
@@ -158,17 +156,10 @@ async fn party_json(env: &Env, p: &Option<Party>) -> ApiResult<Value> {
         return Ok(Value::Null);
     };
     let name = if p.gp.is_none() {
-        match registry_object::call(
-            env,
-            &RegistryOp::Get {
-                id: p.ap.to_string(),
-            },
-        )
-        .await?
-        {
-            RegistryReply::Ap { ap } => Some(ap.record.name),
-            _ => None,
-        }
+        Registry::new(env)
+            .get(p.ap.as_str())
+            .await?
+            .map(|ap| ap.record.name)
     } else {
         None
     };
@@ -216,32 +207,25 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
     let salt: [u8; 16] = random()?;
     let pepper = pepper(env)?;
     let limits = SendLimit::default();
-    let op = ShardOp::Begin {
-        sii: sii.to_string(),
-        ap: ap_id.clone(),
-        user: user.to_string(),
-        salt: hex(&salt),
-        code_hash: hex(&hash_code(&pepper, &salt, code.as_str())),
-        ttl_ms,
-        per_sii_per_hour: var_u32(env, "CODES_PER_SII_PER_HOUR", limits.per_sii_per_hour),
-        now_ms: now,
-    };
-    let (reused, salt_hex, expires_at_ms, existing, previous) =
-        match shard_call(env, &sii, op).await? {
-            ShardReply::Begun {
-                reused,
-                salt,
-                expires_at_ms,
-                existing,
-                previous,
-            } => (reused, salt, expires_at_ms, existing, previous),
-            ShardReply::Refused(r) => return Err(r.into_api()),
-            _ => {
-                return Err(ApiError::Internal(
-                    "shard: unexpected reply to begin".into(),
-                ))
-            }
-        };
+    let shard = Shard::of(env, &sii);
+    let Begun {
+        reused,
+        salt: salt_hex,
+        expires_at_ms,
+        existing,
+        previous,
+    } = shard
+        .begin(
+            &sii,
+            &ap_id,
+            user.as_str(),
+            hex_encode(&salt),
+            hex_encode(&hash_code(&pepper, &salt, code.as_str())),
+            ttl_ms,
+            var_u32(env, "CODES_PER_SII_PER_HOUR", limits.per_sii_per_hour),
+            now,
+        )
+        .await?;
     // draft §8.2.1 "Mapping Exists on Other AP", across GPs: with no
     // holder here, a holder on a peer GP found through the query path —
     // free unless a peer's filter matches the SII.
@@ -250,26 +234,14 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
         None => remote_holder(env, cfg, &sii).await,
     };
     if !reused {
-        let abort = |env: &Env| {
-            let op = ShardOp::Abort {
-                sii: sii.to_string(),
-                ap: ap_id.clone(),
-                salt: salt_hex.clone(),
-                previous: previous.clone(),
-                now_ms: now,
-            };
-            let sii = sii.clone();
-            let env = env.clone();
-            async move { shard_call(&env, &sii, op).await.map(|_| ()) }
-        };
+        let abort = || shard.abort(&sii, &ap_id, salt_hex.clone(), previous.clone(), now);
         // Per-AP limit (SMS pumping through one AP), then the message.
-        let send = ApOp::RecordSend {
-            per_ap_per_hour: var_u32(env, "CODES_PER_AP_PER_HOUR", limits.per_ap_per_hour),
-            number: phone_number(&sii),
-            now_ms: now,
-        };
-        if let ApReply::Limited { retry_after_ms } = ap_object::call(env, &ap_id, &send).await? {
-            abort(env).await?;
+        let per_ap_per_hour = var_u32(env, "CODES_PER_AP_PER_HOUR", limits.per_ap_per_hour);
+        let sent = ApClient::new(env, &ap_id)
+            .record_send(per_ap_per_hour, phone_number(&sii), now)
+            .await?;
+        if let Err(Limited { retry_after_ms }) = sent {
+            abort().await?;
             let e = ApiError::from(crate::core::verification::SendLimited {
                 scope: crate::core::verification::SendScope::Ap,
                 retry_after_ms,
@@ -283,8 +255,8 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
         if let Err(e) = delivery::send(env, &sii, &msg).await {
             // No half-made state: the pending verification and both
             // counters are rolled back before the AP hears of the failure.
-            abort(env).await?;
-            ap_object::call(env, &ap_id, &ApOp::RefundSend).await?;
+            abort().await?;
+            ApClient::new(env, &ap_id).refund_send().await?;
             return Err(e);
         }
     }
@@ -293,7 +265,7 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| ApiError::Internal("shard returned a bad salt".into()))?;
     let handle = Handle {
-        shard: shard_of(&sii, mapping_shard::shard_count(env)),
+        shard: shard_of(&sii, shard_count(env)),
         salt: salt_b,
     };
     respond(
@@ -327,20 +299,20 @@ pub async fn confirm(
     let handle = Handle::parse(handle)?;
     let body: ConfirmBody = read_json(&mut req, false).await?;
     let ap_id = ap.record.id.clone();
-    let name = crate::core::shard::shard_name(handle.shard, mapping_shard::shard_count(env));
-    let remote = remote_candidate(env, cfg, &name, &handle, &ap_id).await?;
-    let op = ShardOp::Confirm {
-        salt: hex(&handle.salt),
-        ap: ap_id.clone(),
-        code: body.code,
-        pepper: hex(&pepper(env)?),
-        remote,
-        now_ms: crate::edge::clock::now_ms(),
-    };
-    let reply: ShardReply = mapping_shard::object_call(env, "MAPPING_SHARD", &name, &op).await?;
+    let remote = remote_candidate(env, cfg, &handle, &ap_id).await?;
+    let reply = Shard::at(env, handle.shard)
+        .confirm(
+            hex_encode(&handle.salt),
+            &ap_id,
+            body.code,
+            hex_encode(&pepper(env)?),
+            remote,
+            crate::edge::clock::now_ms(),
+        )
+        .await?;
     match reply {
-        ShardReply::Confirmed { mapping, existing } => {
-            ap_object::call(env, &ap_id, &ApOp::NoteVerify { ok: true }).await?;
+        Ok(Confirmed { mapping, existing }) => {
+            ApClient::new(env, &ap_id).note_verify(true).await?;
             respond(
                 &json!({
                     "mapping": mapping_json(&ap_id, &mapping),
@@ -349,15 +321,12 @@ pub async fn confirm(
                 201,
             )
         }
-        ShardReply::Refused(r) => {
-            if matches!(r, mapping_shard::Refusal::WrongCode { .. }) {
-                ap_object::call(env, &ap_id, &ApOp::NoteVerify { ok: false }).await?;
+        Err(r) => {
+            if matches!(r, Refusal::WrongCode { .. }) {
+                ApClient::new(env, &ap_id).note_verify(false).await?;
             }
             Err(r.into_api())
         }
-        _ => Err(ApiError::Internal(
-            "shard: unexpected reply to confirm".into(),
-        )),
     }
 }
 
@@ -407,73 +376,51 @@ pub async fn action(
     let ap: AuthedAp = auth::authenticate(&req, env, cfg).await?;
     let ap_id = ap.record.id.clone();
     let now = crate::edge::clock::now_ms();
-    let (sii, op) = match action {
-        Action::Choice => {
-            let b: ChoiceBody = read_json(&mut req, false).await?;
-            let sii = parse_sii(&b.sii)?;
-            let claim_peers = claim_peer_ids(env, cfg, &sii).await;
-            let op = ShardOp::Choose {
-                sii: sii.to_string(),
-                ap: ap_id.clone(),
-                choice: b.choice,
-                gp: cfg.id.clone(),
-                claim_peers,
-                now_ms: now,
-            };
-            (sii, op)
-        }
-        _ => {
-            let b: SiiBody = read_json(&mut req, false).await?;
-            let sii = parse_sii(&b.sii)?;
-            let (s, a) = (sii.to_string(), ap_id.clone());
-            let op = match action {
-                Action::Reestablish => ShardOp::Reestablish {
-                    sii: s,
-                    ap: a,
-                    gp: cfg.id.clone(),
-                    // Preferred again as of now: told as for a choice.
-                    claim_peers: claim_peer_ids(env, cfg, &sii).await,
-                    now_ms: now,
-                },
-                Action::PreferBack => ShardOp::PreferBack {
-                    sii: s,
-                    ap: a,
-                    gp: cfg.id.clone(),
-                    claim_peers: claim_peer_ids(env, cfg, &sii).await,
-                    now_ms: now,
-                },
-                Action::Report => ShardOp::Report {
-                    sii: s,
-                    ap: a,
-                    gp: cfg.id.clone(),
-                    now_ms: now,
-                },
-                Action::Delete => ShardOp::Delete {
-                    sii: s,
-                    ap: a,
-                    now_ms: now,
-                },
-                _ => ShardOp::Status { sii: s, ap: a },
-            };
-            (sii, op)
-        }
-    };
-    match shard_call(env, &sii, op).await? {
-        ShardReply::Done { notified } => respond(
+    let gp = cfg.id.as_str();
+    let done = |sii: &Sii, notified: Vec<String>| {
+        respond(
             &json!({ "sii": sii.as_str(), "done": true, "notified": notified }),
             200,
-        ),
-        ShardReply::Status {
-            mapping,
-            preferred_elsewhere,
-        } => respond(
-            &json!({
-                "mapping": mapping.as_ref().map(|m| mapping_json(&ap_id, m)),
-                "preferred_elsewhere": party_json(env, &preferred_elsewhere).await?,
-            }),
-            200,
-        ),
-        ShardReply::Refused(r) => Err(r.into_api()),
-        _ => Err(ApiError::Internal("shard: unexpected reply".into())),
+        )
+    };
+    if let Action::Choice = action {
+        let b: ChoiceBody = read_json(&mut req, false).await?;
+        let sii = parse_sii(&b.sii)?;
+        let claim_peers = claim_peer_ids(env, cfg, &sii).await;
+        let shard = Shard::of(env, &sii);
+        let notified = shard
+            .choose(&sii, &ap_id, b.choice, gp, claim_peers, now)
+            .await?;
+        return done(&sii, notified);
     }
+    let b: SiiBody = read_json(&mut req, false).await?;
+    let sii = parse_sii(&b.sii)?;
+    let shard = Shard::of(env, &sii);
+    let notified = match action {
+        // Preferred again as of now: told as for a choice.
+        Action::Reestablish => {
+            let peers = claim_peer_ids(env, cfg, &sii).await;
+            shard.reestablish(&sii, &ap_id, gp, peers, now).await?
+        }
+        Action::PreferBack => {
+            let peers = claim_peer_ids(env, cfg, &sii).await;
+            shard.prefer_back(&sii, &ap_id, gp, peers, now).await?
+        }
+        Action::Report => shard.report(&sii, &ap_id, gp, now).await?,
+        Action::Delete => shard.delete(&sii, &ap_id, now).await?,
+        Action::Choice | Action::Mine => {
+            let Status {
+                mapping,
+                preferred_elsewhere,
+            } = shard.status(&sii, &ap_id).await?;
+            return respond(
+                &json!({
+                    "mapping": mapping.as_ref().map(|m| mapping_json(&ap_id, m)),
+                    "preferred_elsewhere": party_json(env, &preferred_elsewhere).await?,
+                }),
+                200,
+            );
+        }
+    };
+    done(&sii, notified)
 }

@@ -7,6 +7,7 @@
 //! provider id. Tokens are `core::token` MAC'd tokens, bound to the client
 //! certificate of the request when one is presented (RFC 8705 §3) and
 //! required to be when REQUIRE_MTLS (draft §11.3).
+use crate::edge::rpc::registry::Registry;
 
 use crate::core::credentials::{cert_for_token, parse_basic_credentials, verify_client_secret};
 use crate::core::encoding::{hex_decode, parse_form};
@@ -17,8 +18,6 @@ use crate::edge::auth::ap::{authorization, client_cert};
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::{media_type, read_capped, MAX_BODY_BYTES};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{RegistryOp, RegistryReply};
 use serde_json::json;
 use worker::{Env, Request, Response};
 
@@ -135,16 +134,8 @@ pub async fn token(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
     let Ok(ap_id) = ProviderId::parse(&client_id) else {
         return Err(invalid_client(how, FAILED));
     };
-    let stored = match registry_object::call(
-        env,
-        &RegistryOp::Get {
-            id: ap_id.to_string(),
-        },
-    )
-    .await?
-    {
-        RegistryReply::Ap { ap } => ap,
-        _ => return Err(invalid_client(how, FAILED)),
+    let Some(stored) = Registry::new(env).get(ap_id.as_str()).await? else {
+        return Err(invalid_client(how, FAILED));
     };
     let stored_hash = hex_decode(&stored.secret_hash)
         .map_err(|_| ApiError::Internal(format!("AP {ap_id}: stored secret hash is not hex")))?;
@@ -152,7 +143,7 @@ pub async fn token(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
         return Err(invalid_client(how, FAILED));
     }
     let record = stored.record;
-    auth::remember(&record);
+    crate::edge::rpc::registry::remember(&record);
     if record.suspended {
         // RFC 6749 §5.2 "unauthorized_client: The authenticated client is
         // not authorized to use this authorization grant type."

@@ -1,12 +1,10 @@
 //! The operator's view of one AP: analytics and webhook replay.
+use crate::edge::rpc::ap::ApClient;
+use crate::edge::rpc::registry::Registry;
 
 use crate::core::webhook::rfc3339_ms;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::http::respond::json_status as respond;
-use crate::edge::objects::ap as ap_object;
-use crate::edge::objects::ap::{ApOp, ApReply};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{RegistryOp, RegistryReply};
 use serde_json::{json, Value};
 use worker::{Env, Request, Response};
 
@@ -16,9 +14,9 @@ use worker::{Env, Request, Response};
 /// existing email addresses and so on").
 pub async fn analytics(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
     crate::edge::auth::operator::check_admin(&req, env)?;
-    let record = match registry_object::call(env, &RegistryOp::Get { id: id.into() }).await? {
-        RegistryReply::Ap { ap } => ap.record,
-        _ => {
+    let record = match Registry::new(env).get(id).await? {
+        Some(ap) => ap.record,
+        None => {
             return Err(ApiError::client(
                 404,
                 "no-such-ap",
@@ -27,10 +25,7 @@ pub async fn analytics(req: Request, env: &Env, id: &str) -> ApiResult<Response>
             ))
         }
     };
-    let (a, outbox) = match ap_object::call(env, id, &ApOp::Stats).await? {
-        ApReply::Stats { analytics, outbox } => (analytics, outbox),
-        _ => return Err(ApiError::Internal("ap object: unexpected reply".into())),
-    };
+    let (a, outbox) = ApClient::new(env, id).stats().await?;
     let ratio = |num: u64, den: u64| {
         if den == 0 {
             Value::Null
@@ -73,10 +68,7 @@ pub async fn analytics(req: Request, env: &Env, id: &str) -> ApiResult<Response>
 /// endpoint was down for longer), with a fresh horizon.
 pub async fn replay(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
     crate::edge::auth::operator::check_admin(&req, env)?;
-    if !matches!(
-        registry_object::call(env, &RegistryOp::Get { id: id.into() }).await?,
-        RegistryReply::Ap { .. }
-    ) {
+    if Registry::new(env).get(id).await?.is_none() {
         return Err(ApiError::client(
             404,
             "no-such-ap",
@@ -84,8 +76,6 @@ pub async fn replay(req: Request, env: &Env, id: &str) -> ApiResult<Response> {
             format!("no AP with id {id:?} is enrolled here"),
         ));
     }
-    match ap_object::call(env, id, &ApOp::Replay).await? {
-        ApReply::Replayed { events } => respond(&json!({ "ap": id, "requeued": events }), 200),
-        _ => Err(ApiError::Internal("ap object: unexpected reply".into())),
-    }
+    let events = ApClient::new(env, id).replay().await?;
+    respond(&json!({ "ap": id, "requeued": events }), 200)
 }

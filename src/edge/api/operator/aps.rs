@@ -10,6 +10,8 @@
 //! Secrets appear in exactly two responses, enrollment and rotation, and
 //! nowhere else: the registry keeps only the client secret's hash, and the
 //! webhook secret is derived from WEBHOOK_MASTER_KEY, never stored.
+use crate::edge::rpc::registry::Missing;
+use crate::edge::rpc::registry::Registry;
 
 use crate::core::credentials::{
     derive_webhook_secret, format_client_secret, format_webhook_secret, hash_client_secret,
@@ -18,12 +20,10 @@ use crate::core::credentials::{
 use crate::core::encoding::hex_encode;
 use crate::core::ratelimit::{allowed_rate, RateParams};
 use crate::core::ssi::ProviderId;
-use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::{no_null, read_json};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{ApPatch, ApRecord, RegistryOp, RegistryReply, StoredAp};
+use crate::edge::rpc::registry::{ApPatch, ApRecord, RegistryOp, StoredAp};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use worker::{Env, Request, Response};
@@ -221,19 +221,18 @@ fn not_found(id: &str) -> ApiError {
 }
 
 async fn apply(env: &Env, op: RegistryOp, id: &str) -> ApiResult<StoredAp> {
-    match registry_object::call(env, &op).await? {
-        RegistryReply::Ap { ap } => {
-            auth::remember(&ap.record);
+    match Registry::new(env).apply(&op).await? {
+        Ok(ap) => {
+            crate::edge::rpc::registry::remember(&ap.record);
             Ok(ap)
         }
-        RegistryReply::NotFound => Err(not_found(id)),
-        RegistryReply::Exists => Err(ApiError::client(
+        Err(Missing::NotFound) => Err(not_found(id)),
+        Err(Missing::Exists) => Err(ApiError::client(
             409,
             "ap-exists",
             "AP already enrolled",
             format!("AP {id} is already enrolled; use PATCH or rotate-secret"),
         )),
-        RegistryReply::List { .. } => Err(ApiError::Internal("registry: unexpected list".into())),
     }
 }
 
@@ -285,13 +284,11 @@ pub async fn enroll(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
 /// `GET /admin/v1/aps`.
 pub async fn list(req: Request, env: &Env) -> ApiResult<Response> {
     crate::edge::auth::operator::check_admin(&req, env)?;
-    match registry_object::call(env, &RegistryOp::List).await? {
-        RegistryReply::List { aps } => json_status(
-            &json!({ "aps": aps.iter().map(ap_json).collect::<Vec<_>>() }),
-            200,
-        ),
-        _ => Err(ApiError::Internal("registry: expected a list".into())),
-    }
+    let aps = Registry::new(env).list().await?;
+    json_status(
+        &json!({ "aps": aps.iter().map(ap_json).collect::<Vec<_>>() }),
+        200,
+    )
 }
 
 /// `GET /admin/v1/aps/{id}`.

@@ -1,13 +1,11 @@
 //! `POST /peer/v1/claims`: a peer GP's claim (draft §10).
+use crate::edge::rpc::shard::Shard;
 
 use crate::core::mapping::Claim;
-use crate::core::shard::shard_of;
 use crate::edge::api::peer::query::MAX_PEER_QUERY_BODY;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::shard as mapping_shard;
-use crate::edge::objects::shard::{ShardOp, ShardReply};
 use serde_json::json;
 use worker::{Env, Request, Response};
 
@@ -28,16 +26,8 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
         )
     })?;
     peer_auth::require_sender(&peer, &claim.from_gp, "Claim from another GP")?;
-    let index = shard_of(&claim.sii, mapping_shard::shard_count(env));
-    let op = ShardOp::ApplyClaim {
-        claim,
-        now_ms: crate::edge::clock::now_ms(),
-    };
-    match mapping_shard::call(env, index, &op).await? {
-        ShardReply::Done { notified } => crate::edge::http::respond::json_ok(
-            &json!({ "applied": true, "notified": notified.len() }),
-        ),
-        ShardReply::Refused(r) => Err(r.into_api()),
-        _ => Err(ApiError::Internal("shard gave no claim answer".into())),
-    }
+    let notified = Shard::of(env, &claim.sii)
+        .apply_claim(claim, crate::edge::clock::now_ms())
+        .await?;
+    crate::edge::http::respond::json_ok(&json!({ "applied": true, "notified": notified.len() }))
 }

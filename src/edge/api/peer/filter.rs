@@ -12,8 +12,7 @@ use crate::core::filter::decode_additions;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::objects::filter as filter_object;
-use crate::edge::objects::filter::{SubscribeOp, CALLBACK_PATH};
+use crate::edge::rpc::filter::{FilterClient, SubscribeOp, CALLBACK_PATH};
 use serde::Deserialize;
 use serde_json::json;
 use worker::{Date, Env, Method, Request, Response};
@@ -22,7 +21,9 @@ use worker::{Date, Env, Method, Request, Response};
 /// `If-None-Match` with the current ETag answers 304.
 pub async fn serve_snapshot(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     peer_auth::verify(&mut req, env, cfg, 0).await?;
-    let mut resp = filter_object::call(env, "/snapshot", Method::Get, None).await?;
+    let mut resp = FilterClient::new(env)
+        .request(Method::Get, "/snapshot", None)
+        .await?;
     if resp.status_code() != 200 {
         return Ok(resp);
     }
@@ -66,8 +67,9 @@ pub async fn serve_additions(mut req: Request, env: &Env, cfg: &GpConfig) -> Api
     peer_auth::verify(&mut req, env, cfg, 0).await?;
     let url = req.url().internal("url")?;
     let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let mut resp =
-        filter_object::call(env, &format!("/additions{query}"), Method::Get, None).await?;
+    let mut resp = FilterClient::new(env)
+        .request(Method::Get, &format!("/additions{query}"), None)
+        .await?;
     if resp.status_code() != 200 {
         return Ok(resp);
     }
@@ -113,9 +115,7 @@ pub async fn subscribe(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult
         version: b.version,
         after: b.after,
     };
-    let body =
-        serde_json::to_vec(&op).map_err(|e| ApiError::Internal(format!("subscribe op: {e}")))?;
-    filter_object::call(env, "/subscribe", Method::Post, Some(body)).await
+    FilterClient::new(env).subscribe(&op).await
 }
 
 /// `POST /peer/v1/filter-updates`: a publisher's signed delivery —

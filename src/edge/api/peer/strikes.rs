@@ -33,18 +33,15 @@
 //! until it gets a 2xx) answers `200 {"applied": false, "duplicate": true}`
 //! and changes nothing; a replayed signed request is refused by the nonce
 //! check before anything else.
+use crate::edge::rpc::ap::ApClient;
+use crate::edge::rpc::ap::Limited;
+use crate::edge::rpc::registry::Registry;
+use crate::edge::rpc::shard::Shard;
 
 use crate::core::mapping::StrikeNotice;
-use crate::core::shard::shard_of;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::objects::ap as ap_object;
-use crate::edge::objects::ap::{ApOp, ApReply};
-use crate::edge::objects::registry as registry_object;
-use crate::edge::objects::registry::{RegistryOp, RegistryReply};
-use crate::edge::objects::shard as mapping_shard;
-use crate::edge::objects::shard::{ShardOp, ShardReply};
 use serde_json::json;
 use worker::{Env, Request, Response};
 
@@ -79,9 +76,9 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
     }
     peer_auth::require_sender(&peer, &notice.from_gp, "Strike from another GP")?;
     let ap = notice.against.to_string();
-    match registry_object::call(env, &RegistryOp::Get { id: ap.clone() }).await? {
-        RegistryReply::Ap { .. } => {}
-        _ => {
+    match Registry::new(env).get(&ap).await? {
+        Some(_) => {}
+        None => {
             return Err(ApiError::client(
                 422,
                 "strike-unknown-ap",
@@ -94,20 +91,13 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
         }
     }
     let now = crate::edge::clock::now_ms();
-    let fresh = match ap_object::call(
-        env,
-        &ap,
-        &ApOp::ReservePeerStrike {
-            from_gp: peer.clone(),
-            id: notice.id.clone(),
-            per_day: per_day(env),
-            now_ms: now,
-        },
-    )
-    .await?
+    let objects = ApClient::new(env, &ap);
+    let fresh = match objects
+        .reserve_peer_strike(&peer, &notice.id, per_day(env), now)
+        .await?
     {
-        ApReply::Reserved { fresh } => fresh,
-        ApReply::Limited { retry_after_ms } => {
+        Ok(fresh) => fresh,
+        Err(Limited { retry_after_ms }) => {
             let secs = retry_after_ms.unwrap_or(3_600_000).div_ceil(1000);
             return Err(ApiError::client(
                 429,
@@ -120,31 +110,19 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
             )
             .with_header("Retry-After", secs.to_string()));
         }
-        _ => return Err(ApiError::Internal("ap object: unexpected reply".into())),
     };
     let release = || async {
         if fresh {
-            ap_object::call(
-                env,
-                &ap,
-                &ApOp::ReleasePeerStrike {
-                    from_gp: peer.clone(),
-                    id: notice.id.clone(),
-                },
-            )
-            .await
-            .map(|_| ())
+            objects.release_peer_strike(&peer, &notice.id).await
         } else {
             Ok(())
         }
     };
-    let index = shard_of(&notice.sii, mapping_shard::shard_count(env));
-    let op = ShardOp::ApplyPeerStrike {
-        notice: notice.clone(),
-        now_ms: now,
-    };
-    match mapping_shard::call(env, index, &op).await? {
-        ShardReply::PeerStrike { applied } => {
+    match Shard::of(env, &notice.sii)
+        .apply_peer_strike(notice.clone(), now)
+        .await?
+    {
+        Ok(applied) => {
             if !applied {
                 release().await?;
             }
@@ -154,10 +132,9 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
                 "duplicate": !applied,
             }))
         }
-        ShardReply::Refused(r) => {
+        Err(r) => {
             release().await?;
             Err(r.into_api())
         }
-        _ => Err(ApiError::Internal("shard gave no strike answer".into())),
     }
 }

@@ -16,6 +16,7 @@
 //!   one group's count does not reveal when a given SII was added.
 //! - `full`: the GLF2 snapshot bytes (local and demo GPs), or the summary
 //!   when the client accepts JSON but not `application/octet-stream`.
+use crate::edge::rpc::filter::FilterClient;
 
 use crate::core::filter::{Filter, HashScheme, Layout};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
@@ -61,7 +62,7 @@ pub async fn get(req: &Request, env: &Env, gp_id: &str) -> ApiResult<Response> {
              PUBLIC_FILTER=off); peers fetch it over the GP-to-GP API",
         ));
     }
-    let bytes = snapshot_bytes(env).await?;
+    let bytes = FilterClient::new(env).snapshot_bytes().await?;
     // JSON only for a client that accepts JSON but not the bytes.
     let accept = req
         .headers()
@@ -140,20 +141,4 @@ fn finite_or_null(x: f64) -> Value {
     } else {
         Value::Null
     }
-}
-
-/// The current snapshot (GLF2) from the GP's filter object.
-async fn snapshot_bytes(env: &Env) -> ApiResult<Vec<u8>> {
-    let mut resp = crate::edge::objects::filter::filter_stub(env)?
-        .fetch_with_str("https://filter-object/snapshot")
-        .await
-        .internal("filter object fetch")?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(ApiError::Internal(format!(
-            "filter object /snapshot answered {}: {text}",
-            resp.status_code()
-        )));
-    }
-    resp.bytes().await.internal("filter snapshot body")
 }

@@ -1,10 +1,10 @@
 //! Public pages of the GP: health, what this GP is (`GET /v1/gp`), how its
 //! peers look from here (`GET /v1/peers`) and the API document.
+use crate::edge::rpc::filter::FilterClient;
 
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiResult, OrInternal};
 use crate::edge::http::respond::json_ok;
-use crate::edge::objects::filter as filter_object;
 use crate::edge::outbound::{peer::Signer, probe};
 use serde_json::json;
 use worker::{Env, Response};
@@ -19,7 +19,7 @@ pub fn healthz(cfg: &GpConfig) -> ApiResult<Response> {
 
 /// `GET /v1/gp`: this GP's identity, filter and peers.
 pub async fn gp_info(env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
-    let filter = filter_object::current_info(env).await?;
+    let filter = FilterClient::new(env).info().await?;
     json_ok(&json!({
         "id": cfg.id,
         "name": cfg.name,

@@ -14,269 +14,35 @@
 //! addressed AP's `ApObject`, which applies each item once (by id). So an
 //! acknowledged change never loses its notification, even if the worker
 //! dies right after.
+use crate::edge::objects::dec;
+use crate::edge::objects::enc;
+use crate::edge::rpc;
+use crate::edge::rpc::ap::ApClient;
+use crate::edge::rpc::filter::FilterClient;
+use crate::edge::rpc::shard::MappingView;
+use crate::edge::rpc::shard::Refusal;
+use crate::edge::rpc::shard::ShardOp;
+use crate::edge::rpc::shard::ShardReply;
 
 use crate::core::bulk::{line_effect, LineEffect};
 use crate::core::creation::{repeat_rule, OpenPending, Repeat};
 use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
 use crate::core::mapping::{
-    Candidate, Choice, Claim, DisplaceAction, MappingError, Notification, Party, PeerStrike,
-    SiiRecord, StrikeNotice, VerifiedBy,
+    Candidate, Claim, DisplaceAction, MappingError, Notification, Party, PeerStrike, SiiRecord,
+    StrikeNotice, VerifiedBy,
 };
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
 use crate::core::verification::{
-    CodePolicy, PendingVerification, SendLimit, SendLimited, SendScope, VerifyError, WindowCounter,
-    SEND_WINDOW_MS,
+    CodePolicy, PendingVerification, SendLimit, VerifyError, WindowCounter, SEND_WINDOW_MS,
 };
 use crate::core::webhook::{Event, EventData};
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::objects::ap as ap_object;
-use crate::edge::objects::ap::ApItem;
-use crate::edge::objects::filter as filter_object;
 use crate::edge::outbound::peer::Signer;
+use crate::edge::rpc::ap::ApItem;
 use serde::{Deserialize, Serialize};
-use worker::{durable_object, Env, Method, Request, RequestInit, Response, SqlStorage, State};
-
-/// Shard-internal request.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ShardOp {
-    /// Start (or repeat) a verification: see `core::creation::repeat_rule`.
-    Begin {
-        sii: String,
-        ap: String,
-        user: String,
-        /// Fresh random salt (hex) and the code's hash under it (hex).
-        salt: String,
-        code_hash: String,
-        /// Lifetime of the code (from the GP's code policy).
-        ttl_ms: u64,
-        per_sii_per_hour: u32,
-        now_ms: u64,
-    },
-    /// Undo a `Begin` whose message could not be sent.
-    Abort {
-        sii: String,
-        ap: String,
-        salt: String,
-        previous: Option<String>,
-        now_ms: u64,
-    },
-    /// Check a code; on a match store the mapping.
-    Confirm {
-        salt: String,
-        ap: String,
-        code: String,
-        pepper: String,
-        /// The preferred holder of the SII on a peer GP, if any: the new
-        /// mapping is then not preferred until the AP's choice (§8.2.1).
-        #[serde(default)]
-        remote: Option<Candidate>,
-        now_ms: u64,
-    },
-    /// The SII of `ap`'s pending verification `salt` (none for another AP's
-    /// handle), so the caller can look for a holder on a peer GP first.
-    PendingSii { salt: String, ap: String },
-    Choose {
-        sii: String,
-        ap: String,
-        choice: Choice,
-        gp: String,
-        /// Peer GPs whose filters may hold the SII: each gets a claim
-        /// (draft §10). Chosen by the caller from its filter copies.
-        #[serde(default)]
-        claim_peers: Vec<String>,
-        now_ms: u64,
-    },
-    /// A peer GP's claim (draft §10), already signature-checked.
-    ApplyClaim { claim: Claim, now_ms: u64 },
-    /// A peer GP's strike notice (draft §8.2.1), already signature-checked
-    /// and its AP known to be enrolled here: checked against the claims
-    /// this shard sent (`SiiRecord::accept_peer_strike`), applied once.
-    ApplyPeerStrike { notice: StrikeNotice, now_ms: u64 },
-    Reestablish {
-        sii: String,
-        ap: String,
-        /// As for `PreferBack`: the re-established mapping is preferred as
-        /// of now, and the peers are told by a claim (draft §10).
-        #[serde(default)]
-        gp: String,
-        #[serde(default)]
-        claim_peers: Vec<String>,
-        now_ms: u64,
-    },
-    PreferBack {
-        sii: String,
-        ap: String,
-        /// This GP's id and the peers whose filters may hold the SII: a
-        /// preference won back is claimed there too (draft §10).
-        #[serde(default)]
-        gp: String,
-        #[serde(default)]
-        claim_peers: Vec<String>,
-        now_ms: u64,
-    },
-    Report {
-        sii: String,
-        ap: String,
-        /// This GP's id: a strike against an AP of another GP is forwarded
-        /// there as a notice from this GP.
-        #[serde(default)]
-        gp: String,
-        now_ms: u64,
-    },
-    Delete {
-        sii: String,
-        ap: String,
-        now_ms: u64,
-    },
-    /// The caller's own mapping for an SII and who is preferred.
-    Status { sii: String, ap: String },
-    /// Bulk lines of one AP that fall into this shard.
-    Bulk {
-        ap: String,
-        lines: Vec<(String, String)>,
-        now_ms: u64,
-    },
-    /// draft §8.1 query: this GP's preferred mapping for the SII, as the
-    /// candidate GP `gp` (this GP's id) reports (no AP scoping: the caller
-    /// is a rate-limited query or a signed peer).
-    Lookup { sii: String, gp: String },
-    /// One page of the digests of every SII this shard holds a mapping for
-    /// (SIIs after `after`, in order): a filter rebuild re-inserts them so
-    /// removed SIIs drop out (draft §9).
-    Digests { after: Option<String>, limit: u32 },
-}
-
-/// A mapping as shown to its own AP.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MappingView {
-    pub sii: String,
-    pub user: String,
-    pub verified_by: VerifiedBy,
-    pub created_at_ms: u64,
-    pub preferred: bool,
-}
-
-/// Shard-internal reply.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum ShardReply {
-    Begun {
-        reused: bool,
-        salt: String,
-        expires_at_ms: u64,
-        existing: Option<Party>,
-        previous: Option<String>,
-    },
-    Confirmed {
-        mapping: MappingView,
-        existing: Option<Party>,
-    },
-    PendingSii {
-        sii: Option<String>,
-    },
-    Done {
-        notified: Vec<String>,
-    },
-    Status {
-        mapping: Option<MappingView>,
-        /// Another AP (on this GP) whose mapping is preferred.
-        preferred_elsewhere: Option<Party>,
-    },
-    Bulk {
-        effects: Vec<Result<LineEffect, String>>,
-    },
-    Lookup {
-        candidate: Option<Candidate>,
-    },
-    Digests {
-        /// Hex SHA-256 of each SII (what the filter is keyed by).
-        digests: Vec<String>,
-        /// Where the next page starts; `None` on the last page.
-        next: Option<String>,
-    },
-    /// A peer's strike notice: applied now, or a redelivery of one applied
-    /// before (`applied: false`).
-    PeerStrike {
-        applied: bool,
-    },
-    Refused(Refusal),
-}
-
-/// A client-caused refusal, carried across the object boundary and turned
-/// back into the core error (and thus its problem document) by the caller.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "refusal", rename_all = "kebab-case")]
-pub enum Refusal {
-    WrongCode { attempts_left: u32 },
-    MalformedCode,
-    Expired,
-    Exhausted,
-    AlreadyVerified,
-    NoSuchVerification,
-    TooManyCodes { retry_after_ms: Option<u64> },
-    Mapping { slug: String },
-}
-
-impl Refusal {
-    fn verify(e: VerifyError) -> Refusal {
-        match e {
-            VerifyError::WrongCode { attempts_left } => Refusal::WrongCode { attempts_left },
-            VerifyError::MalformedCode => Refusal::MalformedCode,
-            VerifyError::Expired => Refusal::Expired,
-            VerifyError::Exhausted => Refusal::Exhausted,
-            _ => Refusal::AlreadyVerified,
-        }
-    }
-
-    fn mapping(e: MappingError) -> Refusal {
-        use crate::core::Problem;
-        Refusal::Mapping {
-            slug: e.slug().to_owned(),
-        }
-    }
-
-    /// The problem the AP gets.
-    pub fn into_api(self) -> ApiError {
-        match self {
-            Refusal::WrongCode { attempts_left } => {
-                let mut e = ApiError::from(VerifyError::WrongCode { attempts_left });
-                if let ApiError::Client { extra, .. } = &mut e {
-                    extra.insert("attempts_left".into(), attempts_left.into());
-                }
-                e
-            }
-            Refusal::MalformedCode => VerifyError::MalformedCode.into(),
-            Refusal::Expired => VerifyError::Expired.into(),
-            Refusal::Exhausted => VerifyError::Exhausted.into(),
-            Refusal::AlreadyVerified => VerifyError::AlreadyVerified.into(),
-            Refusal::NoSuchVerification => crate::core::creation::BadHandle.into(),
-            Refusal::TooManyCodes { retry_after_ms } => {
-                let e = ApiError::from(SendLimited {
-                    scope: SendScope::Sii,
-                    retry_after_ms,
-                });
-                match retry_after_ms {
-                    Some(ms) => e.with_header("Retry-After", ms.div_ceil(1000).to_string()),
-                    None => e,
-                }
-            }
-            Refusal::Mapping { slug } => ApiError::from(match slug.as_str() {
-                "no-such-mapping" => MappingError::NoSuchMapping,
-                "not-your-mapping" => MappingError::NotYourMapping,
-                "nothing-to-remedy" => MappingError::NothingToRemedy,
-                "already-mapped" => MappingError::AlreadyMapped,
-                "already-reported" => MappingError::AlreadyReported,
-                "ssi-not-of-caller" => MappingError::SsiNotOfCaller,
-                "no-such-claim" => MappingError::NoSuchClaim,
-                "claim-from-the-future" => MappingError::ClaimFromTheFuture,
-                _ => MappingError::WrongSii,
-            }),
-        }
-    }
-}
+use worker::{durable_object, Env, Method, Request, Response, SqlStorage, State};
 
 #[durable_object]
 pub struct MappingShard {
@@ -296,7 +62,7 @@ impl worker::DurableObject for MappingShard {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match crate::edge::http::body::read_op::<ShardOp>(&mut req).await {
+        let result = match rpc::read_op::<ShardOp>(&mut req).await {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("shard op: {e}"))),
         };
@@ -345,14 +111,6 @@ struct OutboxRow {
     id: String,
     to_ap: String,
     item: String,
-}
-
-fn enc<T: Serialize>(v: &T) -> ApiResult<String> {
-    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("encode: {e}")))
-}
-
-fn dec<T: serde::de::DeserializeOwned>(s: &str) -> ApiResult<T> {
-    serde_json::from_str(s).map_err(|e| ApiError::Internal(format!("stored row is corrupt: {e}")))
 }
 
 fn parse_sii(s: &str) -> ApiResult<Sii> {
@@ -936,7 +694,7 @@ impl MappingShard {
                 let digests = rows
                     .iter()
                     .filter_map(|r| Sii::parse(&r.sii).ok())
-                    .map(|sii| hex(&sii.hash()))
+                    .map(|sii| hex_encode(&sii.hash()))
                     .collect();
                 Ok((ShardReply::Digests { digests, next }, false))
             }
@@ -1198,7 +956,7 @@ impl MappingShard {
                 .ok_or_else(|| ApiError::Internal("filter outbox: bad digest".into()))?;
             digests.push(d);
         }
-        filter_object::insert_digests(&self.env, &digests).await?;
+        FilterClient::new(&self.env).insert(&digests).await?;
         for r in rows {
             self.sql()
                 .exec(
@@ -1321,7 +1079,7 @@ impl MappingShard {
         let mut failed = None;
         for (ap, items) in by_ap {
             let (ids, items): (Vec<String>, Vec<ApItem>) = items.into_iter().unzip();
-            match ap_object::take(&self.env, &ap, items).await {
+            match ApClient::new(&self.env, &ap).take(&ap, items).await {
                 Ok(()) => {
                     for id in ids {
                         self.sql()
@@ -1476,57 +1234,4 @@ fn dec_prev(s: &str) -> ApiResult<PendingRow> {
         user: p.user,
         row: p.row,
     })
-}
-
-/// Number of shards (`MAPPING_SHARDS`, default 16).
-pub fn shard_count(env: &Env) -> u32 {
-    env.var("MAPPING_SHARDS")
-        .ok()
-        .and_then(|v| v.to_string().trim().parse().ok())
-        .unwrap_or(16)
-}
-
-/// Sends one operation to shard `index`.
-pub async fn call(env: &Env, index: u32, op: &ShardOp) -> ApiResult<ShardReply> {
-    let name = crate::core::shard::shard_name(index, shard_count(env));
-    object_call(env, "MAPPING_SHARD", &name, op).await
-}
-
-/// POSTs a JSON op to a named Durable Object and parses its JSON reply.
-pub async fn object_call<O: Serialize, R: serde::de::DeserializeOwned>(
-    env: &Env,
-    binding: &str,
-    name: &str,
-    op: &O,
-) -> ApiResult<R> {
-    let stub = env
-        .durable_object(binding)
-        .internal(binding)?
-        .id_from_name(name)
-        .internal("object id")?
-        .get_stub()
-        .internal("object stub")?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(wasm_bindgen::JsValue::from_str(&enc(op)?)));
-    let req = Request::new_with_init("https://object/op", &init).internal("object request")?;
-    let mut resp = stub
-        .fetch_with_request(req)
-        .await
-        .internal("object fetch")?;
-    if resp.status_code() != 200 {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(ApiError::Internal(format!(
-            "{binding}/{name} answered {}: {text}",
-            resp.status_code()
-        )));
-    }
-    crate::edge::http::body::read_reply::<R>(&mut resp)
-        .await
-        .map_err(|e| ApiError::Internal(format!("{binding}/{name} reply: {e}")))
-}
-
-/// Hex helpers for the ops above.
-pub fn hex(b: &[u8]) -> String {
-    hex_encode(b)
 }

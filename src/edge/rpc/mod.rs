@@ -1,0 +1,202 @@
+//! Calling Durable Objects: the one place that encodes an operation, sends
+//! it to an object, decodes the reply and names what went wrong.
+//!
+//! Each object has a module here with its messages and a typed client
+//! (`Shard::of(env, &sii).lookup(…)`, `ApClient::new(env, ap).lease(…)`),
+//! so callers never build messages or match replies themselves. Objects
+//! talk to each other only through these clients, never by importing one
+//! another (ARCHITECTURE.md, "Layers").
+//!
+//! Messages are JSON read with serde_json on both sides: `Request::json`
+//! goes through JSON.parse, which turns a u64 above 2^53 (a peer's `at_ms`,
+//! a filter cursor) into a float that no longer reads as u64 (found by
+//! schemathesis as a 500).
+
+pub mod ap;
+pub mod filter;
+pub mod nonces;
+pub mod registry;
+pub mod shard;
+
+use crate::edge::http::error::{ApiError, ApiResult};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use worker::{Env, Method, Request, RequestInit, Response};
+
+/// Why a call to a Durable Object failed. Every variant is this GP's own
+/// fault (a missing binding, an object that broke, a worker and an object
+/// of different deploys disagreeing), so all of them become a 500 problem
+/// ([`ApiError::Internal`]); client refusals travel inside the replies.
+#[derive(Debug)]
+pub enum RpcError {
+    /// The binding is missing from the environment, or no stub was had.
+    Binding { object: String, detail: String },
+    /// The operation could not be encoded.
+    Encode { object: String, detail: String },
+    /// The request did not reach the object or its answer did not return.
+    Transport { object: String, detail: String },
+    /// The object answered with a non-200 status (its problem document).
+    Status {
+        object: String,
+        status: u16,
+        body: String,
+    },
+    /// The reply did not decode as the object's reply type.
+    Decode { object: String, detail: String },
+    /// The reply decoded, but as a variant this operation never returns.
+    Unexpected {
+        object: String,
+        op: &'static str,
+        got: String,
+    },
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RpcError::Binding { object, detail } => write!(f, "{object}: no object: {detail}"),
+            RpcError::Encode { object, detail } => write!(f, "{object}: encode: {detail}"),
+            RpcError::Transport { object, detail } => write!(f, "{object}: fetch: {detail}"),
+            RpcError::Status {
+                object,
+                status,
+                body,
+            } => write!(f, "{object} answered {status}: {body}"),
+            RpcError::Decode { object, detail } => write!(f, "{object} reply: {detail}"),
+            RpcError::Unexpected { object, op, got } => {
+                write!(f, "{object} answered {op} with an unexpected reply: {got}")
+            }
+        }
+    }
+}
+
+impl From<RpcError> for ApiError {
+    fn from(e: RpcError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// One Durable Object: its binding and its name.
+#[derive(Debug, Clone)]
+pub struct Object {
+    binding: &'static str,
+    name: String,
+}
+
+impl Object {
+    pub fn new(binding: &'static str, name: impl Into<String>) -> Self {
+        Object {
+            binding,
+            name: name.into(),
+        }
+    }
+
+    /// `BINDING/name`, for errors and logs.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.binding, self.name)
+    }
+
+    fn stub(&self, env: &Env) -> Result<worker::Stub, RpcError> {
+        let fail = |e: worker::Error| RpcError::Binding {
+            object: self.label(),
+            detail: e.to_string(),
+        };
+        env.durable_object(self.binding)
+            .map_err(fail)?
+            .id_from_name(&self.name)
+            .map_err(fail)?
+            .get_stub()
+            .map_err(fail)
+    }
+
+    /// Sends a raw request (`path_and_query` inside the object) and returns
+    /// the object's response as it is, problems included: for objects that
+    /// serve binary bodies (the filter object's snapshots).
+    pub async fn request(
+        &self,
+        env: &Env,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, RpcError> {
+        let mut init = RequestInit::new();
+        init.with_method(method);
+        if let Some(b) = body {
+            init.with_body(Some(js_sys::Uint8Array::from(b.as_slice()).into()));
+        }
+        let transport = |e: worker::Error| RpcError::Transport {
+            object: self.label(),
+            detail: e.to_string(),
+        };
+        let req = Request::new_with_init(&format!("https://object{path_and_query}"), &init)
+            .map_err(transport)?;
+        self.stub(env)?
+            .fetch_with_request(req)
+            .await
+            .map_err(transport)
+    }
+
+    /// Sends one JSON operation and decodes the JSON reply; a non-200
+    /// answer is an error.
+    pub async fn call<O: Serialize, R: DeserializeOwned>(
+        &self,
+        env: &Env,
+        op: &O,
+    ) -> Result<R, RpcError> {
+        let body = serde_json::to_vec(op).map_err(|e| RpcError::Encode {
+            object: self.label(),
+            detail: e.to_string(),
+        })?;
+        let mut resp = self.request(env, Method::Post, "/op", Some(body)).await?;
+        decode(&self.label(), &mut resp).await
+    }
+}
+
+/// Decodes an object's 200 JSON reply (anything else is an error).
+pub async fn decode<R: DeserializeOwned>(object: &str, resp: &mut Response) -> Result<R, RpcError> {
+    let status = resp.status_code();
+    let text = resp.text().await.map_err(|e| RpcError::Transport {
+        object: object.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if status != 200 {
+        return Err(RpcError::Status {
+            object: object.to_owned(),
+            status,
+            body: text,
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| RpcError::Decode {
+        object: object.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// The error for a reply of the wrong variant.
+pub fn unexpected(object: &Object, op: &'static str, got: impl fmt::Debug) -> RpcError {
+    let mut got = format!("{got:?}");
+    got.truncate(200);
+    RpcError::Unexpected {
+        object: object.label(),
+        op,
+        got,
+    }
+}
+
+// ------------------------------------------------------------ object side
+
+/// Reads the JSON operation a worker sent to an object.
+pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Result<T, String> {
+    let text = req.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// An object's answer to one operation: the reply as JSON, or the error as
+/// a problem document (which the caller sees as [`RpcError::Status`]).
+pub fn answer<R: Serialize>(result: ApiResult<R>, instance: &str) -> worker::Result<Response> {
+    match result {
+        Ok(reply) => Response::from_json(&reply),
+        Err(e) => e.into_response(instance),
+    }
+}

@@ -1,0 +1,594 @@
+//! Messages to a MappingShard (see objects/shard/) and its typed client.
+//!
+//! A shard's refusal (a wrong code, "not your mapping", …) travels as
+//! `ShardReply::Refused` and is turned into its problem document here, so
+//! callers of [`Shard`] see their success reply or an [`ApiError`].
+
+use crate::core::bulk::LineEffect;
+use crate::core::mapping::{
+    Candidate, Choice, Claim, MappingError, Party, StrikeNotice, VerifiedBy,
+};
+use crate::core::shard::{shard_name, shard_of};
+use crate::core::sii::Sii;
+use crate::core::verification::{SendLimited, SendScope, VerifyError};
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::rpc::{unexpected, Object};
+use serde::{Deserialize, Serialize};
+use worker::Env;
+
+/// Shard-internal request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ShardOp {
+    /// Start (or repeat) a verification: see `core::creation::repeat_rule`.
+    Begin {
+        sii: String,
+        ap: String,
+        user: String,
+        /// Fresh random salt (hex) and the code's hash under it (hex).
+        salt: String,
+        code_hash: String,
+        /// Lifetime of the code (from the GP's code policy).
+        ttl_ms: u64,
+        per_sii_per_hour: u32,
+        now_ms: u64,
+    },
+    /// Undo a `Begin` whose message could not be sent.
+    Abort {
+        sii: String,
+        ap: String,
+        salt: String,
+        previous: Option<String>,
+        now_ms: u64,
+    },
+    /// Check a code; on a match store the mapping.
+    Confirm {
+        salt: String,
+        ap: String,
+        code: String,
+        pepper: String,
+        /// The preferred holder of the SII on a peer GP, if any: the new
+        /// mapping is then not preferred until the AP's choice (§8.2.1).
+        #[serde(default)]
+        remote: Option<Candidate>,
+        now_ms: u64,
+    },
+    /// The SII of `ap`'s pending verification `salt` (none for another AP's
+    /// handle), so the caller can look for a holder on a peer GP first.
+    PendingSii { salt: String, ap: String },
+    Choose {
+        sii: String,
+        ap: String,
+        choice: Choice,
+        gp: String,
+        /// Peer GPs whose filters may hold the SII: each gets a claim
+        /// (draft §10). Chosen by the caller from its filter copies.
+        #[serde(default)]
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    },
+    /// A peer GP's claim (draft §10), already signature-checked.
+    ApplyClaim { claim: Claim, now_ms: u64 },
+    /// A peer GP's strike notice (draft §8.2.1), already signature-checked
+    /// and its AP known to be enrolled here: checked against the claims
+    /// this shard sent (`SiiRecord::accept_peer_strike`), applied once.
+    ApplyPeerStrike { notice: StrikeNotice, now_ms: u64 },
+    Reestablish {
+        sii: String,
+        ap: String,
+        /// As for `PreferBack`: the re-established mapping is preferred as
+        /// of now, and the peers are told by a claim (draft §10).
+        #[serde(default)]
+        gp: String,
+        #[serde(default)]
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    },
+    PreferBack {
+        sii: String,
+        ap: String,
+        /// This GP's id and the peers whose filters may hold the SII: a
+        /// preference won back is claimed there too (draft §10).
+        #[serde(default)]
+        gp: String,
+        #[serde(default)]
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    },
+    Report {
+        sii: String,
+        ap: String,
+        /// This GP's id: a strike against an AP of another GP is forwarded
+        /// there as a notice from this GP.
+        #[serde(default)]
+        gp: String,
+        now_ms: u64,
+    },
+    Delete {
+        sii: String,
+        ap: String,
+        now_ms: u64,
+    },
+    /// The caller's own mapping for an SII and who is preferred.
+    Status { sii: String, ap: String },
+    /// Bulk lines of one AP that fall into this shard.
+    Bulk {
+        ap: String,
+        lines: Vec<(String, String)>,
+        now_ms: u64,
+    },
+    /// draft §8.1 query: this GP's preferred mapping for the SII, as the
+    /// candidate GP `gp` (this GP's id) reports (no AP scoping: the caller
+    /// is a rate-limited query or a signed peer).
+    Lookup { sii: String, gp: String },
+    /// One page of the digests of every SII this shard holds a mapping for
+    /// (SIIs after `after`, in order): a filter rebuild re-inserts them so
+    /// removed SIIs drop out (draft §9).
+    Digests { after: Option<String>, limit: u32 },
+}
+
+/// A mapping as shown to its own AP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MappingView {
+    pub sii: String,
+    pub user: String,
+    pub verified_by: VerifiedBy,
+    pub created_at_ms: u64,
+    pub preferred: bool,
+}
+
+/// Shard-internal reply.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ShardReply {
+    Begun {
+        reused: bool,
+        salt: String,
+        expires_at_ms: u64,
+        existing: Option<Party>,
+        previous: Option<String>,
+    },
+    Confirmed {
+        mapping: MappingView,
+        existing: Option<Party>,
+    },
+    PendingSii {
+        sii: Option<String>,
+    },
+    Done {
+        notified: Vec<String>,
+    },
+    Status {
+        mapping: Option<MappingView>,
+        /// Another AP (on this GP) whose mapping is preferred.
+        preferred_elsewhere: Option<Party>,
+    },
+    Bulk {
+        effects: Vec<Result<LineEffect, String>>,
+    },
+    Lookup {
+        candidate: Option<Candidate>,
+    },
+    Digests {
+        /// Hex SHA-256 of each SII (what the filter is keyed by).
+        digests: Vec<String>,
+        /// Where the next page starts; `None` on the last page.
+        next: Option<String>,
+    },
+    /// A peer's strike notice: applied now, or a redelivery of one applied
+    /// before (`applied: false`).
+    PeerStrike {
+        applied: bool,
+    },
+    Refused(Refusal),
+}
+
+/// A client-caused refusal, carried across the object boundary and turned
+/// back into the core error (and thus its problem document) by the caller.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "kebab-case")]
+pub enum Refusal {
+    WrongCode { attempts_left: u32 },
+    MalformedCode,
+    Expired,
+    Exhausted,
+    AlreadyVerified,
+    NoSuchVerification,
+    TooManyCodes { retry_after_ms: Option<u64> },
+    Mapping { slug: String },
+}
+
+impl Refusal {
+    pub fn verify(e: VerifyError) -> Refusal {
+        match e {
+            VerifyError::WrongCode { attempts_left } => Refusal::WrongCode { attempts_left },
+            VerifyError::MalformedCode => Refusal::MalformedCode,
+            VerifyError::Expired => Refusal::Expired,
+            VerifyError::Exhausted => Refusal::Exhausted,
+            _ => Refusal::AlreadyVerified,
+        }
+    }
+
+    pub fn mapping(e: MappingError) -> Refusal {
+        Refusal::Mapping {
+            slug: crate::core::Problem::slug(&e).to_owned(),
+        }
+    }
+
+    /// The problem the AP gets.
+    pub fn into_api(self) -> ApiError {
+        match self {
+            Refusal::WrongCode { attempts_left } => {
+                let mut e = ApiError::from(VerifyError::WrongCode { attempts_left });
+                if let ApiError::Client { extra, .. } = &mut e {
+                    extra.insert("attempts_left".into(), attempts_left.into());
+                }
+                e
+            }
+            Refusal::MalformedCode => VerifyError::MalformedCode.into(),
+            Refusal::Expired => VerifyError::Expired.into(),
+            Refusal::Exhausted => VerifyError::Exhausted.into(),
+            Refusal::AlreadyVerified => VerifyError::AlreadyVerified.into(),
+            Refusal::NoSuchVerification => crate::core::creation::BadHandle.into(),
+            Refusal::TooManyCodes { retry_after_ms } => {
+                let e = ApiError::from(SendLimited {
+                    scope: SendScope::Sii,
+                    retry_after_ms,
+                });
+                match retry_after_ms {
+                    Some(ms) => e.with_header("Retry-After", ms.div_ceil(1000).to_string()),
+                    None => e,
+                }
+            }
+            Refusal::Mapping { slug } => ApiError::from(match slug.as_str() {
+                "no-such-mapping" => MappingError::NoSuchMapping,
+                "not-your-mapping" => MappingError::NotYourMapping,
+                "nothing-to-remedy" => MappingError::NothingToRemedy,
+                "already-mapped" => MappingError::AlreadyMapped,
+                "already-reported" => MappingError::AlreadyReported,
+                "ssi-not-of-caller" => MappingError::SsiNotOfCaller,
+                "no-such-claim" => MappingError::NoSuchClaim,
+                "claim-from-the-future" => MappingError::ClaimFromTheFuture,
+                _ => MappingError::WrongSii,
+            }),
+        }
+    }
+}
+
+/// Number of shards (`MAPPING_SHARDS`, default 16).
+pub fn shard_count(env: &Env) -> u32 {
+    env.var("MAPPING_SHARDS")
+        .ok()
+        .and_then(|v| v.to_string().trim().parse().ok())
+        .unwrap_or(16)
+}
+
+/// A started (or repeated) verification.
+#[derive(Debug)]
+pub struct Begun {
+    pub reused: bool,
+    pub salt: String,
+    pub expires_at_ms: u64,
+    pub existing: Option<Party>,
+    pub previous: Option<String>,
+}
+
+/// A confirmed mapping and the §8.2.1 holder it met.
+#[derive(Debug)]
+pub struct Confirmed {
+    pub mapping: MappingView,
+    pub existing: Option<Party>,
+}
+
+/// The caller's own mapping of an SII and who else is preferred.
+#[derive(Debug)]
+pub struct Status {
+    pub mapping: Option<MappingView>,
+    pub preferred_elsewhere: Option<Party>,
+}
+
+/// The typed client of one mapping shard.
+pub struct Shard<'e> {
+    env: &'e Env,
+    obj: Object,
+}
+
+impl<'e> Shard<'e> {
+    /// The shard that owns `sii` (`core::shard`).
+    pub fn of(env: &'e Env, sii: &Sii) -> Self {
+        Self::at(env, shard_of(sii, shard_count(env)))
+    }
+
+    /// Shard number `index` (from a verification handle, or when visiting
+    /// every shard).
+    pub fn at(env: &'e Env, index: u32) -> Self {
+        Shard {
+            env,
+            obj: Object::new("MAPPING_SHARD", shard_name(index, shard_count(env))),
+        }
+    }
+
+    /// Sends `op`; a refusal comes back as its problem.
+    async fn send(&self, op: &ShardOp) -> ApiResult<ShardReply> {
+        match self.obj.call(self.env, op).await? {
+            ShardReply::Refused(r) => Err(r.into_api()),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Starts (or repeats) a verification.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin(
+        &self,
+        sii: &Sii,
+        ap: &str,
+        user: &str,
+        salt: String,
+        code_hash: String,
+        ttl_ms: u64,
+        per_sii_per_hour: u32,
+        now_ms: u64,
+    ) -> ApiResult<Begun> {
+        let op = ShardOp::Begin {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            user: user.to_owned(),
+            salt,
+            code_hash,
+            ttl_ms,
+            per_sii_per_hour,
+            now_ms,
+        };
+        match self.send(&op).await? {
+            ShardReply::Begun {
+                reused,
+                salt,
+                expires_at_ms,
+                existing,
+                previous,
+            } => Ok(Begun {
+                reused,
+                salt,
+                expires_at_ms,
+                existing,
+                previous,
+            }),
+            other => Err(unexpected(&self.obj, "begin", other).into()),
+        }
+    }
+
+    /// Undoes a `begin` whose message could not be sent.
+    pub async fn abort(
+        &self,
+        sii: &Sii,
+        ap: &str,
+        salt: String,
+        previous: Option<String>,
+        now_ms: u64,
+    ) -> ApiResult<()> {
+        let op = ShardOp::Abort {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            salt,
+            previous,
+            now_ms,
+        };
+        self.send(&op).await.map(|_| ())
+    }
+
+    /// Checks a code; on a match the mapping is stored. A refusal is
+    /// returned as such (the caller counts wrong codes).
+    pub async fn confirm(
+        &self,
+        salt: String,
+        ap: &str,
+        code: String,
+        pepper: String,
+        remote: Option<Candidate>,
+        now_ms: u64,
+    ) -> ApiResult<Result<Confirmed, Refusal>> {
+        let op = ShardOp::Confirm {
+            salt,
+            ap: ap.to_owned(),
+            code,
+            pepper,
+            remote,
+            now_ms,
+        };
+        match self.obj.call(self.env, &op).await? {
+            ShardReply::Confirmed { mapping, existing } => Ok(Ok(Confirmed { mapping, existing })),
+            ShardReply::Refused(r) => Ok(Err(r)),
+            other => Err(unexpected(&self.obj, "confirm", other).into()),
+        }
+    }
+
+    /// The SII of `ap`'s pending verification `salt`, if it is `ap`'s.
+    pub async fn pending_sii(&self, salt: String, ap: &str) -> ApiResult<Option<String>> {
+        let op = ShardOp::PendingSii {
+            salt,
+            ap: ap.to_owned(),
+        };
+        match self.send(&op).await? {
+            ShardReply::PendingSii { sii } => Ok(sii),
+            other => Err(unexpected(&self.obj, "pending_sii", other).into()),
+        }
+    }
+
+    /// A change of one SII's mappings (choice, remedies, report, delete,
+    /// claims): the APs told of it.
+    async fn change(&self, op: ShardOp, name: &'static str) -> ApiResult<Vec<String>> {
+        match self.send(&op).await? {
+            ShardReply::Done { notified } => Ok(notified),
+            other => Err(unexpected(&self.obj, name, other).into()),
+        }
+    }
+
+    /// draft §8.2.1: the AP's choice after it met an existing mapping.
+    pub async fn choose(
+        &self,
+        sii: &Sii,
+        ap: &str,
+        choice: Choice,
+        gp: &str,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Vec<String>> {
+        let op = ShardOp::Choose {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            choice,
+            gp: gp.to_owned(),
+            claim_peers,
+            now_ms,
+        };
+        self.change(op, "choose").await
+    }
+
+    /// draft §8.2.1 remedy: the displaced mapping comes back, preferred.
+    pub async fn reestablish(
+        &self,
+        sii: &Sii,
+        ap: &str,
+        gp: &str,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Vec<String>> {
+        let op = ShardOp::Reestablish {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            gp: gp.to_owned(),
+            claim_peers,
+            now_ms,
+        };
+        self.change(op, "reestablish").await
+    }
+
+    /// draft §8.2.1 remedy: the outpreferred mapping is preferred again.
+    pub async fn prefer_back(
+        &self,
+        sii: &Sii,
+        ap: &str,
+        gp: &str,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Vec<String>> {
+        let op = ShardOp::PreferBack {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            gp: gp.to_owned(),
+            claim_peers,
+            now_ms,
+        };
+        self.change(op, "prefer_back").await
+    }
+
+    /// draft §8.2.1: a strike against the AP that took the SII.
+    pub async fn report(
+        &self,
+        sii: &Sii,
+        ap: &str,
+        gp: &str,
+        now_ms: u64,
+    ) -> ApiResult<Vec<String>> {
+        let op = ShardOp::Report {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            gp: gp.to_owned(),
+            now_ms,
+        };
+        self.change(op, "report").await
+    }
+
+    /// The AP removes its own mapping.
+    pub async fn delete(&self, sii: &Sii, ap: &str, now_ms: u64) -> ApiResult<Vec<String>> {
+        let op = ShardOp::Delete {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+            now_ms,
+        };
+        self.change(op, "delete").await
+    }
+
+    /// draft §10: a peer GP's claim, already signature-checked.
+    pub async fn apply_claim(&self, claim: Claim, now_ms: u64) -> ApiResult<Vec<String>> {
+        self.change(ShardOp::ApplyClaim { claim, now_ms }, "apply_claim")
+            .await
+    }
+
+    /// draft §8.2.1: a peer GP's strike notice; `true` when applied now,
+    /// `false` for a redelivery of one applied before. A refusal is
+    /// returned as such (the caller gives back the strike slot).
+    pub async fn apply_peer_strike(
+        &self,
+        notice: StrikeNotice,
+        now_ms: u64,
+    ) -> ApiResult<Result<bool, Refusal>> {
+        let op = ShardOp::ApplyPeerStrike { notice, now_ms };
+        match self.obj.call(self.env, &op).await? {
+            ShardReply::PeerStrike { applied } => Ok(Ok(applied)),
+            ShardReply::Refused(r) => Ok(Err(r)),
+            other => Err(unexpected(&self.obj, "apply_peer_strike", other).into()),
+        }
+    }
+
+    /// The caller's own mapping of the SII.
+    pub async fn status(&self, sii: &Sii, ap: &str) -> ApiResult<Status> {
+        let op = ShardOp::Status {
+            sii: sii.to_string(),
+            ap: ap.to_owned(),
+        };
+        match self.send(&op).await? {
+            ShardReply::Status {
+                mapping,
+                preferred_elsewhere,
+            } => Ok(Status {
+                mapping,
+                preferred_elsewhere,
+            }),
+            other => Err(unexpected(&self.obj, "status", other).into()),
+        }
+    }
+
+    /// draft §8.3: bulk lines of one AP that fall into this shard.
+    pub async fn bulk(
+        &self,
+        ap: &str,
+        lines: Vec<(String, String)>,
+        now_ms: u64,
+    ) -> ApiResult<Vec<Result<LineEffect, String>>> {
+        let op = ShardOp::Bulk {
+            ap: ap.to_owned(),
+            lines,
+            now_ms,
+        };
+        match self.send(&op).await? {
+            ShardReply::Bulk { effects } => Ok(effects),
+            other => Err(unexpected(&self.obj, "bulk", other).into()),
+        }
+    }
+
+    /// draft §8.1: this GP's preferred mapping of the SII, as candidate `gp`.
+    pub async fn lookup(&self, sii: &Sii, gp: &str) -> ApiResult<Option<Candidate>> {
+        let op = ShardOp::Lookup {
+            sii: sii.to_string(),
+            gp: gp.to_owned(),
+        };
+        match self.send(&op).await? {
+            ShardReply::Lookup { candidate } => Ok(candidate),
+            other => Err(unexpected(&self.obj, "lookup", other).into()),
+        }
+    }
+
+    /// One page of the digests of every SII this shard holds (draft §9
+    /// rebuild); the next page's start, if any.
+    pub async fn digests(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> ApiResult<(Vec<String>, Option<String>)> {
+        match self.send(&ShardOp::Digests { after, limit }).await? {
+            ShardReply::Digests { digests, next } => Ok((digests, next)),
+            other => Err(unexpected(&self.obj, "digests", other).into()),
+        }
+    }
+}
