@@ -3,8 +3,8 @@
 //!
 //! draft §7: "Once glados has approved the application vendor, they are
 //! provided a traditional OAuth ClientID and Secret". draft §11.3: "glados
-//! adds a requirement for MTLS between the provider and glados." DESIGN.md:
-//! secrets "are stored hashed and shown once".
+//! adds a requirement for MTLS between the provider and glados." Client
+//! secrets are stored hashed and shown once (SECURITY.md).
 //!
 //! Pure: randomness comes in as bytes, keys as arguments.
 

@@ -2,9 +2,9 @@
 //! Ed25519, and `Content-Digest` (RFC 9530).
 //!
 //! draft §6 and §11.1: GPs "are fully trusted" — which only holds if a GP
-//! can tell that a request really comes from a configured peer. DESIGN.md:
-//! "every GP-to-GP request is signed by the sender's key and verified
-//! against the configured peer key, with a freshness window".
+//! can tell that a request really comes from a configured peer. ARCHITECTURE.md,
+//! Invariants 6: every GP-to-GP request is signed by the sender's key and
+//! verified against the configured peer key, with a freshness window.
 //!
 //! What a GLADOS signature covers (label [`LABEL`]):
 //! `("@method" "@authority" "@path" "@query" ["content-digest"])` with

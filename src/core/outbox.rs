@@ -1,7 +1,8 @@
 //! Retry schedule of the durable outbox (AP webhooks, GP-to-GP messages).
 //!
-//! DESIGN.md: "Outbound notifications ... go through a durable outbox with
-//! retries and backoff (DO alarms); an acknowledged event is never dropped."
+//! ARCHITECTURE.md, Invariants 3 and 4: notifications go through a durable
+//! outbox with retries and backoff (DO alarms); an acknowledged event is
+//! never dropped.
 //! Issue 5: "a receiver that is down for a while gets every event once it
 //! is back".
 //!

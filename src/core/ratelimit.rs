@@ -14,7 +14,7 @@
 //! Everything here is pure: the caller passes `now_ms` (milliseconds since
 //! the Unix epoch, or any monotone clock) and persists the state.
 //!
-//! Cost (DESIGN.md "Cost budget"): the authoritative [`TokenBucket`] lives in
+//! Cost (ARCHITECTURE.md, "Cost budget"): the authoritative [`TokenBucket`] lives in
 //! the AP's limiter object; an isolate [`TokenBucket::lease`]s a batch of
 //! tokens from it and spends them locally with [`Lease::spend`], so most
 //! queries cost no limiter round trip. A leased token was already removed

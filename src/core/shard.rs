@@ -1,6 +1,6 @@
 //! Which mapping shard holds an SII.
 //!
-//! DESIGN.md: mappings, pending verifications and per-SII counters live in
+//! ARCHITECTURE.md (Invariants 2): mappings, pending verifications and per-SII counters live in
 //! SQLite Durable Objects "sharded by hash of the SII (one DO per shard;
 //! shard count is config)", because one object serves roughly 1,000
 //! requests/s. Everything about one SII lives in exactly one shard, so the

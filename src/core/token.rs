@@ -1,6 +1,6 @@
 //! Self-contained access tokens: checked on every client call by a MAC and
-//! an expiry, with no storage round trip (DESIGN.md cost budget: the token
-//! check is part of the ≤ 0.2 ms of CPU a query may spend).
+//! an expiry, with no storage round trip (ARCHITECTURE.md, Cost budget:
+//! the token check needs no storage).
 //!
 //! Format (all ASCII, safe in an `Authorization: Bearer` header, RFC 6750
 //! §2.1 `b64token`):

@@ -2,8 +2,9 @@
 //!
 //! draft §8.2.1: "Through a webhook, the old provider AP1 will be notified
 //! that the mapping has been removed and/or preference established for the
-//! new provider." DESIGN.md: webhooks "are signed (Standard Webhooks style:
-//! id, timestamp, HMAC signature) and idempotent by id".
+//! new provider." Webhooks are signed (Standard Webhooks:
+//! id, timestamp, HMAC signature) and idempotent by id (ARCHITECTURE.md,
+//! Invariants 4).
 //!
 //! Wire format (<https://www.standardwebhooks.com/>, spec v1):
 //! - `webhook-id`: the event id; the same on every retry, so a receiver

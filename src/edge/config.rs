@@ -19,7 +19,7 @@ pub struct Peer {
     pub url: String,
     /// The peer's Ed25519 public key (32 bytes, base64 or base64url): its
     /// signed requests verify against it (draft §11.1: GPs are "fully
-    /// trusted", DESIGN.md: "but authenticated"). A peer without one can
+    /// trusted", ARCHITECTURE.md, Invariants 6: but signed). A peer without one can
     /// be called but every request it sends is refused.
     #[serde(default)]
     pub public_key: Option<String>,

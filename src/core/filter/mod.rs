@@ -563,7 +563,7 @@ impl Filter {
         Ok(out)
     }
 
-    /// Cuts out partition `index` of `2^p_bits` (DESIGN "Scale": a filter
+    /// Cuts out partition `index` of `2^p_bits` (ARCHITECTURE.md, "Scale": a filter
     /// "can be cut into 2^P partitions by hash prefix without rehashing").
     /// A lookup in the partition equals the lookup in the whole for every
     /// digest the partition covers. `self` may itself be a partition that

@@ -24,7 +24,7 @@
 //! min(AP_CACHE_SECONDS, TOKEN_TTL_SECONDS) at the latest: with the
 //! defaults, 30 s, well inside the 300 s token lifetime. The cache costs
 //! one registry request per AP per isolate per AP_CACHE_SECONDS, not per
-//! query (DESIGN.md cost budget: no DO hop for the token check).
+//! query (ARCHITECTURE.md, Cost budget: no storage for the token check).
 use crate::edge::rpc::registry::current_ap;
 
 use crate::edge::clock::now_ms;

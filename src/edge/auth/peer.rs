@@ -1,12 +1,12 @@
-//! Signed GP-to-GP requests: signing what this GP sends, verifying what
-//! peers send, and the replay (nonce) store.
+//! Verifying signed GP-to-GP requests and the replay (nonce) check; the
+//! signing side is `outbound::peer`.
 //!
-//! draft §11.1: GPs are "fully trusted"; DESIGN.md: "every GP-to-GP
-//! request is signed by the sender's key and verified against the
-//! configured peer key, with a freshness window". The wire format is
-//! RFC 9421 with Ed25519 (`crate::core::httpsig`); this module adds the
-//! keys (secret `GP_SIGNING_KEY`, peers' `public_key` in `PEERS`), the
-//! clock, the body and the nonce store.
+//! draft §11.1: GPs are "fully trusted"; ARCHITECTURE.md, Invariants 6:
+//! every GP-to-GP request is signed by the sender's key and verified
+//! against the configured peer key, with a freshness window. The wire
+//! format is RFC 9421 with Ed25519 (`crate::core::httpsig`); this module
+//! adds the peers' keys (`public_key` in `PEERS`), the clock, the body and
+//! the nonce store.
 //!
 //! Replay protection: a signature is accepted only within
 //! [`httpsig::DEFAULT_WINDOW_S`] of its `created`, and its (keyid, nonce)

@@ -368,7 +368,7 @@ impl ApObject {
             ApOp::QueryLease { want, rate } => {
                 // The authoritative bucket: every token any isolate spends
                 // was taken from here first, so the AP never exceeds its
-                // rate however many isolates serve it (DESIGN Cost budget).
+                // rate however many isolates serve it (ARCHITECTURE.md, Cost budget).
                 let mut bucket = self
                     .get_kv::<Option<TokenBucket>>("query_bucket")?
                     .unwrap_or_else(|| TokenBucket::new(rate, now));

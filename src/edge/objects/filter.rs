@@ -24,7 +24,7 @@
 //! (the log rows are what a restart re-applies); the chunks are rewritten
 //! only every [`COMPACT_EVERY`] batches, so an insert writes one small row,
 //! not the whole filter. Writers reach this single object in batches
-//! ([`insert_digests`] takes many digests), as DESIGN.md asks of the
+//! ([`insert_digests`] takes many digests), as ARCHITECTURE.md (Invariants 10) asks of the
 //! filter's writer.
 use crate::edge::rpc;
 use crate::edge::rpc::filter::SubscribeOp;

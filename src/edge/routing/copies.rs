@@ -32,7 +32,7 @@ use worker::{Date, Env};
 /// KV value size used for snapshot chunks (KV's cap is 25 MiB).
 pub const KV_CHUNK: usize = 20 << 20;
 /// Largest peer snapshot accepted into one isolate (its memory is 128 MB);
-/// bigger filters need the partitioned layout (DESIGN.md, Scale).
+/// bigger filters need the partitioned layout (ARCHITECTURE.md, Scale).
 pub const MAX_SNAPSHOT: usize = 32 << 20;
 /// Largest additions delivery accepted (200k indices are ~0.8 MB base64).
 pub const MAX_UPDATE_BODY: usize = 4 << 20;

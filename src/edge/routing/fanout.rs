@@ -7,7 +7,7 @@ use crate::core::Sii;
 use crate::edge::config::{GpConfig, Peer};
 use crate::edge::http::error::ApiResult;
 use crate::edge::outbound::peer::Signer;
-use crate::edge::routing::copies as federation;
+use crate::edge::routing::copies;
 use crate::edge::stats;
 use serde_json::json;
 use worker::{Env, Method};
@@ -31,7 +31,7 @@ pub async fn matching_peers<'c>(env: &Env, cfg: &'c GpConfig, sii: &Sii) -> Vec<
     let digest = sii.hash();
     let mut out = Vec::new();
     for p in &cfg.peers {
-        match federation::peer_may_hold(env, &p.id, &digest).await {
+        match copies::peer_may_hold(env, &p.id, &digest).await {
             Ok(Some(false)) => {}
             Ok(_) => out.push(p),
             Err(e) => {

@@ -32,7 +32,7 @@ use crate::edge::auth::ap::AuthedAp;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::read_json;
 use crate::edge::http::error::{ApiError, ApiResult};
-use crate::edge::outbound::codes as delivery;
+use crate::edge::outbound::codes;
 use crate::edge::rpc::shard::MappingView;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -252,7 +252,7 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
             });
         }
         let msg = code_message(&ap.record.name, &cfg.name, code.as_str(), ttl_ms);
-        if let Err(e) = delivery::send(env, &sii, &msg).await {
+        if let Err(e) = codes::send(env, &sii, &msg).await {
             // No half-made state: the pending verification and both
             // counters are rolled back before the AP hears of the failure.
             abort().await?;
@@ -271,7 +271,7 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
     respond(
         &json!({
             "handle": handle.encode(),
-            "channel": delivery::channel(&sii),
+            "channel": codes::channel(&sii),
             "expires_at": rfc3339_ms(expires_at_ms),
             "expires_in": expires_at_ms.saturating_sub(now) / 1000,
             "sent": !reused,

@@ -16,7 +16,7 @@
 //! answered from local mappings only (draft §8.1: remote GPs "consult only
 //! their local mappings when receiving this mapping query").
 //!
-//! Cost per query (DESIGN.md "Cost budget"): local hit or miss without a
+//! Cost per query (ARCHITECTURE.md, "Cost budget"): local hit or miss without a
 //! filter match = 1 DO request, 0 subrequests; remote hit = + 1 signed
 //! subrequest per matching peer; the rate limiter adds one DO request per
 //! lease (about a second's worth of the AP's rate), not per query.

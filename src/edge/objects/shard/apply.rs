@@ -1,0 +1,683 @@
+//! The shard's operations: each runs synchronously inside the object (no
+//! await between reading and writing), so operations on one SII are
+//! serialized and racing requests end in one consistent state.
+
+use super::outbox::PeerNotice;
+use super::store::{dec_prev, PrevRow};
+use super::MappingShard;
+use crate::core::bulk::{line_effect, LineEffect};
+use crate::core::creation::{repeat_rule, OpenPending, Repeat};
+use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
+use crate::core::mapping::{
+    Candidate, Choice, Claim, DisplaceAction, MappingError, Notification, Party, PeerStrike,
+    SiiRecord, StrikeNotice, VerifiedBy,
+};
+use crate::core::sii::{Sii, SiiKind};
+use crate::core::ssi::{ProviderId, Ssi, UserId};
+use crate::core::verification::{CodePolicy, PendingVerification, SendLimit, VerifyError};
+use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::dec;
+use crate::edge::objects::enc;
+use crate::edge::rpc::ap::ApItem;
+use crate::edge::rpc::shard::MappingView;
+use crate::edge::rpc::shard::Refusal;
+use crate::edge::rpc::shard::ShardOp;
+use crate::edge::rpc::shard::ShardReply;
+use serde::Deserialize;
+
+fn parse_sii(s: &str) -> ApiResult<Sii> {
+    Sii::parse(s).map_err(|e| ApiError::Internal(format!("shard got a bad sii: {e}")))
+}
+
+fn parse_ap(s: &str) -> ApiResult<ProviderId> {
+    ProviderId::parse(s).map_err(|e| ApiError::Internal(format!("shard got a bad ap: {e}")))
+}
+
+pub(super) fn random_id() -> ApiResult<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("getrandom: {e}")))?;
+    Ok(b64url_encode(&b))
+}
+
+type Applied = (ShardReply, bool);
+
+/// After a prefer-back or a reestablish: the caller is preferred again as
+/// of `now_ms`, so the peers whose filters may hold the SII — and the GP of
+/// an AP on another GP that had displaced it, which a `Remedied`
+/// notification names — get a claim, as for a choice (draft §10).
+fn remedy_claims(
+    r: &mut SiiRecord,
+    notes: &mut Vec<Notification>,
+    caller: &ProviderId,
+    gp: &str,
+    mut peers: Vec<String>,
+    now_ms: u64,
+) {
+    if gp.is_empty() {
+        return;
+    }
+    for n in notes.iter() {
+        if let Notification::Remedied {
+            to: Party {
+                gp: Some(other), ..
+            },
+            ..
+        } = n
+        {
+            peers.push(other.clone());
+        }
+    }
+    let claims = r.claims_for(caller, DisplaceAction::Outpreferred, gp, &peers, now_ms);
+    notes.extend(claims);
+}
+impl MappingShard {
+    pub(super) fn apply(&self, op: ShardOp) -> ApiResult<Applied> {
+        self.ensure_schema()?;
+        self.sweep()?;
+        match op {
+            ShardOp::Begin {
+                sii,
+                ap,
+                user,
+                salt,
+                code_hash,
+                ttl_ms,
+                per_sii_per_hour,
+                now_ms,
+            } => self.begin(
+                sii,
+                ap,
+                user,
+                (salt, code_hash),
+                ttl_ms,
+                per_sii_per_hour,
+                now_ms,
+            ),
+            ShardOp::Abort {
+                sii,
+                ap,
+                salt,
+                previous,
+                now_ms,
+            } => self.abort(sii, ap, salt, previous, now_ms),
+            ShardOp::Confirm {
+                salt,
+                ap,
+                code,
+                pepper,
+                remote,
+                now_ms,
+            } => self.confirm(salt, ap, code, pepper, remote, now_ms),
+            ShardOp::PendingSii { salt, ap } => self.pending_sii(salt, ap),
+            ShardOp::Choose {
+                sii,
+                ap,
+                choice,
+                gp,
+                claim_peers,
+                now_ms,
+            } => self.choose(sii, ap, choice, gp, claim_peers, now_ms),
+            ShardOp::Reestablish {
+                sii,
+                ap,
+                gp,
+                claim_peers,
+                now_ms,
+            } => self.reestablish(sii, ap, gp, claim_peers, now_ms),
+            ShardOp::PreferBack {
+                sii,
+                ap,
+                gp,
+                claim_peers,
+                now_ms,
+            } => self.prefer_back(sii, ap, gp, claim_peers, now_ms),
+            ShardOp::Report {
+                sii,
+                ap,
+                gp,
+                now_ms,
+            } => self.report(sii, ap, gp, now_ms),
+            ShardOp::Delete { sii, ap, now_ms } => self.delete(sii, ap, now_ms),
+            ShardOp::Status { sii, ap } => self.status(sii, ap),
+            ShardOp::Bulk { ap, lines, now_ms } => self.bulk(ap, lines, now_ms),
+            ShardOp::ApplyClaim { claim, now_ms } => self.apply_claim(claim, now_ms),
+            ShardOp::ApplyPeerStrike { notice, now_ms } => self.apply_peer_strike(notice, now_ms),
+            ShardOp::Lookup { sii, gp } => self.lookup(sii, gp),
+            ShardOp::Digests { after, limit } => self.digests(after, limit),
+        }
+    }
+
+    pub(super) fn abort(
+        &self,
+        sii: String,
+        ap: String,
+        salt: String,
+        previous: Option<String>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        if let Some(p) = self.pending_by_salt(&salt)? {
+            if p.sii == sii && p.ap == ap {
+                self.delete_pending(&salt)?;
+                if let Some(prev) = previous {
+                    let pv = dec_prev(&prev)?;
+                    self.put_pending(&pv.salt, &pv.sii, &pv.ap, &pv.user, &pv.row)?;
+                }
+                // Give back the send that did not happen.
+                let mut c = self.counter(&sii)?;
+                if c.window_start_ms <= now_ms {
+                    c.current = c.current.saturating_sub(1);
+                }
+                self.store_counter(&sii, &c)?;
+            }
+        }
+        Ok((ShardReply::Done { notified: vec![] }, false))
+    }
+
+    pub(super) fn pending_sii(&self, salt: String, ap: String) -> ApiResult<Applied> {
+        let sii = self
+            .pending_by_salt(&salt)?
+            .filter(|p| p.ap == ap)
+            .map(|p| p.sii);
+        Ok((ShardReply::PendingSii { sii }, false))
+    }
+
+    pub(super) fn choose(
+        &self,
+        sii: String,
+        ap: String,
+        choice: Choice,
+        gp: String,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let mut r = self.load_record(&sii)?;
+        let before = r.clone();
+        // One clock for the record's change, its events and claims.
+        let now_ms = r.stamp(now_ms);
+        match r.choose(&caller, choice, &gp, &claim_peers, now_ms) {
+            Ok(notes) => {
+                self.store_record(&r)?;
+                let notified = self.push_notifications(&before, &notes, now_ms)?;
+                let claims = notes
+                    .iter()
+                    .any(|n| matches!(n, Notification::Claim { .. }));
+                let wrote = !notified.is_empty() || claims;
+                Ok((ShardReply::Done { notified }, wrote))
+            }
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn reestablish(
+        &self,
+        sii: String,
+        ap: String,
+        gp: String,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let mut r = self.load_record(&sii)?;
+        let before = r.clone();
+        // One clock for the record's change, its events and claims.
+        let now_ms = r.stamp(now_ms);
+        match r.reestablish(&caller, now_ms) {
+            Ok(mut notes) => {
+                remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
+                self.store_record(&r)?;
+                self.queue_filter(&sii)?;
+                self.push(
+                    caller.as_str(),
+                    &ApItem::Users {
+                        id: random_id()?,
+                        delta: 1,
+                        overlap: 0,
+                    },
+                )?;
+                let notified = self.push_notifications(&before, &notes, now_ms)?;
+                Ok((ShardReply::Done { notified }, true))
+            }
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn prefer_back(
+        &self,
+        sii: String,
+        ap: String,
+        gp: String,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let mut r = self.load_record(&sii)?;
+        let before = r.clone();
+        // One clock for the record's change, its events and claims.
+        let now_ms = r.stamp(now_ms);
+        match r.prefer_back(&caller, now_ms) {
+            Ok(mut notes) => {
+                remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
+                self.store_record(&r)?;
+                let notified = self.push_notifications(&before, &notes, now_ms)?;
+                let claims = notes
+                    .iter()
+                    .any(|n| matches!(n, Notification::Claim { .. }));
+                let wrote = !notified.is_empty() || claims;
+                Ok((ShardReply::Done { notified }, wrote))
+            }
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn report(
+        &self,
+        sii: String,
+        ap: String,
+        gp: String,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let mut r = self.load_record(&sii)?;
+        match r.report_malicious(&caller, now_ms) {
+            Ok(strike) => {
+                self.store_record(&r)?;
+                let mut notified = Vec::new();
+                // draft §8.2.1: "In the case where the user reports
+                // the change as malicious, this would be a strike
+                // against the reputation of the new provider." A new
+                // provider enrolled at another GP is struck there:
+                // a signed notice to exactly that GP, from the same
+                // durable outbox as claims, with one id for all its
+                // retries (the receiver applies an id once).
+                match StrikeNotice::forward(&strike, random_id()?, &gp) {
+                    Some((to_gp, notice)) => {
+                        self.queue_peer(&to_gp, &PeerNotice::Strike { strike: notice })?
+                    }
+                    None => {
+                        let to = strike.against.ap.to_string();
+                        self.push(
+                            &to,
+                            &ApItem::Strike {
+                                id: random_id()?,
+                                strike,
+                            },
+                        )?;
+                        notified.push(to);
+                    }
+                }
+                Ok((ShardReply::Done { notified }, true))
+            }
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn delete(&self, sii: String, ap: String, now_ms: u64) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let mut r = self.load_record(&sii)?;
+        let Some(ssi) = r.mapping_of(&caller).map(|m| m.ssi.clone()) else {
+            return Ok((
+                ShardReply::Refused(Refusal::mapping(MappingError::NoSuchMapping)),
+                false,
+            ));
+        };
+        match r.delete(&caller, &ssi, now_ms) {
+            Ok(_) => {
+                self.store_record(&r)?;
+                self.push(
+                    caller.as_str(),
+                    &ApItem::Users {
+                        id: random_id()?,
+                        delta: -1,
+                        overlap: 0,
+                    },
+                )?;
+                Ok((ShardReply::Done { notified: vec![] }, true))
+            }
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn status(&self, sii: String, ap: String) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let r = self.load_record(&sii)?;
+        let preferred = r.preferred().map(|m| m.ap().clone());
+        let mapping = r.mapping_of(&caller).map(|m| MappingView {
+            sii: sii.to_string(),
+            user: m.ssi.user().to_string(),
+            verified_by: m.verified_by,
+            created_at_ms: m.created_at_ms,
+            preferred: preferred.as_ref() == Some(&caller),
+        });
+        // Only an AP that holds a mapping for the SII learns who else
+        // is preferred: otherwise this would be an unmetered lookup
+        // (ARCHITECTURE.md, Invariants 8: "No enumeration").
+        let preferred_elsewhere = preferred
+            .filter(|p| p != &caller && mapping.is_some())
+            .map(|ap| Party { ap, gp: None });
+        Ok((
+            ShardReply::Status {
+                mapping,
+                preferred_elsewhere,
+            },
+            false,
+        ))
+    }
+
+    pub(super) fn apply_claim(&self, claim: Claim, now_ms: u64) -> ApiResult<Applied> {
+        let mut r = self.load_record(&claim.sii)?;
+        let before = r.clone();
+        match r.apply_claim(&claim, now_ms) {
+            Ok(notes) => {
+                self.store_record(&r)?;
+                let notified = self.push_notifications(&before, &notes, now_ms)?;
+                let wrote = !notified.is_empty();
+                Ok((ShardReply::Done { notified }, wrote))
+            }
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn apply_peer_strike(
+        &self,
+        notice: StrikeNotice,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let mut r = self.load_record(&notice.sii)?;
+        match r.accept_peer_strike(&notice, now_ms) {
+            Ok(PeerStrike::Apply(strike)) => {
+                self.store_record(&r)?;
+                // Same path as a local strike: the AP's object bumps
+                // the registry's strikes (rate limit, suspension) and
+                // queues `ap.strike`, once per item id — which is
+                // derived from the sender and its notice id.
+                let to = strike.against.ap.to_string();
+                let id = format!("peer-{}-{}", notice.from_gp, notice.id);
+                self.push(&to, &ApItem::Strike { id, strike })?;
+                Ok((ShardReply::PeerStrike { applied: true }, true))
+            }
+            Ok(PeerStrike::Duplicate) => Ok((ShardReply::PeerStrike { applied: false }, false)),
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    pub(super) fn lookup(&self, sii: String, gp: String) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        // Read-only: a missing record is not created.
+        let candidate = self.load_record(&sii)?.candidate(&gp);
+        Ok((ShardReply::Lookup { candidate }, false))
+    }
+
+    pub(super) fn digests(&self, after: Option<String>, limit: u32) -> ApiResult<Applied> {
+        #[derive(Deserialize)]
+        struct SiiRow {
+            sii: String,
+        }
+        let limit = limit.clamp(1, 10_000);
+        // Only non-empty records are stored (store_record deletes
+        // empty ones), so every row is a live SII.
+        let rows: Vec<SiiRow> = self
+            .sql()
+            .exec(
+                "SELECT sii FROM records WHERE sii > ? ORDER BY sii LIMIT ?",
+                Some(vec![
+                    after.unwrap_or_default().into(),
+                    (limit as i64).into(),
+                ]),
+            )
+            .internal("select digests")?
+            .to_array()
+            .internal("read digests")?;
+        let next = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|r| r.sii.clone()))
+            .flatten();
+        let digests = rows
+            .iter()
+            .filter_map(|r| Sii::parse(&r.sii).ok())
+            .map(|sii| hex_encode(&sii.hash()))
+            .collect();
+        Ok((ShardReply::Digests { digests, next }, false))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn begin(
+        &self,
+        sii: String,
+        ap: String,
+        user: String,
+        (salt, code_hash): (String, String),
+        ttl_ms: u64,
+        per_sii_per_hour: u32,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii_v = parse_sii(&sii)?;
+        let caller = parse_ap(&ap)?;
+        let record = self.load_record(&sii_v)?;
+        let existing = record
+            .preferred()
+            .filter(|m| m.ap() != &caller)
+            .map(|m| Party {
+                ap: m.ap().clone(),
+                gp: None,
+            });
+        let open = self.pending_for(&sii, &ap)?;
+        let open_pv: Option<PendingVerification> = match &open {
+            Some(p) => Some(dec(&p.row)?),
+            None => None,
+        };
+        let rule = repeat_rule(
+            open.as_ref()
+                .zip(open_pv.as_ref())
+                .map(|(p, pv)| OpenPending {
+                    user: &p.user,
+                    sent_at_ms: pv.created_at_ms,
+                    dead: pv.is_dead(now_ms),
+                }),
+            &user,
+            now_ms,
+        );
+        if let (Repeat::Reuse, Some(p), Some(pv)) = (rule, &open, &open_pv) {
+            return Ok((
+                ShardReply::Begun {
+                    reused: true,
+                    salt: p.salt.clone(),
+                    expires_at_ms: pv.expires_at_ms,
+                    existing,
+                    previous: None,
+                },
+                false,
+            ));
+        }
+        let limit = SendLimit {
+            per_sii_per_hour,
+            ..SendLimit::default()
+        };
+        let mut counter = self.counter(&sii)?;
+        if let Err(e) = limit.record_sii(&mut counter, now_ms) {
+            return Ok((
+                ShardReply::Refused(Refusal::TooManyCodes {
+                    retry_after_ms: e.retry_after_ms,
+                }),
+                false,
+            ));
+        }
+        let salt_b: [u8; 16] = hex_decode(&salt)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::Internal("bad salt".into()))?;
+        let hash_b: [u8; 32] = hex_decode(&code_hash)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::Internal("bad code hash".into()))?;
+        let policy = CodePolicy::default();
+        let attempts = match (rule, &open_pv) {
+            // Resends do not reset the attempt budget.
+            (Repeat::Resend, Some(pv)) => pv.attempts,
+            _ => 0,
+        };
+        let pv = PendingVerification {
+            salt: salt_b,
+            code_hash: hash_b,
+            created_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(ttl_ms),
+            attempts,
+            max_attempts: policy.max_attempts(),
+            state: crate::core::verification::PendingState::Open,
+        };
+        let previous = match &open {
+            Some(p) => {
+                self.delete_pending(&p.salt)?;
+                Some(enc(&PrevRow {
+                    salt: p.salt.clone(),
+                    sii: p.sii.clone(),
+                    ap: p.ap.clone(),
+                    user: p.user.clone(),
+                    row: p.row.clone(),
+                })?)
+            }
+            None => None,
+        };
+        self.put_pending(&salt, &sii, &ap, &user, &enc(&pv)?)?;
+        self.store_counter(&sii, &counter)?;
+        Ok((
+            ShardReply::Begun {
+                reused: false,
+                salt,
+                expires_at_ms: pv.expires_at_ms,
+                existing,
+                previous,
+            },
+            false,
+        ))
+    }
+
+    pub(super) fn confirm(
+        &self,
+        salt: String,
+        ap: String,
+        code: String,
+        pepper: String,
+        remote: Option<Candidate>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let Some(p) = self.pending_by_salt(&salt)? else {
+            return Ok((ShardReply::Refused(Refusal::NoSuchVerification), false));
+        };
+        // Another AP's handle reads as unknown (no probing of others' flows).
+        if p.ap != ap {
+            return Ok((ShardReply::Refused(Refusal::NoSuchVerification), false));
+        }
+        let mut pv: PendingVerification = dec(&p.row)?;
+        let pepper = hex_decode(&pepper).map_err(|_| ApiError::Internal("bad pepper".into()))?;
+        let policy = CodePolicy::default();
+        if let Err(e) = pv.attempt(&policy, &pepper, &code, now_ms) {
+            if matches!(e, VerifyError::WrongCode { .. }) {
+                self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &enc(&pv)?)?;
+            }
+            return Ok((ShardReply::Refused(Refusal::verify(e)), false));
+        }
+        let sii = parse_sii(&p.sii)?;
+        let caller = parse_ap(&p.ap)?;
+        let user = UserId::parse(&p.user)
+            .map_err(|e| ApiError::Internal(format!("stored user id: {e}")))?;
+        let by = match sii.kind() {
+            SiiKind::Email => VerifiedBy::Email,
+            _ => VerifiedBy::Sms,
+        };
+        let mut r = self.load_record(&sii)?;
+        let was_new = r.mapping_of(&caller).is_none();
+        let others = r.mappings().iter().any(|m| m.ap() != &caller);
+        let created = match r.create_verified(
+            &caller,
+            Ssi::new(caller.clone(), user),
+            by,
+            remote.as_ref(),
+            now_ms,
+        ) {
+            Ok(c) => c,
+            Err(e) => return Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        };
+        self.store_record(&r)?;
+        // draft §8.2: "If there is a match, it considers the mapping
+        // validated, and stores it." The verification is used up.
+        self.delete_pending(&p.salt)?;
+        if was_new {
+            self.queue_filter(&sii)?;
+            self.push(
+                caller.as_str(),
+                &ApItem::Users {
+                    id: random_id()?,
+                    delta: 1,
+                    overlap: u32::from(others),
+                },
+            )?;
+        }
+        let mapping = MappingView {
+            sii: sii.to_string(),
+            user: p.user.clone(),
+            verified_by: by,
+            created_at_ms: now_ms,
+            preferred: created.preferred,
+        };
+        Ok((
+            ShardReply::Confirmed {
+                mapping,
+                existing: created.existing,
+            },
+            was_new,
+        ))
+    }
+
+    pub(super) fn bulk(
+        &self,
+        ap: String,
+        lines: Vec<(String, String)>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let caller = parse_ap(&ap)?;
+        let mut effects = Vec::with_capacity(lines.len());
+        let mut created = 0i64;
+        let mut overlap = 0u32;
+        for (sii, user) in lines {
+            let (Ok(sii), Ok(user)) = (Sii::parse(&sii), UserId::parse(&user)) else {
+                effects.push(Err("invalid line".to_owned()));
+                continue;
+            };
+            let ssi = Ssi::new(caller.clone(), user);
+            let mut r = self.load_record(&sii)?;
+            let effect = line_effect(r.mapping_of(&caller), &ssi);
+            if effect != LineEffect::Unchanged {
+                let others = r.mappings().iter().any(|m| m.ap() != &caller);
+                if let Err(e) = r.create_verified(&caller, ssi, VerifiedBy::Bulk, None, now_ms) {
+                    effects.push(Err(e.to_string()));
+                    continue;
+                }
+                self.store_record(&r)?;
+                if effect == LineEffect::Created {
+                    self.queue_filter(&sii)?;
+                    created += 1;
+                    overlap += u32::from(others);
+                }
+            }
+            effects.push(Ok(effect));
+        }
+        let wrote = created > 0;
+        if wrote {
+            self.push(
+                caller.as_str(),
+                &ApItem::Users {
+                    id: random_id()?,
+                    delta: created,
+                    overlap,
+                },
+            )?;
+        }
+        Ok((ShardReply::Bulk { effects }, wrote))
+    }
+}

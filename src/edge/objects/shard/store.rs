@@ -1,0 +1,225 @@
+//! The shard's SQLite tables: records, pending verifications, send counters,
+//! and the hourly sweep of dead rows.
+
+use super::MappingShard;
+use crate::core::mapping::SiiRecord;
+use crate::core::sii::Sii;
+use crate::core::verification::{WindowCounter, SEND_WINDOW_MS};
+use crate::edge::http::error::{ApiResult, OrInternal};
+use crate::edge::objects::dec;
+use crate::edge::objects::enc;
+use serde::{Deserialize, Serialize};
+use worker::SqlStorage;
+
+#[derive(Deserialize)]
+pub(super) struct RecordRow {
+    pub(super) record: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PendingRow {
+    pub(super) salt: String,
+    pub(super) sii: String,
+    pub(super) ap: String,
+    pub(super) user: String,
+    pub(super) row: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CounterRow {
+    pub(super) counter: String,
+}
+
+/// A pending row as carried to `Abort` to be put back.
+#[derive(Serialize, Deserialize)]
+pub(super) struct PrevRow {
+    pub(super) salt: String,
+    pub(super) sii: String,
+    pub(super) ap: String,
+    pub(super) user: String,
+    pub(super) row: String,
+}
+
+pub(super) fn dec_prev(s: &str) -> ApiResult<PendingRow> {
+    let p: PrevRow = dec(s)?;
+    Ok(PendingRow {
+        salt: p.salt,
+        sii: p.sii,
+        ap: p.ap,
+        user: p.user,
+        row: p.row,
+    })
+}
+
+/// How often a shard sweeps dead verification rows and stale counters.
+const SWEEP_EVERY_MS: u64 = 3_600_000;
+impl MappingShard {
+    pub(super) fn sql(&self) -> SqlStorage {
+        self.state.storage().sql()
+    }
+
+    pub(super) fn ensure_schema(&self) -> ApiResult<()> {
+        let sql = self.sql();
+        for q in [
+            "CREATE TABLE IF NOT EXISTS records (sii TEXT PRIMARY KEY, record TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS pending (salt TEXT PRIMARY KEY, sii TEXT NOT NULL, ap TEXT NOT NULL, user TEXT NOT NULL, row TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS pending_by_pair ON pending (sii, ap)",
+            "CREATE TABLE IF NOT EXISTS sends (sii TEXT PRIMARY KEY, counter TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL)",
+            // SII digests stored here but not yet in the GP's filter.
+            "CREATE TABLE IF NOT EXISTS filter_outbox (digest TEXT PRIMARY KEY)",
+            // Claims (draft §10) not yet acknowledged by their peer GP.
+            "CREATE TABLE IF NOT EXISTS claim_outbox (id TEXT PRIMARY KEY, to_gp TEXT NOT NULL, claim TEXT NOT NULL)",
+        ] {
+            sql.exec(q, None).internal("shard schema")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn load_record(&self, sii: &Sii) -> ApiResult<SiiRecord> {
+        let rows: Vec<RecordRow> = self
+            .sql()
+            .exec(
+                "SELECT record FROM records WHERE sii = ?",
+                Some(vec![sii.as_str().into()]),
+            )
+            .internal("select record")?
+            .to_array()
+            .internal("read record")?;
+        match rows.first() {
+            Some(r) => dec(&r.record),
+            None => Ok(SiiRecord::new(sii.clone())),
+        }
+    }
+
+    pub(super) fn store_record(&self, r: &SiiRecord) -> ApiResult<()> {
+        if r.is_empty() {
+            self.sql()
+                .exec(
+                    "DELETE FROM records WHERE sii = ?",
+                    Some(vec![r.sii().as_str().into()]),
+                )
+                .internal("delete record")?;
+        } else {
+            self.sql()
+                .exec(
+                    "INSERT OR REPLACE INTO records (sii, record) VALUES (?, ?)",
+                    Some(vec![r.sii().as_str().into(), enc(r)?.into()]),
+                )
+                .internal("store record")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn pending_for(&self, sii: &str, ap: &str) -> ApiResult<Option<PendingRow>> {
+        let rows: Vec<PendingRow> = self
+            .sql()
+            .exec(
+                "SELECT salt, sii, ap, user, row FROM pending WHERE sii = ? AND ap = ?",
+                Some(vec![sii.into(), ap.into()]),
+            )
+            .internal("select pending")?
+            .to_array()
+            .internal("read pending")?;
+        Ok(rows.into_iter().next())
+    }
+
+    pub(super) fn pending_by_salt(&self, salt: &str) -> ApiResult<Option<PendingRow>> {
+        let rows: Vec<PendingRow> = self
+            .sql()
+            .exec(
+                "SELECT salt, sii, ap, user, row FROM pending WHERE salt = ?",
+                Some(vec![salt.into()]),
+            )
+            .internal("select pending")?
+            .to_array()
+            .internal("read pending")?;
+        Ok(rows.into_iter().next())
+    }
+
+    pub(super) fn put_pending(
+        &self,
+        salt: &str,
+        sii: &str,
+        ap: &str,
+        user: &str,
+        row: &str,
+    ) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO pending (salt, sii, ap, user, row) VALUES (?, ?, ?, ?, ?)",
+                Some(vec![
+                    salt.into(),
+                    sii.into(),
+                    ap.into(),
+                    user.into(),
+                    row.into(),
+                ]),
+            )
+            .internal("store pending")?;
+        Ok(())
+    }
+
+    pub(super) fn delete_pending(&self, salt: &str) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "DELETE FROM pending WHERE salt = ?",
+                Some(vec![salt.into()]),
+            )
+            .internal("delete pending")?;
+        Ok(())
+    }
+
+    pub(super) fn counter(&self, sii: &str) -> ApiResult<WindowCounter> {
+        let rows: Vec<CounterRow> = self
+            .sql()
+            .exec(
+                "SELECT counter FROM sends WHERE sii = ?",
+                Some(vec![sii.into()]),
+            )
+            .internal("select counter")?
+            .to_array()
+            .internal("read counter")?;
+        match rows.first() {
+            Some(r) => dec(&r.counter),
+            None => Ok(WindowCounter::default()),
+        }
+    }
+
+    pub(super) fn store_counter(&self, sii: &str, c: &WindowCounter) -> ApiResult<()> {
+        self.sql()
+            .exec(
+                "INSERT OR REPLACE INTO sends (sii, counter) VALUES (?, ?)",
+                Some(vec![sii.into(), enc(c)?.into()]),
+            )
+            .internal("store counter")?;
+        Ok(())
+    }
+
+    /// Deletes verifications past their expiry (plus a grace hour, so a late
+    /// confirmation still gets "expired" rather than "unknown") and send
+    /// counters whose windows are over. At most hourly per object instance;
+    /// one indexed-less scan of two small tables.
+    pub(super) fn sweep(&self) -> ApiResult<()> {
+        let now = worker::Date::now().as_millis();
+        if now.saturating_sub(self.swept_at_ms.get()) < SWEEP_EVERY_MS {
+            return Ok(());
+        }
+        self.swept_at_ms.set(now);
+        let cutoff = now.saturating_sub(SWEEP_EVERY_MS) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM pending WHERE json_extract(row, '$.expires_at_ms') < ?",
+                Some(vec![cutoff.into()]),
+            )
+            .internal("sweep pending")?;
+        let stale = now.saturating_sub(2 * SEND_WINDOW_MS) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM sends WHERE json_extract(counter, '$.window_start_ms') < ?",
+                Some(vec![stale.into()]),
+            )
+            .internal("sweep sends")?;
+        Ok(())
+    }
+}
