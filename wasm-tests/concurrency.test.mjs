@@ -23,7 +23,7 @@
 //   GP answers the same SSI, it is preferred at its own GP, and every other
 //   AP that was told "preferred" in the final wave was later told it lost.
 //
-// Bugs this found (fixed in the worker, see core::mapping and query.rs):
+// Bugs this found (fixed in the worker, see core::mapping and src/edge/ratelimit.rs):
 // racing preference changes stamped with their requests' own clocks could
 // be applied out of clock order or in one millisecond, so the change
 // applied last lost and the AP it "outranked" stayed preferred; a
@@ -604,7 +604,7 @@ test('query flood: one AP at 5x its rate is held to rate + burst with 429 + Retr
   }
 
   // What the flood costs: limiter (Durable Object) requests. A refused
-  // query must not cost one (before the fix in query.rs each did, ~0.9
+  // query must not cost one (before the fix in ratelimit.rs each did, ~0.9
   // per flood request; on a loaded machine that starved the other APs,
   // p50 x40 in one run): the isolate asks at most every quarter second
   // while refused, and for a batch of tokens when it may.

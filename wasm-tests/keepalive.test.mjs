@@ -3,7 +3,7 @@
 // a body) used to leave the body unread, and workerd then closed the
 // connection under a client that was already reusing it: the next request
 // failed with a reset ("fetch failed"). The worker now drains an unread
-// body (up to 1 MiB) before answering, in one place (src/worker/mod.rs ->
+// body (up to 1 MiB) before answering, in one place (src/edge/entry.rs ->
 // body::finish_request). These tests drive one keep-alive connection with
 // bodies to refusing routes interleaved with valid requests, and require
 // every request to get its answer (before the fix: every refusal was reset, 56 of 112 requests).

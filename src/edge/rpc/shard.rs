@@ -263,6 +263,15 @@ pub fn shard_count(env: &Env) -> u32 {
         .unwrap_or(16)
 }
 
+/// draft §8.2.1's remedies for an AP whose mapping was displaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// The replaced mapping comes back, preferred.
+    Reestablish,
+    /// The outpreferred mapping is preferred again.
+    PreferBack,
+}
+
 /// A started (or repeated) verification.
 #[derive(Debug)]
 pub struct Begun {
@@ -444,42 +453,34 @@ impl<'e> Shard<'e> {
         self.change(op, "choose").await
     }
 
-    /// draft §8.2.1 remedy: the displaced mapping comes back, preferred.
-    pub async fn reestablish(
+    /// draft §8.2.1 remedies after a displacement (see [`Remedy`]).
+    pub async fn remedy(
         &self,
+        remedy: Remedy,
         sii: &Sii,
         ap: &str,
         gp: &str,
         claim_peers: Vec<String>,
         now_ms: u64,
     ) -> ApiResult<Vec<String>> {
-        let op = ShardOp::Reestablish {
-            sii: sii.to_string(),
-            ap: ap.to_owned(),
-            gp: gp.to_owned(),
-            claim_peers,
-            now_ms,
+        let (sii, ap, gp) = (sii.to_string(), ap.to_owned(), gp.to_owned());
+        let op = match remedy {
+            Remedy::Reestablish => ShardOp::Reestablish {
+                sii,
+                ap,
+                gp,
+                claim_peers,
+                now_ms,
+            },
+            Remedy::PreferBack => ShardOp::PreferBack {
+                sii,
+                ap,
+                gp,
+                claim_peers,
+                now_ms,
+            },
         };
-        self.change(op, "reestablish").await
-    }
-
-    /// draft §8.2.1 remedy: the outpreferred mapping is preferred again.
-    pub async fn prefer_back(
-        &self,
-        sii: &Sii,
-        ap: &str,
-        gp: &str,
-        claim_peers: Vec<String>,
-        now_ms: u64,
-    ) -> ApiResult<Vec<String>> {
-        let op = ShardOp::PreferBack {
-            sii: sii.to_string(),
-            ap: ap.to_owned(),
-            gp: gp.to_owned(),
-            claim_peers,
-            now_ms,
-        };
-        self.change(op, "prefer_back").await
+        self.change(op, "remedy").await
     }
 
     /// draft §8.2.1: a strike against the AP that took the SII.

@@ -18,7 +18,7 @@ use crate::edge::rpc::shard::Begun;
 use crate::edge::rpc::shard::Confirmed;
 use crate::edge::rpc::shard::Refusal;
 use crate::edge::rpc::shard::Shard;
-use crate::edge::rpc::shard::Status;
+use crate::edge::rpc::shard::{Remedy, Status};
 
 use crate::core::creation::{code_message, Handle};
 use crate::core::mapping::{Choice, Party};
@@ -398,13 +398,14 @@ pub async fn action(
     let shard = Shard::of(env, &sii);
     let notified = match action {
         // Preferred again as of now: told as for a choice.
-        Action::Reestablish => {
+        Action::Reestablish | Action::PreferBack => {
+            let remedy = if let Action::Reestablish = action {
+                Remedy::Reestablish
+            } else {
+                Remedy::PreferBack
+            };
             let peers = claim_peer_ids(env, cfg, &sii).await;
-            shard.reestablish(&sii, &ap_id, gp, peers, now).await?
-        }
-        Action::PreferBack => {
-            let peers = claim_peer_ids(env, cfg, &sii).await;
-            shard.prefer_back(&sii, &ap_id, gp, peers, now).await?
+            shard.remedy(remedy, &sii, &ap_id, gp, peers, now).await?
         }
         Action::Report => shard.report(&sii, &ap_id, gp, now).await?,
         Action::Delete => shard.delete(&sii, &ap_id, now).await?,

@@ -5,7 +5,7 @@ use crate::core::mapping::Claim;
 use crate::edge::api::peer::query::MAX_PEER_QUERY_BODY;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
-use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::error::ApiResult;
 use serde_json::json;
 use worker::{Env, Request, Response};
 
@@ -17,14 +17,7 @@ use worker::{Env, Request, Response};
 /// repeated claim finds nothing older left to displace.
 pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let (peer, body) = peer_auth::verify(&mut req, env, cfg, MAX_PEER_QUERY_BODY).await?;
-    let claim: Claim = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::client(
-            400,
-            "invalid-claim",
-            "Invalid claim",
-            format!("the claim was not understood: {e}"),
-        )
-    })?;
+    let claim: Claim = super::parse(&body, "invalid-claim", "Invalid claim", "claim")?;
     peer_auth::require_sender(&peer, &claim.from_gp, "Claim from another GP")?;
     let notified = Shard::of(env, &claim.sii)
         .apply_claim(claim, crate::edge::clock::now_ms())

@@ -5,7 +5,7 @@ use crate::edge::stats;
 use crate::core::query::{PeerAnswer, QueryBody};
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
-use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::error::ApiResult;
 use serde_json::json;
 use worker::{Env, Request, Response};
 
@@ -18,14 +18,7 @@ pub const MAX_PEER_QUERY_BODY: usize = 4 << 10;
 pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     stats::count(|s| s.peer_queries_received += 1);
     let (_peer, body) = peer_auth::verify(&mut req, env, cfg, MAX_PEER_QUERY_BODY).await?;
-    let b: QueryBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::client(
-            400,
-            "invalid-json",
-            "Invalid JSON body",
-            format!("the JSON body was not understood: {e}"),
-        )
-    })?;
+    let b: QueryBody = super::parse(&body, "invalid-json", "Invalid JSON body", "JSON body")?;
     let sii = b.into_sii()?;
     let candidate = lookup(env, cfg, &sii).await?;
     stats::count(|s| s.peer_queries_answered += 1);

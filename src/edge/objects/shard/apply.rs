@@ -21,6 +21,7 @@ use crate::edge::objects::enc;
 use crate::edge::rpc::ap::ApItem;
 use crate::edge::rpc::shard::MappingView;
 use crate::edge::rpc::shard::Refusal;
+use crate::edge::rpc::shard::Remedy;
 use crate::edge::rpc::shard::ShardOp;
 use crate::edge::rpc::shard::ShardReply;
 use serde::Deserialize;
@@ -45,6 +46,13 @@ type Applied = (ShardReply, bool);
 /// of `now_ms`, so the peers whose filters may hold the SII — and the GP of
 /// an AP on another GP that had displaced it, which a `Remedied`
 /// notification names — get a claim, as for a choice (draft §10).
+/// Whether a change claims the SII to peer GPs (their outbox needs the alarm).
+fn has_claims(notes: &[Notification]) -> bool {
+    notes
+        .iter()
+        .any(|n| matches!(n, Notification::Claim { .. }))
+}
+
 fn remedy_claims(
     r: &mut SiiRecord,
     notes: &mut Vec<Notification>,
@@ -123,14 +131,14 @@ impl MappingShard {
                 gp,
                 claim_peers,
                 now_ms,
-            } => self.reestablish(sii, ap, gp, claim_peers, now_ms),
+            } => self.remedy(Remedy::Reestablish, sii, ap, gp, claim_peers, now_ms),
             ShardOp::PreferBack {
                 sii,
                 ap,
                 gp,
                 claim_peers,
                 now_ms,
-            } => self.prefer_back(sii, ap, gp, claim_peers, now_ms),
+            } => self.remedy(Remedy::PreferBack, sii, ap, gp, claim_peers, now_ms),
             ShardOp::Report {
                 sii,
                 ap,
@@ -197,21 +205,33 @@ impl MappingShard {
         // One clock for the record's change, its events and claims.
         let now_ms = r.stamp(now_ms);
         match r.choose(&caller, choice, &gp, &claim_peers, now_ms) {
-            Ok(notes) => {
-                self.store_record(&r)?;
-                let notified = self.push_notifications(&before, &notes, now_ms)?;
-                let claims = notes
-                    .iter()
-                    .any(|n| matches!(n, Notification::Claim { .. }));
-                let wrote = !notified.is_empty() || claims;
-                Ok((ShardReply::Done { notified }, wrote))
-            }
+            Ok(notes) => self.commit(&r, &before, &notes, now_ms),
             Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
         }
     }
 
-    pub(super) fn reestablish(
+    /// Stores a changed record and queues what its change tells others,
+    /// in one synchronous block (ARCHITECTURE.md, Invariants 3).
+    fn commit(
         &self,
+        r: &SiiRecord,
+        before: &SiiRecord,
+        notes: &[Notification],
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        self.store_record(r)?;
+        let notified = self.push_notifications(before, notes, now_ms)?;
+        let wrote = !notified.is_empty() || has_claims(notes);
+        Ok((ShardReply::Done { notified }, wrote))
+    }
+
+    /// draft §8.2.1 remedies: the displaced mapping comes back
+    /// (`Reestablish`, a new user of the AP and a new filter entry) or the
+    /// outpreferred one is preferred again (`PreferBack`); both claim the
+    /// SII to the peers as a choice does.
+    pub(super) fn remedy(
+        &self,
+        remedy: Remedy,
         sii: String,
         ap: String,
         gp: String,
@@ -224,53 +244,31 @@ impl MappingShard {
         let before = r.clone();
         // One clock for the record's change, its events and claims.
         let now_ms = r.stamp(now_ms);
-        match r.reestablish(&caller, now_ms) {
-            Ok(mut notes) => {
-                remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
-                self.store_record(&r)?;
-                self.queue_filter(&sii)?;
-                self.push(
-                    caller.as_str(),
-                    &ApItem::Users {
-                        id: random_id()?,
-                        delta: 1,
-                        overlap: 0,
-                    },
-                )?;
-                let notified = self.push_notifications(&before, &notes, now_ms)?;
-                Ok((ShardReply::Done { notified }, true))
-            }
-            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        let result = match remedy {
+            Remedy::Reestablish => r.reestablish(&caller, now_ms),
+            Remedy::PreferBack => r.prefer_back(&caller, now_ms),
+        };
+        let mut notes = match result {
+            Ok(notes) => notes,
+            Err(e) => return Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        };
+        remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
+        self.store_record(&r)?;
+        let reestablished = remedy == Remedy::Reestablish;
+        if reestablished {
+            self.queue_filter(&sii)?;
+            self.push(
+                caller.as_str(),
+                &ApItem::Users {
+                    id: random_id()?,
+                    delta: 1,
+                    overlap: 0,
+                },
+            )?;
         }
-    }
-
-    pub(super) fn prefer_back(
-        &self,
-        sii: String,
-        ap: String,
-        gp: String,
-        claim_peers: Vec<String>,
-        now_ms: u64,
-    ) -> ApiResult<Applied> {
-        let sii = parse_sii(&sii)?;
-        let caller = parse_ap(&ap)?;
-        let mut r = self.load_record(&sii)?;
-        let before = r.clone();
-        // One clock for the record's change, its events and claims.
-        let now_ms = r.stamp(now_ms);
-        match r.prefer_back(&caller, now_ms) {
-            Ok(mut notes) => {
-                remedy_claims(&mut r, &mut notes, &caller, &gp, claim_peers, now_ms);
-                self.store_record(&r)?;
-                let notified = self.push_notifications(&before, &notes, now_ms)?;
-                let claims = notes
-                    .iter()
-                    .any(|n| matches!(n, Notification::Claim { .. }));
-                let wrote = !notified.is_empty() || claims;
-                Ok((ShardReply::Done { notified }, wrote))
-            }
-            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
-        }
+        let notified = self.push_notifications(&before, &notes, now_ms)?;
+        let wrote = reestablished || !notified.is_empty() || has_claims(&notes);
+        Ok((ShardReply::Done { notified }, wrote))
     }
 
     pub(super) fn report(
@@ -374,12 +372,7 @@ impl MappingShard {
         let mut r = self.load_record(&claim.sii)?;
         let before = r.clone();
         match r.apply_claim(&claim, now_ms) {
-            Ok(notes) => {
-                self.store_record(&r)?;
-                let notified = self.push_notifications(&before, &notes, now_ms)?;
-                let wrote = !notified.is_empty();
-                Ok((ShardReply::Done { notified }, wrote))
-            }
+            Ok(notes) => self.commit(&r, &before, &notes, now_ms),
             Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
         }
     }
