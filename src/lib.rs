@@ -11,3 +11,6 @@ mod edge;
 
 #[cfg(feature = "web")]
 pub mod web;
+
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod cli;
