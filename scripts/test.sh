@@ -14,9 +14,10 @@ ensure_chromium
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "clippy, every feature set (native: core and web; wasm32: worker and all)"
+step "clippy, every feature set (native: core, web, cli; wasm32: worker and all)"
 cargo clippy --all-targets -- -D warnings
 cargo clippy --all-targets --features web -- -D warnings
+cargo clippy --all-targets --features cli -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --features worker -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --features web -- -D warnings
@@ -26,6 +27,8 @@ step "native tests (cargo test)"
 cargo test --all-targets
 # The inspector's bindings (feature web) have their own unit tests.
 cargo test --lib --features web web::
+# So does the AP's command-line client (feature cli).
+cargo test --lib --features cli cli::
 
 step "core tests as wasm (wasm32-wasip1 under Node's WASI)"
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
@@ -46,6 +49,9 @@ rm -f dist.log
 wasm_raw=$(stat -c %s build/index_bg.wasm)
 wasm_gz=$(gzip -9 -c build/index_bg.wasm | wc -c)
 echo "wasm module: $wasm_raw bytes raw, $wasm_gz bytes gzip" >&2
+
+step "glados CLI build (feature cli; wasm-tests/cli.test.mjs runs it)"
+cargo build --features cli --bin glados
 
 step "end-to-end suite (wasm-tests, real worker in workerd)"
 node --test --test-concurrency=1 wasm-tests/*.test.mjs wasm-tests/lib/*.test.mjs
