@@ -249,8 +249,6 @@ fn party(p: &Value) -> Option<String> {
 }
 
 fn run(cli: &Cli) -> Result<u8, Failure> {
-    let settings = cli.conn.settings()?;
-    let timeout = Duration::from_secs(cli.conn.timeout.max(1));
     // Local checks first: bad input is refused before any request.
     let body = match &cli.cmd {
         Cmd::Query { sii: s } => Some(json!({
@@ -280,6 +278,8 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
     {
         return listen::run(args, cli.json);
     }
+    let settings = cli.conn.settings()?;
+    let timeout = Duration::from_secs(cli.conn.timeout.max(1));
     if let Cmd::Bulk(args) = &cli.cmd {
         if args.dry_run {
             let ap = settings.client_id.clone().unwrap_or_default();
