@@ -132,6 +132,11 @@ const apLines = demo.flatMap((ap) => {
     `    token:  TOKEN=$(curl -s -u '${basic}' -d grant_type=client_credentials ${ap.url}/oauth/token | node -pe 'JSON.parse(require("fs").readFileSync(0)).access_token')`,
     `    call:   curl -s -H "Authorization: Bearer $TOKEN" ${ap.url}/v1/me`,
     `    query:  curl -si -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"sii":"+14155550100"}' ${ap.url}/v1/query`,
+    `    glados: export GLADOS_GP=${ap.url} GLADOS_CLIENT_ID=${ap.client_id} GLADOS_CLIENT_SECRET=${ap.client_secret}`,
+    `            glados me · glados query +14155550100 · glados create +14155550100 alice · glados confirm vh_… CODE`,
+    ...(ap.bulk ? ['            glados bulk mappings.ndjson   (or .csv, or - for stdin; re-run to resume)'] : []),
+    `            glados webhooks listen --port 8792 --secret ${ap.webhook_secret}   (after pointing the webhook there:`,
+    `              node scripts/glados-admin.mjs --gp ${ap.url} --token ${secrets.ADMIN_TOKEN} update ${ap.client_id} --webhook http://127.0.0.1:8792/${ap.client_id})`,
     '',
   ];
 });
@@ -170,7 +175,9 @@ const lines = [
   `  curl -si ${fed.gps[0].url}/v1/nope      # an RFC 9457 problem document`,
   `  curl -s ${fed.gps[0].url}/openapi.json  # the API description (OpenAPI 3.1)`,
   '',
-  'Demo APs (secrets are new on every start; mutual TLS is OFF on local GPs):',
+  'Demo APs (secrets are new on every start; mutual TLS is OFF on local GPs). The AP client `glados`:',
+  '  cargo build --release --features cli --bin glados && export PATH="$PWD/target/release:$PATH"   (README "For APs")',
+  '',
   ...apLines,
   `Operator: ADMIN_TOKEN=${secrets.ADMIN_TOKEN}`,
   `  curl -s -H "Authorization: Bearer ${secrets.ADMIN_TOKEN}" ${gpA}/admin/v1/aps`,
