@@ -113,6 +113,36 @@ pub fn clean(s: &str) -> String {
         .collect()
 }
 
+/// The answer to one request (`what` names it in errors), whatever its status.
+fn read_answer(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    what: &str,
+) -> Result<Answer, Failure> {
+    let mut res = result.map_err(|e| Failure::Network(format!("{what}: {e}")))?;
+    let header = |k: &str| {
+        res.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let status = res.status().as_u16();
+    let body = res
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_vec()
+        .map_err(|e| Failure::Network(format!("{what}: reading the answer: {e}")))?;
+    Ok(Answer {
+        status,
+        retry_after,
+        replayed,
+        body,
+    })
+}
+
 struct Token {
     value: String,
     renew_at: Instant,
@@ -253,29 +283,7 @@ impl Client {
                 }
             }
         };
-        let mut res = result.map_err(|e| Failure::Network(format!("{method} {url}: {e}")))?;
-        let header = |k: &str| {
-            res.headers()
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .map(str::to_owned)
-        };
-        let retry_after = header("retry-after").and_then(|v| v.parse().ok());
-        let replayed = header("idempotent-replayed").as_deref() == Some("true");
-        let status = res.status().as_u16();
-        let body = res
-            .body_mut()
-            .with_config()
-            .limit(MAX_ANSWER_BYTES)
-            .read_to_vec()
-            .map_err(|e| Failure::Network(format!("{method} {url}: reading the answer: {e}")))?;
-        Ok(Answer {
-            status,
-            retry_after,
-            replayed,
-            body,
-        })
+        read_answer(result, &format!("{method} {url}"))
     }
 
     /// A fresh access token from `POST /oauth/token` (client credentials,
@@ -294,27 +302,13 @@ impl Client {
         };
         let basic = b64_encode(format!("{}:{}", form(&self.id), form(&self.secret)).as_bytes());
         let url = format!("{}/oauth/token", self.base);
-        let mut res = self
+        let result = self
             .agent
             .post(&url)
             .header("authorization", format!("Basic {basic}"))
             .header("content-type", "application/x-www-form-urlencoded")
-            .send("grant_type=client_credentials")
-            .map_err(|e| Failure::Network(format!("POST {url}: {e}")))?;
-        let status = res.status().as_u16();
-        let body = res
-            .body_mut()
-            .with_config()
-            .limit(MAX_ANSWER_BYTES)
-            .read_to_vec()
-            .map_err(|e| Failure::Network(format!("POST {url}: reading the answer: {e}")))?;
-        let answer = Answer {
-            status,
-            retry_after: None,
-            replayed: false,
-            body,
-        };
-        let doc = answer.json()?;
+            .send("grant_type=client_credentials");
+        let doc = read_answer(result, &format!("POST {url}"))?.json()?;
         let (Some(value), Some(ttl)) = (
             doc.get("access_token").and_then(Value::as_str),
             doc.get("expires_in").and_then(Value::as_u64),

@@ -393,17 +393,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
                 Body::Json(body.as_ref().unwrap_or(&Value::Null)),
             )?;
             let m = &r["mapping"];
-            let mut line = format!(
-                "mapped {} → {} (verified by {}{})",
-                text(m, "sii"),
-                text(m, "ssi"),
-                text(m, "verified_by"),
-                if m["preferred"] == true {
-                    ", preferred"
-                } else {
-                    ""
-                }
-            );
+            let mut line = format!("mapped {}", mapping_line(m));
             if let Some(p) = party(&r["existing"]) {
                 line.push_str(&format!(
                     "; also mapped by {p}: ask the user, then `glados choose replace|prefer {}`",
@@ -431,17 +421,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
             let r = post("/v1/mappings/mine")?;
             let m = &r["mapping"];
             let mut line = if m.is_object() {
-                format!(
-                    "{} → {} (verified by {}{})",
-                    text(m, "sii"),
-                    text(m, "ssi"),
-                    text(m, "verified_by"),
-                    if m["preferred"] == true {
-                        ", preferred"
-                    } else {
-                        ""
-                    }
-                )
+                mapping_line(m)
             } else {
                 "no mapping of yours".to_owned()
             };
@@ -458,6 +438,21 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         println!("{line}");
     }
     Ok(0)
+}
+
+/// `sii → provider:user (verified by …, preferred)` for a `Mapping`.
+fn mapping_line(m: &Value) -> String {
+    format!(
+        "{} → {} (verified by {}{})",
+        text(m, "sii"),
+        text(m, "ssi"),
+        text(m, "verified_by"),
+        if m["preferred"] == true {
+            ", preferred"
+        } else {
+            ""
+        }
+    )
 }
 
 /// One line for an action answer (`ActionDone`).
