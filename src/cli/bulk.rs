@@ -34,7 +34,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -676,9 +676,12 @@ fn send(
     let bar = ProgressBar::new(totals.valid);
     bar.set_style(
         ProgressStyle::with_template(
-            "{bar:32} {human_pos}/{human_len} lines · {per_sec} · ETA {eta} · {msg}",
+            "{bar:32} {human_pos}/{human_len} lines · {rate} · ETA {eta} · {msg}",
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} lines/s", s.per_sec());
+        }),
     );
     bar.set_position(already);
     bar.reset_eta();
