@@ -32,6 +32,7 @@ max_len() {
     bulk) echo 9000 ;;     # MAX_LINE_BYTES 4096, streams of lines
     httpsig) echo 4500 ;;  # MAX_HEADER_LEN 4096
     token) echo 1200 ;;    # MAX_TOKEN_LEN 1024
+    statement) echo 4500 ;; # MAX_STATEMENT_LEN 4096
     *) echo 1024 ;;        # SII ≤ 512, ids and headers shorter
   esac
 }

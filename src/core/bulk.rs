@@ -774,6 +774,7 @@ mod tests {
             verified_by: VerifiedBy::Sms,
             created_at_ms: 1,
             preferred_at_ms: Some(1),
+            meta: Default::default(),
         };
         assert_eq!(line_effect(None, &ssi("u1")), LineEffect::Created);
         assert_eq!(line_effect(Some(&m), &ssi("u1")), LineEffect::Unchanged);

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sii::Sii;
 use super::ssi::{ProviderId, Ssi};
+use super::tags::MappingMeta;
 use super::Problem;
 
 /// A GP's id, as configured for peers and reported at `GET /v1/gp`.
@@ -91,6 +92,10 @@ pub struct Mapping {
     pub created_at_ms: u64,
     /// When it was last made the preferred mapping; `None` if never.
     pub preferred_at_ms: Option<u64>,
+    /// Tags and the user's label the AP attached at creation (beyond
+    /// GLADOS-00; empty for a plain creation).
+    #[serde(default, skip_serializing_if = "MappingMeta::is_empty")]
+    pub meta: MappingMeta,
 }
 
 impl Mapping {
@@ -128,6 +133,17 @@ pub struct Candidate {
     pub ssi: Ssi,
     /// The mapping's precedence timestamps.
     pub precedence: Precedence,
+}
+
+impl Candidate {
+    /// How GP `gp` reports its `mapping` in a query answer.
+    pub fn of(gp: &str, mapping: &Mapping) -> Candidate {
+        Candidate {
+            gp: gp.to_owned(),
+            ssi: mapping.ssi.clone(),
+            precedence: mapping.precedence(),
+        }
+    }
 }
 
 /// Total order used by every precedence decision: greater precedence wins;
@@ -591,6 +607,14 @@ impl SiiRecord {
             .max_by(|a, b| beats((&a.precedence(), "", &a.ssi), (&b.precedence(), "", &b.ssi)))
     }
 
+    /// Every mapping, the preferred one first, then by precedence (the
+    /// order an `all` answer lists them in).
+    pub fn ranked(&self) -> Vec<&Mapping> {
+        let mut v: Vec<&Mapping> = self.mappings.iter().collect();
+        v.sort_by(|a, b| beats((&b.precedence(), "", &b.ssi), (&a.precedence(), "", &a.ssi)));
+        v
+    }
+
     /// The time a preference change at `now_ms` is stamped with: `now_ms`,
     /// or just after the latest preference in this record if that is not
     /// earlier. The shard applies changes to one record one at a time, but
@@ -616,11 +640,7 @@ impl SiiRecord {
     /// What this GP answers to a mapping query for the SII (draft §8.1: the
     /// remote GPs "consult only their local mappings").
     pub fn candidate(&self, own_gp: &str) -> Option<Candidate> {
-        self.preferred().map(|m| Candidate {
-            gp: own_gp.to_owned(),
-            ssi: m.ssi.clone(),
-            precedence: m.precedence(),
-        })
+        self.preferred().map(|m| Candidate::of(own_gp, m))
     }
 
     fn index_of(&self, ap: &ProviderId) -> Option<usize> {
@@ -671,6 +691,21 @@ impl SiiRecord {
         remote: Option<&Candidate>,
         now_ms: u64,
     ) -> Result<Created, MappingError> {
+        let meta = MappingMeta::default();
+        self.create_verified_with(caller, ssi, verified_by, meta, remote, now_ms)
+    }
+
+    /// [`Self::create_verified`] with the tags and label the AP attached.
+    /// A re-registration replaces them with the new ones.
+    pub fn create_verified_with(
+        &mut self,
+        caller: &ProviderId,
+        ssi: Ssi,
+        verified_by: VerifiedBy,
+        meta: MappingMeta,
+        remote: Option<&Candidate>,
+        now_ms: u64,
+    ) -> Result<Created, MappingError> {
         if ssi.provider() != caller {
             return Err(MappingError::SsiNotOfCaller);
         }
@@ -706,6 +741,7 @@ impl SiiRecord {
             verified_by,
             created_at_ms: now_ms,
             preferred_at_ms,
+            meta,
         };
         match self.index_of(caller) {
             Some(i) => {
@@ -1213,6 +1249,19 @@ mod tests {
         assert_eq!(m.ssi, ssi("a", "alice"));
         assert_eq!(m.preferred_at_ms, Some(1_000));
         assert_eq!(m.verified_by, VerifiedBy::Sms);
+    }
+
+    #[test]
+    fn ranked_lists_the_preferred_first() {
+        let mut r = with_a_b();
+        let names = |r: &SiiRecord| -> Vec<String> {
+            r.ranked().iter().map(|m| m.ap().to_string()).collect()
+        };
+        assert_eq!(names(&r), ["a", "b"]);
+        r.choose(&ap("b"), Choice::Prefer, "gp1", &[], 3_000)
+            .unwrap();
+        assert_eq!(names(&r), ["b", "a"]);
+        assert_eq!(r.ranked()[0], r.preferred().unwrap());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod ratelimit;
 pub mod shard;
 pub mod sii;
 pub mod ssi;
+pub mod statement;
+pub mod tags;
 pub mod token;
 pub mod verification;
 pub mod webhook;

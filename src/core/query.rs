@@ -15,8 +15,10 @@ use core::fmt;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::mapping::{select_preferred, Candidate, GpId};
+use super::mapping::{select_preferred, Candidate, GpId, Mapping};
 use super::sii::{Sii, SiiError};
+use super::statement;
+use super::tags::MappingMeta;
 use super::Problem;
 
 /// The `sii` member of a query body: one string, or (refused) anything
@@ -28,13 +30,24 @@ enum SiiField {
     Many(Vec<IgnoredAny>),
 }
 
-/// A query body as an AP (or a peer GP) sends it: `{"sii": "+14155550100"}`.
-/// Unknown members are refused: a misspelt field must not silently turn
-/// into a lookup of something else. A top-level array (which serde's
-/// derive would read as the struct's fields in order) is a batch.
+/// The members a query body may have. `sii` is draft §8.1's; the others
+/// are beyond GLADOS-00 and optional, so a plain draft body means what it
+/// always meant.
+const FIELDS: &[&str] = &["sii", "all", "nonce", "statements"];
+
+/// A query body as an AP (or a peer GP) sends it: `{"sii": "+14155550100"}`,
+/// optionally with `all` (every mapping, issue 16), `nonce` (echoed in the
+/// signed statements, so the AP can tell a fresh answer from a replayed
+/// one) and `statements` (`false`: none wanted). Unknown members are
+/// refused: a misspelt field must not silently turn into a lookup of
+/// something else. A top-level array (which serde's derive would read as
+/// the struct's fields in order) is a batch.
 #[derive(Debug)]
 pub struct QueryBody {
     sii: SiiField,
+    all: bool,
+    nonce: Option<String>,
+    statements: bool,
 }
 
 impl<'de> Deserialize<'de> for QueryBody {
@@ -47,17 +60,28 @@ impl<'de> Deserialize<'de> for QueryBody {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<QueryBody, A::Error> {
                 let mut sii = None;
+                let mut all = None;
+                let mut nonce = None;
+                let mut statements = None;
                 while let Some(k) = m.next_key::<String>()? {
-                    if k != "sii" {
-                        return Err(de::Error::unknown_field(&k, &["sii"]));
+                    let dup = match k.as_str() {
+                        "sii" => sii.replace(m.next_value::<SiiField>()?).is_some(),
+                        "all" => all.replace(m.next_value::<bool>()?).is_some(),
+                        "nonce" => nonce.replace(m.next_value::<String>()?).is_some(),
+                        "statements" => statements.replace(m.next_value::<bool>()?).is_some(),
+                        _ => return Err(de::Error::unknown_field(&k, FIELDS)),
+                    };
+                    if dup {
+                        return Err(de::Error::custom(format_args!("duplicate field `{k}`")));
                     }
-                    if sii.is_some() {
-                        return Err(de::Error::duplicate_field("sii"));
-                    }
-                    sii = Some(m.next_value::<SiiField>()?);
                 }
                 let sii = sii.ok_or_else(|| de::Error::missing_field("sii"))?;
-                Ok(QueryBody { sii })
+                Ok(QueryBody {
+                    sii,
+                    all: all.unwrap_or(false),
+                    nonce,
+                    statements: statements.unwrap_or(true),
+                })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<QueryBody, A::Error> {
                 let mut items = Vec::new();
@@ -66,6 +90,9 @@ impl<'de> Deserialize<'de> for QueryBody {
                 }
                 Ok(QueryBody {
                     sii: SiiField::Many(items),
+                    all: false,
+                    nonce: None,
+                    statements: true,
                 })
             }
         }
@@ -81,6 +108,8 @@ pub enum QueryError {
     Batch { count: usize },
     /// The SII does not parse.
     InvalidSii(SiiError),
+    /// The nonce is not 16..=64 of `[A-Za-z0-9_-]`.
+    InvalidNonce,
 }
 
 impl fmt::Display for QueryError {
@@ -93,6 +122,10 @@ impl fmt::Display for QueryError {
                  mapping request at a time\")"
             ),
             QueryError::InvalidSii(e) => write!(f, "the sii is not valid: {e}"),
+            QueryError::InvalidNonce => f.write_str(
+                "the nonce must be 16 to 64 characters of A-Z, a-z, 0-9, '-' and '_' \
+                 (e.g. 16 random bytes, base64url)",
+            ),
         }
     }
 }
@@ -102,12 +135,14 @@ impl Problem for QueryError {
         match self {
             QueryError::Batch { .. } => "one-sii-per-query",
             QueryError::InvalidSii(_) => "invalid-sii",
+            QueryError::InvalidNonce => "invalid-nonce",
         }
     }
     fn title(&self) -> &'static str {
         match self {
             QueryError::Batch { .. } => "One SII per query",
             QueryError::InvalidSii(_) => "Invalid SII",
+            QueryError::InvalidNonce => "Invalid nonce",
         }
     }
     fn status(&self) -> u16 {
@@ -115,48 +150,245 @@ impl Problem for QueryError {
     }
 }
 
-impl QueryBody {
-    /// The one SII asked for, normalized.
-    pub fn into_sii(self) -> Result<Sii, QueryError> {
-        match self.sii {
-            SiiField::One(s) => Sii::parse(&s).map_err(QueryError::InvalidSii),
-            SiiField::Many(v) => Err(QueryError::Batch { count: v.len() }),
+/// A checked query: one SII and what to answer about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// The SII, normalized.
+    pub sii: Sii,
+    /// Every mapping, not just the preferred one (issue 16).
+    pub all: bool,
+    /// The AP's nonce, signed into each statement.
+    pub nonce: Option<String>,
+    /// Whether the holding GPs sign statements for the answer.
+    pub statements: bool,
+}
+
+impl Query {
+    /// The plain draft §8.1 question: the preferred mapping, no statement
+    /// (what a GP asks its peers when it only needs to know the holder).
+    pub fn plain(sii: Sii) -> Query {
+        Query {
+            sii,
+            all: false,
+            nonce: None,
+            statements: false,
+        }
+    }
+
+    /// The body a home GP sends its peers for this query (members at their
+    /// defaults are left out).
+    pub fn peer_body(&self) -> PeerQueryBody<'_> {
+        PeerQueryBody {
+            sii: self.sii.as_str(),
+            all: self.all,
+            nonce: self.nonce.as_deref(),
+            statements: self.statements,
         }
     }
 }
 
+/// What a home GP sends a peer (see [`Query::peer_body`]).
+#[derive(Debug, Serialize)]
+pub struct PeerQueryBody<'a> {
+    sii: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    all: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_true")]
+    statements: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl QueryBody {
+    /// The one SII asked for, normalized, and the options.
+    pub fn into_query(self) -> Result<Query, QueryError> {
+        let sii = match self.sii {
+            SiiField::One(s) => Sii::parse(&s).map_err(QueryError::InvalidSii)?,
+            SiiField::Many(v) => return Err(QueryError::Batch { count: v.len() }),
+        };
+        if let Some(n) = &self.nonce {
+            if !statement::nonce_is_valid(n) {
+                return Err(QueryError::InvalidNonce);
+            }
+        }
+        Ok(Query {
+            sii,
+            all: self.all,
+            nonce: self.nonce,
+            statements: self.statements,
+        })
+    }
+}
+
+/// One mapping as the GP holding it reports it: the §8.1 candidate plus,
+/// beyond GLADOS-00, its tags and label and the holder's signed statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    /// GP, SSI and precedence.
+    #[serde(flatten)]
+    pub candidate: Candidate,
+    /// Tags and the user's label.
+    #[serde(default, flatten)]
+    pub meta: MappingMeta,
+    /// The holder's statement (compact JWS), when one was asked for and
+    /// the holder could sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+}
+
+impl Reported {
+    /// How GP `gp` reports its `mapping`, with `statement` if it signed one.
+    pub fn of(gp: &str, mapping: &Mapping, statement: Option<String>) -> Reported {
+        Reported {
+            candidate: Candidate::of(gp, mapping),
+            meta: mapping.meta.clone(),
+            statement,
+        }
+    }
+
+    /// Checks that the statement says what this report says, for `query`
+    /// (same GP, SSI, times, tags and label, SII digest and nonce). The
+    /// home GP passes statements on unchanged; this makes a peer whose
+    /// statement contradicts its own answer a failed peer, not a result.
+    /// The signature is the AP's to check against the published keys.
+    pub fn check_statement(&self, query: &Query) -> Result<(), String> {
+        let Some(s) = &self.statement else {
+            return Ok(());
+        };
+        let c = statement::read(s)
+            .map_err(|e| format!("statement: {e}"))?
+            .claims;
+        let p = &self.candidate.precedence;
+        let digest = statement::sii_digest(
+            &super::encoding::b64url_decode(&c.sii_salt).unwrap_or_default(),
+            &query.sii,
+        );
+        let same = c.iss == self.candidate.gp
+            && c.ssi == self.candidate.ssi
+            && c.created_at_ms == p.created_at_ms
+            && c.preferred_at_ms == p.preferred_at_ms
+            && c.tags == self.meta.tags
+            && c.label == self.meta.label
+            && c.nonce == query.nonce
+            && c.sii_digest == super::encoding::b64url_encode(&digest);
+        if same {
+            Ok(())
+        } else {
+            Err("its statement does not say what its answer says".into())
+        }
+    }
+}
+
+/// What one GP (this one, or a peer) says about an SII.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpAnswer {
+    /// Its mappings: the preferred one only, or all of them (`all`).
+    pub mappings: Vec<Reported>,
+    /// The SII's holder opted out of discovery here (issue 16).
+    pub opted_out: bool,
+}
+
 /// A remote GP's answer to a peer query (draft §8.1: remote GPs "consult
-/// only their local mappings"): its own preferred mapping or none.
+/// only their local mappings"): its own preferred mapping or none, and,
+/// beyond GLADOS-00, its statement, every mapping (`all`) and opt-out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAnswer {
     /// The answering GP.
     pub gp: GpId,
     /// Its preferred mapping for the SII, if it holds one.
     pub candidate: Option<Candidate>,
+    /// The statement of that mapping, if asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    /// Every mapping it holds, for an `all` query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<Reported>,
+    /// The SII opted out of discovery there.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub opted_out: bool,
 }
 
 impl PeerAnswer {
-    /// Checks an answer from peer `peer`: it must speak for itself only (a
-    /// peer reporting another GP's mapping is garbage, not a result).
-    pub fn checked(self, peer: &str) -> Result<Option<Candidate>, String> {
+    /// GP `gp`'s answer to a peer, from what it found for `query`.
+    pub fn new(gp: &str, query: &Query, found: GpAnswer) -> PeerAnswer {
+        let preferred = select_preferred_reported(&found.mappings).cloned();
+        PeerAnswer {
+            gp: gp.to_owned(),
+            candidate: preferred.as_ref().map(|r| r.candidate.clone()),
+            statement: preferred.and_then(|r| r.statement),
+            mappings: if query.all {
+                found.mappings
+            } else {
+                Vec::new()
+            },
+            opted_out: found.opted_out,
+        }
+    }
+
+    /// Checks an answer from peer `peer` to `query`: it must speak for
+    /// itself only (a peer reporting another GP's mapping is garbage, not
+    /// a result), and its statements must say what it says.
+    pub fn checked(self, peer: &str, query: &Query) -> Result<GpAnswer, String> {
         if self.gp != peer {
             return Err(format!("answer names GP {:?}, not {peer:?}", self.gp));
         }
-        match self.candidate {
-            Some(c) if c.gp != peer => Err(format!(
-                "answer carries a mapping of GP {:?}, not its own",
-                c.gp
-            )),
-            other => Ok(other),
+        let mut mappings = if query.all { self.mappings } else { Vec::new() };
+        if let Some(c) = self.candidate {
+            if !mappings.iter().any(|r| r.candidate == c) {
+                // Tags and label of the preferred mapping travel in its
+                // statement only; without one they are unknown here.
+                let meta = match &self.statement {
+                    Some(s) => statement::read(s)
+                        .map(|u| MappingMeta {
+                            tags: u.claims.tags,
+                            label: u.claims.label,
+                        })
+                        .unwrap_or_default(),
+                    None => MappingMeta::default(),
+                };
+                mappings.push(Reported {
+                    candidate: c,
+                    meta,
+                    statement: self.statement,
+                });
+            }
         }
+        for r in &mappings {
+            if r.candidate.gp != peer {
+                return Err(format!(
+                    "answer carries a mapping of GP {:?}, not its own",
+                    r.candidate.gp
+                ));
+            }
+            r.check_statement(query)?;
+        }
+        Ok(GpAnswer {
+            mappings,
+            opted_out: self.opted_out,
+        })
     }
+}
+
+/// The reported mapping [`select_preferred`] picks.
+fn select_preferred_reported(all: &[Reported]) -> Option<&Reported> {
+    let candidates: Vec<Candidate> = all.iter().map(|r| r.candidate.clone()).collect();
+    let best = select_preferred(&candidates)?;
+    all.iter().find(|r| &r.candidate == best)
 }
 
 /// What the home GP learned from one queried peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerOutcome {
-    /// A valid answer (with or without a mapping).
-    Answered(Option<Candidate>),
+    /// A valid answer (with or without mappings).
+    Answered(GpAnswer),
     /// Down, slow, refused, or garbage: the reason, for the log and the AP.
     Failed(String),
 }
@@ -165,7 +397,12 @@ pub enum PeerOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryResult {
     /// draft §8.1: "the most recent result is used".
-    pub preferred: Option<Candidate>,
+    pub preferred: Option<Reported>,
+    /// Every mapping found (an `all` query), each GP's in turn.
+    pub all: Vec<Reported>,
+    /// Some GP said the SII's holder opted out of discovery: nothing is
+    /// answered, whatever else was found (issue 16).
+    pub opted_out: bool,
     /// Peers asked (their filters matched).
     pub queried: Vec<GpId>,
     /// Peers that did not answer usably; non-empty means the result may
@@ -180,25 +417,35 @@ impl QueryResult {
     }
 }
 
-/// Combines the home GP's own candidate with its peers' outcomes.
+/// Combines the home GP's own answer with its peers' outcomes.
 ///
 /// draft §8.1: "In the case of two or more matches [...] the most recent
 /// result is used", and where the home GP has the mapping "it compares the
 /// timestamp from the remote GP to its own, and uses the most recent." A
-/// failed peer never fails the query; it only makes it incomplete.
-pub fn combine(local: Option<Candidate>, peers: Vec<(GpId, PeerOutcome)>) -> QueryResult {
-    let mut candidates: Vec<Candidate> = local.into_iter().collect();
+/// failed peer never fails the query; it only makes it incomplete. An
+/// opt-out anywhere hides every mapping (R5: "opted out" is an answer).
+pub fn combine(local: GpAnswer, peers: Vec<(GpId, PeerOutcome)>) -> QueryResult {
+    let mut opted_out = local.opted_out;
+    let mut all = local.mappings;
     let mut queried = Vec::with_capacity(peers.len());
     let mut failed = Vec::new();
     for (gp, outcome) in peers {
         match outcome {
-            PeerOutcome::Answered(c) => candidates.extend(c),
+            PeerOutcome::Answered(a) => {
+                opted_out |= a.opted_out;
+                all.extend(a.mappings);
+            }
             PeerOutcome::Failed(why) => failed.push((gp.clone(), why)),
         }
         queried.push(gp);
     }
+    if opted_out {
+        all.clear();
+    }
     QueryResult {
-        preferred: select_preferred(&candidates).cloned(),
+        preferred: select_preferred_reported(&all).cloned(),
+        all,
+        opted_out,
         queried,
         failed,
     }
@@ -207,7 +454,8 @@ pub fn combine(local: Option<Candidate>, peers: Vec<(GpId, PeerOutcome)>) -> Que
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::mapping::Precedence;
+    use crate::core::mapping::{Precedence, VerifiedBy};
+    use crate::core::statement::{Claims, Issue, StatementKey};
     use crate::core::Ssi;
 
     fn cand(gp: &str, ssi: &str, created: u64, preferred: Option<u64>) -> Candidate {
@@ -221,15 +469,44 @@ mod tests {
         }
     }
 
-    fn body(json: &str) -> Result<Sii, String> {
+    fn rep(c: Candidate) -> Reported {
+        Reported {
+            candidate: c,
+            meta: MappingMeta::default(),
+            statement: None,
+        }
+    }
+
+    fn answered(cs: Vec<Candidate>) -> PeerOutcome {
+        PeerOutcome::Answered(GpAnswer {
+            mappings: cs.into_iter().map(rep).collect(),
+            opted_out: false,
+        })
+    }
+
+    fn local(c: Option<Candidate>) -> GpAnswer {
+        GpAnswer {
+            mappings: c.into_iter().map(rep).collect(),
+            opted_out: false,
+        }
+    }
+
+    fn query(json: &str) -> Result<Query, String> {
         let b: QueryBody = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        b.into_sii().map_err(|e| e.slug().to_string())
+        b.into_query().map_err(|e| e.slug().to_string())
+    }
+
+    fn body(json: &str) -> Result<Sii, String> {
+        query(json).map(|q| q.sii)
     }
 
     #[test]
     fn one_sii_is_accepted_and_normalized() {
         let s = body(r#"{"sii": "Alice@Example.COM"}"#).unwrap();
         assert_eq!(s.as_str(), "alice@example.com");
+        // A plain draft body: the preferred mapping, with its statement.
+        let q = query(r#"{"sii": "+14155550100"}"#).unwrap();
+        assert_eq!((q.all, q.nonce, q.statements), (false, None, true));
     }
 
     #[test]
@@ -241,52 +518,106 @@ mod tests {
         assert_eq!(body(r#"{"sii": []}"#), Err("one-sii-per-query".into()));
         assert_eq!(body(r#"["+14155550100"]"#), Err("one-sii-per-query".into()));
         assert!(body(r#"{"sii": "+14155550100", "sii": "+14155550101"}"#).is_err());
+        assert!(body(r#"{"sii": "+14155550100", "all": true, "all": true}"#).is_err());
         assert!(body(r#""+14155550100""#).is_err());
         assert!(body(r#"{"sii": "+14155550100", "siis": []}"#).is_err());
         assert!(body(r#"{"sii": 5}"#).is_err());
         assert!(body(r#"{}"#).is_err());
+        assert!(body(r#"{"all": true}"#).is_err());
         assert_eq!(body(r#"{"sii": "nope"}"#), Err("invalid-sii".into()));
+        // `all` with a list is still a batch.
+        assert_eq!(
+            body(r#"{"sii": ["+14155550100"], "all": true}"#),
+            Err("one-sii-per-query".into())
+        );
+    }
+
+    #[test]
+    fn options_beyond_the_draft_are_checked() {
+        let q = query(
+            r#"{"sii": "+14155550100", "all": true, "nonce": "abcdefghijklmnop", "statements": false}"#,
+        )
+        .unwrap();
+        assert!(q.all && !q.statements);
+        assert_eq!(q.nonce.as_deref(), Some("abcdefghijklmnop"));
+        assert_eq!(
+            query(r#"{"sii": "+14155550100", "nonce": "short"}"#),
+            Err("invalid-nonce".into())
+        );
+        assert!(query(r#"{"sii": "+14155550100", "all": "yes"}"#).is_err());
+        assert!(query(r#"{"sii": "+14155550100", "nonce": 5}"#).is_err());
+        // What a home GP sends its peers parses back to the same query.
+        let back: QueryBody =
+            serde_json::from_value(serde_json::to_value(q.peer_body()).unwrap()).unwrap();
+        assert_eq!(back.into_query().unwrap(), q);
+        let plain = Query::plain(q.sii.clone());
+        assert_eq!(
+            serde_json::to_string(&plain.peer_body()).unwrap(),
+            r#"{"sii":"+14155550100","statements":false}"#
+        );
     }
 
     #[test]
     fn the_most_recent_mapping_wins_across_gps() {
-        let local = cand("gp-a", "a:alice", 100, None);
+        let l = cand("gp-a", "a:alice", 100, None);
         let r = combine(
-            Some(local.clone()),
+            local(Some(l.clone())),
             vec![
                 (
                     "gp-b".into(),
-                    PeerOutcome::Answered(Some(cand("gp-b", "b:al", 200, None))),
+                    answered(vec![cand("gp-b", "b:al", 200, None)]),
                 ),
-                ("gp-c".into(), PeerOutcome::Answered(None)),
+                ("gp-c".into(), answered(vec![])),
             ],
         );
-        assert_eq!(r.preferred.as_ref().unwrap().gp, "gp-b");
+        assert_eq!(r.preferred.as_ref().unwrap().candidate.gp, "gp-b");
         assert!(!r.incomplete());
         assert_eq!(r.queried, vec!["gp-b".to_string(), "gp-c".to_string()]);
+        assert_eq!(r.all.len(), 2);
         // A later preference beats a later creation.
         let r = combine(
-            Some(cand("gp-a", "a:alice", 100, Some(300))),
+            local(Some(cand("gp-a", "a:alice", 100, Some(300)))),
             vec![(
                 "gp-b".into(),
-                PeerOutcome::Answered(Some(cand("gp-b", "b:al", 200, None))),
+                answered(vec![cand("gp-b", "b:al", 200, None)]),
             )],
         );
-        assert_eq!(r.preferred.unwrap().gp, "gp-a");
+        assert_eq!(r.preferred.unwrap().candidate.gp, "gp-a");
     }
 
     #[test]
     fn a_failed_peer_makes_the_result_incomplete_not_wrong() {
         let r = combine(
-            Some(cand("gp-a", "a:alice", 100, None)),
+            local(Some(cand("gp-a", "a:alice", 100, None))),
             vec![("gp-b".into(), PeerOutcome::Failed("timeout".into()))],
         );
         assert!(r.incomplete());
-        assert_eq!(r.preferred.as_ref().unwrap().gp, "gp-a");
+        assert_eq!(r.preferred.as_ref().unwrap().candidate.gp, "gp-a");
         assert_eq!(r.failed, vec![("gp-b".to_string(), "timeout".to_string())]);
-        let none = combine(None, vec![]);
+        let none = combine(GpAnswer::default(), vec![]);
         assert_eq!(none.preferred, None);
         assert!(!none.incomplete());
+    }
+
+    #[test]
+    fn an_opt_out_anywhere_hides_every_mapping() {
+        let r = combine(
+            local(Some(cand("gp-a", "a:alice", 100, Some(100)))),
+            vec![(
+                "gp-b".into(),
+                PeerOutcome::Answered(GpAnswer {
+                    mappings: vec![],
+                    opted_out: true,
+                }),
+            )],
+        );
+        assert!(r.opted_out);
+        assert_eq!(r.preferred, None);
+        assert!(r.all.is_empty());
+    }
+
+    fn plain_q() -> Query {
+        Query::plain(Sii::parse("+14155550100").unwrap())
     }
 
     #[test]
@@ -294,13 +625,89 @@ mod tests {
         let ok = PeerAnswer {
             gp: "gp-b".into(),
             candidate: Some(cand("gp-b", "b:x", 1, None)),
+            statement: None,
+            mappings: vec![],
+            opted_out: false,
         };
-        assert!(ok.clone().checked("gp-b").unwrap().is_some());
-        assert!(ok.checked("gp-c").is_err());
+        assert_eq!(
+            ok.clone()
+                .checked("gp-b", &plain_q())
+                .unwrap()
+                .mappings
+                .len(),
+            1
+        );
+        assert!(ok.checked("gp-c", &plain_q()).is_err());
         let forged = PeerAnswer {
             gp: "gp-b".into(),
             candidate: Some(cand("gp-c", "c:x", 1, None)),
+            statement: None,
+            mappings: vec![],
+            opted_out: false,
         };
-        assert!(forged.checked("gp-b").is_err());
+        assert!(forged.checked("gp-b", &plain_q()).is_err());
+    }
+
+    #[test]
+    fn a_peer_statement_must_say_what_its_answer_says() {
+        let key = StatementKey::from_seed(&[3; 32]);
+        let q = Query {
+            nonce: Some("nonce-of-this-query".into()),
+            statements: true,
+            all: true,
+            ..plain_q()
+        };
+        let m = Mapping {
+            ssi: Ssi::parse("b:x").unwrap(),
+            verified_by: VerifiedBy::Sms,
+            created_at_ms: 5,
+            preferred_at_ms: Some(6),
+            meta: MappingMeta::parse(Some(&["business"]), Some("Shop")).unwrap(),
+        };
+        let sign = |gp: &str, nonce: Option<&str>, sii: &Sii| {
+            key.sign(&Claims::issue(Issue {
+                gp,
+                sii,
+                mapping: &m,
+                salt: [1; 16],
+                now_s: 10,
+                ttl_s: 60,
+                nonce,
+            }))
+            .unwrap()
+        };
+        let answer = |statement: String| {
+            let found = GpAnswer {
+                mappings: vec![Reported::of("gp-b", &m, Some(statement))],
+                opted_out: false,
+            };
+            PeerAnswer::new("gp-b", &q, found)
+        };
+        let good = answer(sign("gp-b", q.nonce.as_deref(), &q.sii));
+        let json = serde_json::to_string(&good).unwrap();
+        let back: PeerAnswer = serde_json::from_str(&json).unwrap();
+        let a = back.checked("gp-b", &q).unwrap();
+        assert_eq!(a.mappings.len(), 1);
+        assert_eq!(a.mappings[0].meta.tags.as_slice().len(), 1);
+        // Another GP's statement, another query's nonce, another SII.
+        let other = Sii::parse("+14155550199").unwrap();
+        for bad in [
+            sign("gp-c", q.nonce.as_deref(), &q.sii),
+            sign("gp-b", Some("nonce-of-another-query"), &q.sii),
+            sign("gp-b", q.nonce.as_deref(), &other),
+            "not.a.statement".to_owned(),
+        ] {
+            assert!(answer(bad).checked("gp-b", &q).is_err());
+        }
+        // The default query: the preferred mapping's tags come from its
+        // statement.
+        let q1 = Query {
+            all: false,
+            ..q.clone()
+        };
+        let a = answer(sign("gp-b", q.nonce.as_deref(), &q.sii))
+            .checked("gp-b", &q1)
+            .unwrap();
+        assert_eq!(a.mappings[0].meta.label.as_ref().unwrap().as_str(), "Shop");
     }
 }

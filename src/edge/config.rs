@@ -47,6 +47,9 @@ pub struct GpConfig {
     /// How long an isolate trusts its cached copy of an AP's registry entry
     /// (`AP_CACHE_SECONDS`, default 30); bounds how late a suspension bites.
     pub ap_cache_secs: u64,
+    /// How long a signed mapping statement is valid
+    /// (`STATEMENT_TTL_SECONDS`, default a day, a minute to 30 days).
+    pub statement_ttl_secs: u64,
 }
 
 impl GpConfig {
@@ -84,6 +87,16 @@ impl GpConfig {
             )));
         }
         let ap_cache_secs = parse_num(env, "AP_CACHE_SECONDS", 30u64)?.min(3600);
+        let statement_ttl_secs = parse_num(
+            env,
+            "STATEMENT_TTL_SECONDS",
+            crate::core::statement::DEFAULT_TTL_S,
+        )?;
+        if !crate::core::statement::TTL_RANGE_S.contains(&statement_ttl_secs) {
+            return Err(ApiError::Internal(format!(
+                "config STATEMENT_TTL_SECONDS={statement_ttl_secs} must be between 60 and 2592000"
+            )));
+        }
         Ok(GpConfig {
             id,
             name,
@@ -95,6 +108,7 @@ impl GpConfig {
             require_mtls,
             token_ttl_secs,
             ap_cache_secs,
+            statement_ttl_secs,
         })
     }
 }

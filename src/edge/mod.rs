@@ -27,5 +27,7 @@ mod ratelimit;
 mod routing;
 /// Calling Durable Objects: messages and typed clients.
 mod rpc;
+/// This GP's mapping-statement keys and signing (beyond GLADOS-00).
+mod statements;
 /// Counters of this isolate (tests, benchmarks).
 mod stats;

@@ -14,6 +14,7 @@ pub struct Stats {
     pub peer_queries_received: u64,
     pub peer_queries_answered: u64,
     pub rate_limited: u64,
+    pub statements_signed: u64,
 }
 
 pub fn count(f: impl FnOnce(&mut Stats)) {

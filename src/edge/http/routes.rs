@@ -19,6 +19,7 @@ enum Route {
     GpInfo,
     Peers,
     OpenApi,
+    StatementKeys,
     OAuthToken,
     Me,
     AdminAps,
@@ -89,6 +90,13 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         template: "/openapi.json",
         route: Route::OpenApi,
+        methods: GET,
+        debug_only: false,
+    },
+    // Beyond GLADOS-00: the keys mapping statements are signed with.
+    RouteDef {
+        template: "/.well-known/glados-keys",
+        route: Route::StatementKeys,
         methods: GET,
         debug_only: false,
     },
@@ -355,6 +363,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::GpInfo => public::info::gp_info(env, cfg).await,
         Route::Peers => public::info::peers(cfg).await,
         Route::OpenApi => public::info::openapi(),
+        Route::StatementKeys => public::keys::serve(env, cfg),
         Route::PublicFilter => public::filter::get(&req, env, &cfg.id).await,
         // The AP API.
         Route::OAuthToken => ap::oauth::token(req, env, cfg).await,

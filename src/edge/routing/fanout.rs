@@ -1,8 +1,7 @@
 //! The routed query (draft §8.1): which peers' filters may hold an SII, asking exactly those, signed, in parallel with this GP's own shard, and combining the answers.
 use crate::edge::rpc::shard::Shard;
 
-use crate::core::mapping::Candidate;
-use crate::core::query::{combine, PeerAnswer, PeerOutcome};
+use crate::core::query::{combine, GpAnswer, PeerAnswer, PeerOutcome, Query, Reported};
 use crate::core::Sii;
 use crate::edge::config::{GpConfig, Peer};
 use crate::edge::http::error::ApiResult;
@@ -18,10 +17,25 @@ const PEER_QUERY_TIMEOUT_MS: u32 = 1_500;
 /// The remote side's path.
 pub const PEER_QUERY_PATH: &str = "/peer/v1/query";
 
-/// This GP's own preferred mapping for the SII: one shard request.
-pub async fn lookup(env: &Env, cfg: &GpConfig, sii: &Sii) -> ApiResult<Option<Candidate>> {
+/// This GP's own answer to `query`: one shard request, plus a signed
+/// statement per mapping answered when the query asks for statements.
+pub async fn lookup(env: &Env, cfg: &GpConfig, query: &Query) -> ApiResult<GpAnswer> {
     stats::count(|s| s.shard_lookups += 1);
-    Shard::of(env, sii).lookup(sii, &cfg.id).await
+    let sii = &query.sii;
+    let held = Shard::of(env, sii).lookup(sii, query.all).await?;
+    let mut mappings = Vec::with_capacity(held.mappings.len());
+    for m in &held.mappings {
+        let statement = if query.statements {
+            crate::edge::statements::sign(env, cfg, sii, m, query.nonce.as_deref())?
+        } else {
+            None
+        };
+        mappings.push(Reported::of(&cfg.id, m, statement));
+    }
+    Ok(GpAnswer {
+        mappings,
+        opted_out: held.opted_out,
+    })
 }
 
 /// Peers whose filter copy says they may hold the SII. A peer whose filter
@@ -45,7 +59,7 @@ pub async fn matching_peers<'c>(env: &Env, cfg: &'c GpConfig, sii: &Sii) -> Vec<
 
 /// Asks one peer, signed, with a timeout. Never an error: whatever goes
 /// wrong becomes a `Failed` outcome (the query is then incomplete).
-async fn ask_peer(signer: Option<&Signer>, peer: &Peer, body: &[u8]) -> PeerOutcome {
+async fn ask_peer(signer: Option<&Signer>, peer: &Peer, query: &Query, body: &[u8]) -> PeerOutcome {
     let Some(signer) = signer else {
         return PeerOutcome::Failed("this GP has no signing key (GP_SIGNING_KEY)".into());
     };
@@ -68,7 +82,7 @@ async fn ask_peer(signer: Option<&Signer>, peer: &Peer, body: &[u8]) -> PeerOutc
         return PeerOutcome::Failed(format!("HTTP {}", resp.status));
     }
     match serde_json::from_slice::<PeerAnswer>(&resp.body) {
-        Ok(a) => match a.checked(&peer.id) {
+        Ok(a) => match a.checked(&peer.id, query) {
             Ok(c) => PeerOutcome::Answered(c),
             Err(e) => PeerOutcome::Failed(e),
         },
@@ -77,13 +91,14 @@ async fn ask_peer(signer: Option<&Signer>, peer: &Peer, body: &[u8]) -> PeerOutc
 }
 
 /// The routed query for one SII: own mapping and the matching peers', in
-/// parallel. Also used by mapping creation to find a remote holder.
+/// parallel. Also used by mapping creation to find a remote holder (a
+/// [`Query::plain`]: no statements).
 pub async fn resolve(
     env: &Env,
     cfg: &GpConfig,
-    sii: &Sii,
+    query: &Query,
 ) -> ApiResult<crate::core::query::QueryResult> {
-    let peers = matching_peers(env, cfg, sii).await;
+    let peers = matching_peers(env, cfg, &query.sii).await;
     let signer = if peers.is_empty() {
         None
     } else {
@@ -91,13 +106,13 @@ pub async fn resolve(
             .map_err(|e| worker::console_error!("peer query: {e:?}"))
             .ok()
     };
-    let body = json!({ "sii": sii.as_str() }).to_string().into_bytes();
+    let body = json!(query.peer_body()).to_string().into_bytes();
     let asks = futures_util::future::join_all(
         peers
             .iter()
-            .map(|p| ask_peer(signer.as_ref(), p, body.as_slice())),
+            .map(|p| ask_peer(signer.as_ref(), p, query, body.as_slice())),
     );
-    let (local, outcomes) = futures_util::future::join(lookup(env, cfg, sii), asks).await;
+    let (local, outcomes) = futures_util::future::join(lookup(env, cfg, query), asks).await;
     let answers = peers
         .iter()
         .map(|p| p.id.clone())

@@ -6,7 +6,7 @@
 
 use crate::core::bulk::LineEffect;
 use crate::core::mapping::{
-    Candidate, Choice, Claim, MappingError, Party, StrikeNotice, VerifiedBy,
+    Candidate, Choice, Claim, Mapping, MappingError, Party, StrikeNotice, VerifiedBy,
 };
 use crate::core::shard::{shard_name, shard_of};
 use crate::core::sii::Sii;
@@ -117,10 +117,14 @@ pub enum ShardOp {
         lines: Vec<(String, String)>,
         now_ms: u64,
     },
-    /// draft §8.1 query: this GP's preferred mapping for the SII, as the
-    /// candidate GP `gp` (this GP's id) reports (no AP scoping: the caller
-    /// is a rate-limited query or a signed peer).
-    Lookup { sii: String, gp: String },
+    /// draft §8.1 query: this GP's preferred mapping for the SII, or
+    /// (`all`, beyond GLADOS-00) every mapping, preferred first (no AP
+    /// scoping: the caller is a rate-limited query or a signed peer).
+    Lookup {
+        sii: String,
+        #[serde(default)]
+        all: bool,
+    },
     /// One page of the digests of every SII this shard holds a mapping for
     /// (SIIs after `after`, in order): a filter rebuild re-inserts them so
     /// removed SIIs drop out (draft §9).
@@ -167,7 +171,10 @@ pub enum ShardReply {
         effects: Vec<Result<LineEffect, String>>,
     },
     Lookup {
-        candidate: Option<Candidate>,
+        #[serde(default)]
+        mappings: Vec<Mapping>,
+        #[serde(default)]
+        opted_out: bool,
     },
     Digests {
         /// Hex SHA-256 of each SII (what the filter is keyed by).
@@ -287,6 +294,15 @@ pub struct Begun {
 pub struct Confirmed {
     pub mapping: MappingView,
     pub existing: Option<Party>,
+}
+
+/// What this GP holds for an SII, as a query sees it.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The preferred mapping, or every mapping (preferred first).
+    pub mappings: Vec<Mapping>,
+    /// The SII's holder opted out of discovery.
+    pub opted_out: bool,
 }
 
 /// The caller's own mapping of an SII and who else is preferred.
@@ -568,14 +584,20 @@ impl<'e> Shard<'e> {
         }
     }
 
-    /// draft §8.1: this GP's preferred mapping of the SII, as candidate `gp`.
-    pub async fn lookup(&self, sii: &Sii, gp: &str) -> ApiResult<Option<Candidate>> {
+    /// draft §8.1: this GP's preferred mapping of the SII, or every one.
+    pub async fn lookup(&self, sii: &Sii, all: bool) -> ApiResult<Held> {
         let op = ShardOp::Lookup {
             sii: sii.to_string(),
-            gp: gp.to_owned(),
+            all,
         };
         match self.send(&op).await? {
-            ShardReply::Lookup { candidate } => Ok(candidate),
+            ShardReply::Lookup {
+                mappings,
+                opted_out,
+            } => Ok(Held {
+                mappings,
+                opted_out,
+            }),
             other => Err(unexpected(&self.obj, "lookup", other).into()),
         }
     }

@@ -22,6 +22,7 @@ use crate::edge::rpc::shard::{Remedy, Status};
 
 use crate::core::creation::{code_message, Handle};
 use crate::core::mapping::{Choice, Party};
+use crate::core::query::Query;
 use crate::core::shard::shard_of;
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::UserId;
@@ -101,11 +102,16 @@ async fn remote_holder(env: &Env, cfg: &GpConfig, sii: &Sii) -> Option<Party> {
     {
         return None;
     }
-    match crate::edge::routing::fanout::resolve(env, cfg, sii).await {
-        Ok(r) => r.preferred.filter(|c| c.gp != cfg.id).map(|c| Party {
-            ap: c.ssi.provider().clone(),
-            gp: Some(c.gp),
-        }),
+    let query = Query::plain(sii.clone());
+    match crate::edge::routing::fanout::resolve(env, cfg, &query).await {
+        Ok(r) => r
+            .preferred
+            .map(|r| r.candidate)
+            .filter(|c| c.gp != cfg.id)
+            .map(|c| Party {
+                ap: c.ssi.provider().clone(),
+                gp: Some(c.gp),
+            }),
         Err(e) => {
             worker::console_error!("remote holder lookup: {e:?}");
             None
@@ -142,8 +148,8 @@ async fn remote_candidate(
     {
         return Ok(None);
     }
-    match crate::edge::routing::fanout::resolve(env, cfg, &sii).await {
-        Ok(r) => Ok(r.preferred.filter(|c| c.gp != cfg.id)),
+    match crate::edge::routing::fanout::resolve(env, cfg, &Query::plain(sii)).await {
+        Ok(r) => Ok(r.preferred.map(|r| r.candidate).filter(|c| c.gp != cfg.id)),
         Err(e) => {
             worker::console_error!("remote holder lookup: {e:?}");
             Ok(None)

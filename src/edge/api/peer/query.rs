@@ -19,11 +19,8 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
     stats::count(|s| s.peer_queries_received += 1);
     let (_peer, body) = peer_auth::verify(&mut req, env, cfg, MAX_PEER_QUERY_BODY).await?;
     let b: QueryBody = super::parse(&body, "invalid-json", "Invalid JSON body", "JSON body")?;
-    let sii = b.into_sii()?;
-    let candidate = lookup(env, cfg, &sii).await?;
+    let query = b.into_query()?;
+    let found = lookup(env, cfg, &query).await?;
     stats::count(|s| s.peer_queries_answered += 1);
-    crate::edge::http::respond::json_ok(&json!(PeerAnswer {
-        gp: cfg.id.clone(),
-        candidate,
-    }))
+    crate::edge::http::respond::json_ok(&json!(PeerAnswer::new(&cfg.id, &query, found)))
 }

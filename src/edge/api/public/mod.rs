@@ -1,4 +1,6 @@
-//! Public pages: health, GP info, the filter inspector view.
+//! Public pages: health, GP info, the filter inspector view, the
+//! statement keys.
 
 pub mod filter;
 pub mod info;
+pub mod keys;

@@ -150,7 +150,7 @@ impl MappingShard {
             ShardOp::Bulk { ap, lines, now_ms } => self.bulk(ap, lines, now_ms),
             ShardOp::ApplyClaim { claim, now_ms } => self.apply_claim(claim, now_ms),
             ShardOp::ApplyPeerStrike { notice, now_ms } => self.apply_peer_strike(notice, now_ms),
-            ShardOp::Lookup { sii, gp } => self.lookup(sii, gp),
+            ShardOp::Lookup { sii, all } => self.lookup(sii, all),
             ShardOp::Digests { after, limit } => self.digests(after, limit),
         }
     }
@@ -400,11 +400,20 @@ impl MappingShard {
         }
     }
 
-    pub(super) fn lookup(&self, sii: String, gp: String) -> ApiResult<Applied> {
+    pub(super) fn lookup(&self, sii: String, all: bool) -> ApiResult<Applied> {
         let sii = parse_sii(&sii)?;
         // Read-only: a missing record is not created.
-        let candidate = self.load_record(&sii)?.candidate(&gp);
-        Ok((ShardReply::Lookup { candidate }, false))
+        let r = self.load_record(&sii)?;
+        let mappings = if all {
+            r.ranked().into_iter().cloned().collect()
+        } else {
+            r.preferred().cloned().into_iter().collect()
+        };
+        let reply = ShardReply::Lookup {
+            mappings,
+            opted_out: false,
+        };
+        Ok((reply, false))
     }
 
     pub(super) fn digests(&self, after: Option<String>, limit: u32) -> ApiResult<Applied> {
