@@ -191,6 +191,8 @@ test('local hit: the home GP answers from its own shard; no peer is asked', asyn
   assert.ok(r.headers.get('ratelimit-remaining') !== null);
   const after = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
   assert.equal(after[0].shard_lookups - before[0].shard_lookups, 1, 'one shard request');
+  assert.equal((after[0].do_requests - before[0].do_requests) - (after[0].lease_requests - before[0].lease_requests), 1,
+    'one Durable Object request besides a rate-limit lease');
   assert.equal(after[0].peer_queries_sent, before[0].peer_queries_sent, 'no subrequest');
   assert.equal(after[1].peer_queries_received, before[1].peer_queries_received);
   assert.equal(after[2].peer_queries_received, before[2].peer_queries_received);
@@ -231,6 +233,25 @@ test('miss: no filter matches, so no peer is queried and the answer is a clear n
   assert.equal(after[0].peer_queries_sent, before[0].peer_queries_sent);
   assert.equal(after[1].peer_queries_received, before[1].peer_queries_received, 'gp-b received no query');
   assert.equal(after[2].peer_queries_received, before[2].peer_queries_received, 'gp-c received no query');
+});
+
+test('a query reads no configuration or secret: they are read once per isolate, and each query makes one DO request', async () => {
+  const a = fed['gp-a'];
+  const sii = phone();
+  await register(a, aps['gp-a'], sii, 'cached-carol');
+  // Warm: whatever this isolate had not read yet.
+  assert.equal((await query(a, aps['gp-a'], sii)).status, 200);
+  const before = await stats(a);
+  for (let i = 0; i < 20; i++) {
+    const r = await query(a, aps['gp-a'], i % 2 ? sii : phone());
+    assert.equal(r.status, 200, r.text);
+    assert.equal((await a.getJson('/healthz')).status, 200);
+  }
+  const after = await stats(a);
+  assert.equal(after.queries - before.queries, 20);
+  assert.equal(after.env_reads - before.env_reads, 0, 'no configuration or secret read again');
+  assert.equal((after.do_requests - before.do_requests) - (after.lease_requests - before.lease_requests), 20,
+    'one Durable Object request per query besides rate-limit leases');
 });
 
 test('two GPs hold mappings for one SII: the most recent wins, seen from every GP', async () => {

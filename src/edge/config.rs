@@ -8,6 +8,10 @@ use crate::core::token::TokenKeys;
 
 use crate::edge::http::error::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::JsValue;
 use worker::Env;
 
 /// One configured peer GP.
@@ -53,6 +57,12 @@ pub struct GpConfig {
 }
 
 impl GpConfig {
+    /// This isolate's configuration, read and validated once per env
+    /// object ([`per_env`]) rather than on every request.
+    pub fn cached(env: &Env) -> ApiResult<Rc<GpConfig>> {
+        per_env(env, GpConfig::from_env)
+    }
+
     /// Reads and validates the configuration; a bad value is the operator's
     /// bug, so it is reported as an internal error naming the variable.
     pub fn from_env(env: &Env) -> ApiResult<Self> {
@@ -133,21 +143,75 @@ fn parse_peers(text: &str) -> ApiResult<Vec<Peer>> {
 }
 
 /// A secret (or var) binding as a string, if set and non-empty. Secrets
-/// and vars are read the same way so an operator may move a value between
-/// `wrangler secret` and `[vars]` without a code change.
+/// and vars are both plain string properties of the env object, so one
+/// property read serves both (an operator may move a value between
+/// `wrangler secret` and `[vars]` without a code change), and a missing
+/// name is `undefined`, not an error.
 pub fn binding(env: &Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
+    js_sys::Reflect::get(env.as_ref(), &JsValue::from_str(name))
+        .ok()?
+        .as_string()
         .filter(|s| !s.is_empty())
 }
 
 fn optional(env: &Env, name: &str) -> Option<String> {
-    env.var(name)
-        .ok()
-        .map(|v| v.to_string())
-        .filter(|s| !s.is_empty())
+    binding(env, name)
+}
+
+/// What this isolate derived from its env objects, by type: a value is
+/// computed once per env object and kept as long as the isolate, because
+/// vars and secrets only change with a new deployment, which gets a new
+/// env object (and, in practice, a new isolate). The worker and its
+/// Durable Objects may see different env objects, so a few are kept.
+struct EnvMemo {
+    env: JsValue,
+    values: Vec<(TypeId, Rc<dyn Any>)>,
+}
+
+thread_local! {
+    static MEMO: RefCell<Vec<EnvMemo>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Env objects remembered at once; a further one evicts the oldest.
+const MAX_ENVS: usize = 4;
+
+/// `make(env)`, computed once per env object and type, so request handlers
+/// read and validate configuration and secrets once per isolate instead of
+/// on every request. Errors are not kept: a bad value is reported (and
+/// read again) by every request that needs it.
+pub fn per_env<T: 'static>(env: &Env, make: impl FnOnce(&Env) -> ApiResult<T>) -> ApiResult<Rc<T>> {
+    let key: &JsValue = env.as_ref();
+    let found = MEMO.with(|m| {
+        m.borrow()
+            .iter()
+            .find(|e| js_sys::Object::is(&e.env, key))
+            .and_then(|e| e.values.iter().find(|(t, _)| *t == TypeId::of::<T>()))
+            .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+    });
+    if let Some(v) = found {
+        return Ok(v);
+    }
+    let value = Rc::new(make(env)?);
+    crate::edge::stats::count(|s| s.env_reads += 1);
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        let idx = match m.iter().position(|e| js_sys::Object::is(&e.env, key)) {
+            Some(i) => i,
+            None => {
+                if m.len() >= MAX_ENVS {
+                    m.remove(0);
+                }
+                m.push(EnvMemo {
+                    env: key.clone(),
+                    values: Vec::new(),
+                });
+                m.len() - 1
+            }
+        };
+        let as_any: Rc<dyn Any> = value.clone();
+        m[idx].values.push((TypeId::of::<T>(), as_any));
+    });
+    Ok(value)
 }
 
 fn required(env: &Env, name: &str) -> ApiResult<String> {
@@ -167,6 +231,8 @@ fn parse_num<T: std::str::FromStr>(env: &Env, name: &str, default: T) -> ApiResu
 /// Shortest operator secret accepted (ADMIN_TOKEN, WEBHOOK_MASTER_KEY).
 const MIN_SECRET_CHARS: usize = 32;
 
+/// An operator secret of at least [`MIN_SECRET_CHARS`], read from the env
+/// (callers on a hot path keep it with [`per_env`]).
 pub fn operator_secret(env: &Env, name: &str) -> ApiResult<String> {
     let value = binding(env, name).ok_or_else(|| {
         ApiError::Internal(format!(
@@ -181,15 +247,36 @@ pub fn operator_secret(env: &Env, name: &str) -> ApiResult<String> {
     Ok(value)
 }
 
-/// The token MAC keys (`TOKEN_KEYS` secret: `kid1:base64key,kid2:…`).
-pub fn token_keys(env: &Env) -> ApiResult<TokenKeys> {
-    let spec = binding(env, "TOKEN_KEYS").ok_or_else(|| {
-        ApiError::Internal("secret TOKEN_KEYS is not set (wrangler secret put TOKEN_KEYS)".into())
-    })?;
-    TokenKeys::parse(&spec).map_err(|e| ApiError::Internal(format!("config: {e}")))
+/// The token MAC keys (`TOKEN_KEYS` secret: `kid1:base64key,kid2:…`),
+/// parsed once per isolate: every AP call verifies a token with them.
+pub fn token_keys(env: &Env) -> ApiResult<Rc<TokenKeys>> {
+    per_env(env, |env| {
+        let spec = binding(env, "TOKEN_KEYS").ok_or_else(|| {
+            ApiError::Internal(
+                "secret TOKEN_KEYS is not set (wrangler secret put TOKEN_KEYS)".into(),
+            )
+        })?;
+        TokenKeys::parse(&spec).map_err(|e| ApiError::Internal(format!("config: {e}")))
+    })
 }
+
+/// The operator's `ADMIN_TOKEN`, read once per isolate.
+pub struct AdminToken(pub String);
+
+/// The operator's bearer token (`ADMIN_TOKEN`).
+pub fn admin_token(env: &Env) -> ApiResult<Rc<AdminToken>> {
+    per_env(env, |env| {
+        operator_secret(env, "ADMIN_TOKEN").map(AdminToken)
+    })
+}
+
+/// `WEBHOOK_MASTER_KEY`'s bytes, read once per isolate.
+pub struct WebhookMasterKey(pub Vec<u8>);
 
 /// The key webhook signing secrets are derived from (`WEBHOOK_MASTER_KEY`).
 pub fn webhook_master_key(env: &Env) -> ApiResult<Vec<u8>> {
-    operator_secret(env, "WEBHOOK_MASTER_KEY").map(String::into_bytes)
+    per_env(env, |env| {
+        operator_secret(env, "WEBHOOK_MASTER_KEY").map(|s| WebhookMasterKey(s.into_bytes()))
+    })
+    .map(|k| k.0.clone())
 }

@@ -15,8 +15,8 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     // would tee the body): whatever the handler leaves of its body is
     // drained before the response goes out.
     let raw = Clone::clone(req.inner());
-    let result = match config::GpConfig::from_env(&env) {
-        Ok(cfg) => routes::handle(req, &env, &cfg).await,
+    let result = match config::GpConfig::cached(&env) {
+        Ok(cfg) => routes::handle(req, &path, &env, &cfg).await,
         Err(e) => Err(e),
     };
     let resp = match result {
@@ -39,7 +39,7 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     }
     // draft §9: periodic rebuild, and catching up with every peer's
     // additions after this GP was down.
-    match config::GpConfig::from_env(&env) {
+    match config::GpConfig::cached(&env) {
         Ok(cfg) => crate::edge::routing::sync::cron(&env, &cfg).await,
         Err(e) => worker::console_error!("cron {}: config: {:?}", event.cron(), e),
     }

@@ -22,9 +22,8 @@
 use crate::core::mapping::Mapping;
 use crate::core::sii::Sii;
 use crate::core::statement::{parse_key_list, Claims, Issue, KeyStatus, StatementKey, SALT_BYTES};
-use crate::edge::config::{binding, GpConfig};
+use crate::edge::config::{binding, per_env, GpConfig};
 use crate::edge::http::error::{ApiError, ApiResult};
-use std::cell::RefCell;
 use std::rc::Rc;
 use worker::Env;
 
@@ -36,15 +35,18 @@ pub struct Keys {
     pub published: Vec<([u8; 32], KeyStatus)>,
 }
 
-thread_local! {
-    /// The keys parsed from the configuration text they came from.
-    static CACHE: RefCell<Option<(String, Rc<Keys>)>> = const { RefCell::new(None) };
-}
+/// The keys as read from one env: `None` when this GP has none.
+struct Configured(Option<Rc<Keys>>);
 
 /// This GP's statement keys; `None` when it has no key at all (then its
 /// answers carry no statements). A malformed key list is the operator's
-/// error, answered as an internal error.
+/// error, answered as an internal error. Read and parsed once per isolate
+/// ([`per_env`]): every local hit signs with them.
 pub fn keys(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
+    per_env(env, |env| read(env).map(Configured)).map(|c| c.0.clone())
+}
+
+fn read(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
     let own = binding(env, "STATEMENT_KEYS");
     let peer = binding(env, "GP_SIGNING_KEY");
     let retired = binding(env, "STATEMENT_RETIRED_KEYS").unwrap_or_default();
@@ -53,15 +55,6 @@ pub fn keys(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
         (None, Some(p)) => (p, "GP_SIGNING_KEY"),
         (None, None) => return Ok(None),
     };
-    let config = format!("{source}\n{seeds_text}\n{retired}");
-    if let Some(k) = CACHE.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|(text, _)| *text == config)
-            .map(|(_, k)| k.clone())
-    }) {
-        return Ok(Some(k));
-    }
     let bad = |name: &str, e: crate::core::statement::StatementError| {
         ApiError::Internal(format!("config {name}: {e}"))
     };
@@ -79,9 +72,7 @@ pub fn keys(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
             published.push((p, KeyStatus::Retired));
         }
     }
-    let keys = Rc::new(Keys { signing, published });
-    CACHE.with(|c| *c.borrow_mut() = Some((config, keys.clone())));
-    Ok(Some(keys))
+    Ok(Some(Rc::new(Keys { signing, published })))
 }
 
 /// Signs the statement of this GP's `mapping` of `sii` for a query with

@@ -15,6 +15,14 @@ pub struct Stats {
     pub peer_queries_answered: u64,
     pub rate_limited: u64,
     pub statements_signed: u64,
+    /// Values read and validated from an env object (configuration,
+    /// secrets): a handful per isolate, not one per request.
+    pub env_reads: u64,
+    /// Durable Object requests this isolate made (worker and objects; the
+    /// benchmark's DO requests per query).
+    pub do_requests: u64,
+    /// Workers KV reads this isolate made (peers' filter copies).
+    pub kv_reads: u64,
 }
 
 pub fn count(f: impl FnOnce(&mut Stats)) {

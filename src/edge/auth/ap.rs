@@ -37,6 +37,7 @@ use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::rpc::registry::ApRecord;
 use std::cell::Cell;
+use std::rc::Rc;
 use wasm_bindgen::JsValue;
 use worker::{Env, Request};
 
@@ -108,7 +109,7 @@ pub fn client_cert(req: &Request) -> ClientCert {
 #[derive(Debug, Clone)]
 pub struct AuthedAp {
     /// The AP's registry entry (at most AP_CACHE_SECONDS old).
-    pub record: ApRecord,
+    pub record: Rc<ApRecord>,
     /// The token's claims.
     pub claims: TokenClaims,
     /// The verified client certificate of this request, if any.

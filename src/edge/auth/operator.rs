@@ -2,7 +2,7 @@
 
 use crate::core::verification::ct_eq;
 use crate::edge::auth::ap::authorization;
-use crate::edge::config::operator_secret;
+use crate::edge::config::admin_token;
 use crate::edge::http::error::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
 use worker::{Env, Request};
@@ -18,7 +18,7 @@ fn digest(s: &str) -> [u8; 32] {
 /// are hashed before the constant-time compare, so neither the content nor
 /// the length of the secret leaks through timing.
 pub fn check_admin(req: &Request, env: &Env) -> ApiResult<()> {
-    let expected = operator_secret(env, "ADMIN_TOKEN")?;
+    let expected = admin_token(env)?;
     let challenge = format!("Bearer realm=\"{REALM}-admin\"");
     let Some(presented) = authorization(req, "Bearer") else {
         return Err(ApiError::client(
@@ -29,7 +29,7 @@ pub fn check_admin(req: &Request, env: &Env) -> ApiResult<()> {
         )
         .with_header("WWW-Authenticate", challenge));
     };
-    if !ct_eq(&digest(&presented), &digest(&expected)) {
+    if !ct_eq(&digest(&presented), &digest(&expected.0)) {
         return Err(ApiError::client(
             401,
             "invalid-admin-token",

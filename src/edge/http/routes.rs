@@ -7,7 +7,7 @@
 use crate::edge::api::ap::mappings::Action;
 use crate::edge::api::{ap, debug, operator, peer, public};
 use crate::edge::config::GpConfig;
-use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::http::respond::json_ok;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
@@ -53,6 +53,7 @@ enum Route {
     DebugPeerFilters,
     DebugPanic,
     DebugRoutes,
+    DebugBreakdown,
 }
 
 /// One row of the route table: an OpenAPI-style path template (`{id}`
@@ -303,6 +304,13 @@ const ROUTES: &[RouteDef] = &[
         methods: GET,
         debug_only: true,
     },
+    // Where a query's time goes, stage by stage (the query benchmark).
+    RouteDef {
+        template: "/__debug/breakdown",
+        route: Route::DebugBreakdown,
+        methods: POST,
+        debug_only: true,
+    },
     // The route table itself, for the OpenAPI completeness test.
     RouteDef {
         template: "/__debug/routes",
@@ -341,12 +349,11 @@ fn resolve<'p>(path: &'p str, cfg: &GpConfig) -> Option<(&'static RouteDef, Opti
         .find_map(|r| match_template(r.template, path).map(|param| (r, param)))
 }
 
-/// Handles one API request.
-pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
-    let url = req.url().internal("request url")?;
-    let path = url.path().to_string();
-    let Some((def, param)) = resolve(&path, cfg) else {
-        return Err(ApiError::not_found(&path));
+/// Handles one API request. `path` is the request's path as the runtime
+/// serialized it (workers-rs cuts it from the URL without reparsing).
+pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let Some((def, param)) = resolve(path, cfg) else {
+        return Err(ApiError::not_found(path));
     };
     let method = req.method();
     // workers-rs reads any method it has no variant for (QUERY, PROPFIND,
@@ -354,7 +361,7 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
     let sent = req.inner().method();
     if sent != method.as_ref() || !def.methods.contains(&method) {
         let allow: Vec<&str> = def.methods.iter().map(|m| m.as_ref()).collect();
-        return Err(ApiError::method_not_allowed(&sent, &path, &allow));
+        return Err(ApiError::method_not_allowed(&sent, path, &allow));
     }
     let id = param.unwrap_or("");
     match def.route {
@@ -401,6 +408,12 @@ pub async fn handle(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Respon
         Route::DebugQueryStats => debug::query_stats(),
         Route::DebugFilterInsert => debug::filter_insert(req, env).await,
         Route::DebugPeerFilters => debug::peer_filters(req, env, cfg).await,
+        Route::DebugBreakdown => {
+            let route = || {
+                let _ = std::hint::black_box(resolve(std::hint::black_box("/v1/query"), cfg));
+            };
+            debug::breakdown(req, env, cfg, &route).await
+        }
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,

@@ -16,6 +16,7 @@
 //! to the AP registry (strikes also queue an `ap.strike` event).
 use crate::edge::objects::dec;
 use crate::edge::objects::enc;
+use crate::edge::objects::Schema;
 use crate::edge::rpc;
 use crate::edge::rpc::ap::Analytics;
 use crate::edge::rpc::ap::ApItem;
@@ -39,11 +40,24 @@ use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 pub struct ApObject {
     state: State,
     env: Env,
+    schema: Schema,
 }
 
 impl worker::DurableObject for ApObject {
     fn new(state: State, env: Env) -> Self {
-        ApObject { state, env }
+        ApObject {
+            state,
+            env,
+            schema: Schema::new(
+                "ap schema",
+                // peer_strikes: strike notices of peer GPs against this AP, last 24 h.
+                "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS seen_ids (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, body TEXT NOT NULL, delivery TEXT NOT NULL, next_at INTEGER, dead INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE IF NOT EXISTS idem (k TEXT PRIMARY KEY, record TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS peer_strikes (gp TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (gp, id));",
+            ),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -106,17 +120,7 @@ impl ApObject {
     }
 
     fn ensure_schema(&self) -> ApiResult<()> {
-        for q in [
-            "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS seen_ids (id TEXT PRIMARY KEY, at INTEGER NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, body TEXT NOT NULL, delivery TEXT NOT NULL, next_at INTEGER, dead INTEGER NOT NULL DEFAULT 0)",
-            "CREATE TABLE IF NOT EXISTS idem (k TEXT PRIMARY KEY, record TEXT NOT NULL)",
-            // Strike notices of peer GPs against this AP, last 24 h.
-            "CREATE TABLE IF NOT EXISTS peer_strikes (gp TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (gp, id))",
-        ] {
-            self.sql().exec(q, None).internal("ap schema")?;
-        }
-        Ok(())
+        self.schema.ensure(&self.sql())
     }
 
     fn get_kv<T: serde::de::DeserializeOwned + Default>(&self, k: &str) -> ApiResult<T> {

@@ -26,6 +26,7 @@
 //! not the whole filter. Writers reach this single object in batches
 //! ([`insert_digests`] takes many digests), as ARCHITECTURE.md (Invariants 10) asks of the
 //! filter's writer.
+use crate::edge::objects::Schema;
 use crate::edge::rpc;
 use crate::edge::rpc::filter::SubscribeOp;
 use crate::edge::rpc::shard::shard_count;
@@ -68,6 +69,7 @@ pub struct FilterObject {
     /// Digests inserted while a rebuild collects the shards' SIIs; they go
     /// into the new version too, so no insert is lost across the swap.
     rebuild_buffer: RefCell<Option<Vec<[u8; 32]>>>,
+    schema: Schema,
 }
 
 impl worker::DurableObject for FilterObject {
@@ -78,6 +80,7 @@ impl worker::DurableObject for FilterObject {
             filter: RefCell::new(None),
             seq: Cell::new(0),
             rebuild_buffer: RefCell::new(None),
+            schema: Schema::new("filter schema", FILTER_SCHEMA),
         }
     }
 
@@ -126,50 +129,47 @@ struct SubRow {
     since_ms: i64,
 }
 
+/// The filter object's tables.
+const FILTER_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS filter_version (
+    version INTEGER PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    current INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE IF NOT EXISTS filter_chunk (
+    version INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (version, idx)
+    );
+    CREATE TABLE IF NOT EXISTS filter_addition (
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    gla1 BLOB NOT NULL,
+    PRIMARY KEY (version, seq)
+    );
+    CREATE TABLE IF NOT EXISTS filter_snapshot_seq (
+    version INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS subscriber (
+    peer TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    callback TEXT NOT NULL,
+    acked INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL DEFAULT 0,
+    since_ms INTEGER NOT NULL,
+    last_error TEXT
+    );";
+
 impl FilterObject {
     fn sql(&self) -> SqlStorage {
         self.state.storage().sql()
     }
 
     fn ensure_schema(&self) -> ApiResult<()> {
-        self.sql()
-            .exec(
-                "CREATE TABLE IF NOT EXISTS filter_version (
-                    version INTEGER PRIMARY KEY,
-                    created_at_ms INTEGER NOT NULL,
-                    current INTEGER NOT NULL DEFAULT 1
-                 );
-                 CREATE TABLE IF NOT EXISTS filter_chunk (
-                    version INTEGER NOT NULL,
-                    idx INTEGER NOT NULL,
-                    bytes BLOB NOT NULL,
-                    PRIMARY KEY (version, idx)
-                 );
-                 CREATE TABLE IF NOT EXISTS filter_addition (
-                    version INTEGER NOT NULL,
-                    seq INTEGER NOT NULL,
-                    at_ms INTEGER NOT NULL,
-                    gla1 BLOB NOT NULL,
-                    PRIMARY KEY (version, seq)
-                 );
-                 CREATE TABLE IF NOT EXISTS filter_snapshot_seq (
-                    version INTEGER PRIMARY KEY,
-                    seq INTEGER NOT NULL
-                 );
-                 CREATE TABLE IF NOT EXISTS subscriber (
-                    peer TEXT PRIMARY KEY,
-                    version INTEGER NOT NULL,
-                    callback TEXT NOT NULL,
-                    acked INTEGER NOT NULL,
-                    failures INTEGER NOT NULL DEFAULT 0,
-                    next_at INTEGER NOT NULL DEFAULT 0,
-                    since_ms INTEGER NOT NULL,
-                    last_error TEXT
-                 );",
-                None,
-            )
-            .internal("filter schema")?;
-        Ok(())
+        self.schema.ensure(&self.sql())
     }
 
     /// Loads the current filter, creating version 1 on first use.
@@ -314,7 +314,7 @@ impl FilterObject {
 
     /// An empty filter of `version`, sized from the config; not stored.
     fn empty_version(&self, version: u64) -> ApiResult<Filter> {
-        let cfg = crate::edge::config::GpConfig::from_env(&self.env)?;
+        let cfg = crate::edge::config::GpConfig::cached(&self.env)?;
         let n = cfg.filter_expected_siis;
         let fp = cfg.filter_fp_rate;
         let params = match cfg.filter_layout.as_str() {

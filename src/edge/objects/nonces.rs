@@ -1,4 +1,5 @@
 //! PeerNonces: the replay store of signed peer requests, sharded by nonce hash.
+use crate::edge::objects::Schema;
 use crate::edge::rpc;
 use crate::edge::rpc::nonces::Check;
 use crate::edge::rpc::nonces::Fresh;
@@ -11,11 +12,19 @@ use worker::{durable_object, Date, Env, Request, Response, SqlStorage, State};
 #[durable_object]
 pub struct PeerNonces {
     state: State,
+    schema: Schema,
 }
 
 impl worker::DurableObject for PeerNonces {
     fn new(state: State, _env: Env) -> Self {
-        PeerNonces { state }
+        PeerNonces {
+            state,
+            schema: Schema::new(
+                "nonce schema",
+                "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+                 CREATE INDEX IF NOT EXISTS nonce_exp ON nonce (exp);",
+            ),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -40,12 +49,7 @@ impl PeerNonces {
     /// concurrent replays cannot both pass.
     fn check(&self, key: &str, expires_ms: u64) -> ApiResult<bool> {
         let sql = self.sql();
-        sql.exec(
-            "CREATE TABLE IF NOT EXISTS nonce (k TEXT PRIMARY KEY, exp INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS nonce_exp ON nonce (exp);",
-            None,
-        )
-        .internal("nonce schema")?;
+        self.schema.ensure(&sql)?;
         let now = Date::now().as_millis() as i64;
         sql.exec("DELETE FROM nonce WHERE exp < ?", Some(vec![now.into()]))
             .internal("nonce expiry")?;

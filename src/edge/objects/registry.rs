@@ -15,6 +15,7 @@
 
 use crate::core::ratelimit::is_suspended;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::objects::Schema;
 use crate::edge::rpc;
 use crate::edge::rpc::registry::{ApRecord, RegistryOp, RegistryReply, StoredAp};
 use serde::Deserialize;
@@ -23,11 +24,22 @@ use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 #[durable_object]
 pub struct ApRegistry {
     state: State,
+    schema: Schema,
 }
 
 impl worker::DurableObject for ApRegistry {
     fn new(state: State, _env: Env) -> Self {
-        ApRegistry { state }
+        ApRegistry {
+            state,
+            schema: Schema::new(
+                "registry schema",
+                "CREATE TABLE IF NOT EXISTS aps (
+                    id TEXT PRIMARY KEY,
+                    record TEXT NOT NULL,
+                    secret_hash TEXT NOT NULL
+                 )",
+            ),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -54,17 +66,7 @@ impl ApRegistry {
     }
 
     fn ensure_schema(&self) -> ApiResult<()> {
-        self.sql()
-            .exec(
-                "CREATE TABLE IF NOT EXISTS aps (
-                    id TEXT PRIMARY KEY,
-                    record TEXT NOT NULL,
-                    secret_hash TEXT NOT NULL
-                 )",
-                None,
-            )
-            .internal("registry schema")?;
-        Ok(())
+        self.schema.ensure(&self.sql())
     }
 
     fn load(&self, id: &str) -> ApiResult<Option<StoredAp>> {

@@ -2,7 +2,9 @@
 
 use crate::core::encoding::{b64_decode, b64url_decode, b64url_encode};
 use crate::core::httpsig::{self, PlainRequest};
+use crate::edge::config::{binding, per_env};
 use crate::edge::http::error::{ApiError, ApiResult};
+use std::rc::Rc;
 use worker::{AbortSignal, Date, Env, Fetch, Headers, Method, Request, RequestInit};
 
 /// Decodes a 32-byte key given in base64 or base64url.
@@ -19,22 +21,21 @@ pub struct Signer {
 }
 
 impl Signer {
+    /// This GP's signer, read once per isolate ([`per_env`]).
+    pub fn from_env(env: &Env) -> ApiResult<Rc<Signer>> {
+        per_env(env, Signer::read)
+    }
+
     /// Reads `GP_ID` and the secret `GP_SIGNING_KEY` (32-byte seed, base64).
-    pub fn from_env(env: &Env) -> ApiResult<Signer> {
-        let keyid = env
-            .var("GP_ID")
-            .map(|v| v.to_string())
-            .map_err(|_| ApiError::Internal("config GP_ID is not set".into()))?;
-        let text = env
-            .secret("GP_SIGNING_KEY")
-            .map(|v| v.to_string())
-            .or_else(|_| env.var("GP_SIGNING_KEY").map(|v| v.to_string()))
-            .map_err(|_| {
-                ApiError::Internal(
-                    "secret GP_SIGNING_KEY (Ed25519 seed, base64) is not set: peers cannot be called"
-                        .into(),
-                )
-            })?;
+    fn read(env: &Env) -> ApiResult<Signer> {
+        let keyid = binding(env, "GP_ID")
+            .ok_or_else(|| ApiError::Internal("config GP_ID is not set".into()))?;
+        let text = binding(env, "GP_SIGNING_KEY").ok_or_else(|| {
+            ApiError::Internal(
+                "secret GP_SIGNING_KEY (Ed25519 seed, base64) is not set: peers cannot be called"
+                    .into(),
+            )
+        })?;
         let seed = decode_key(&text).ok_or_else(|| {
             ApiError::Internal("secret GP_SIGNING_KEY is not 32 bytes of base64".into())
         })?;

@@ -24,6 +24,7 @@
 
 use crate::core::filter::{decode_additions, Filter};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::stats;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -97,6 +98,7 @@ pub fn batch_key(peer: &str, version: u64, seq: u64) -> String {
 }
 
 pub async fn read_meta(env: &Env, peer: &str) -> ApiResult<Option<PeerMeta>> {
+    stats::count(|s| s.kv_reads += 1);
     let text = kv_err(kv(env)?.get(&meta_key(peer)).text().await, "kv meta")?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }
@@ -106,6 +108,7 @@ pub async fn load_from_kv(env: &Env, peer: &str, meta: &PeerMeta) -> ApiResult<F
     let store = kv(env)?;
     let mut bytes = Vec::new();
     for i in 0..meta.chunks {
+        stats::count(|s| s.kv_reads += 1);
         let chunk = kv_err(
             store.get(&chunk_key(peer, meta, i)).bytes().await,
             "kv chunk",
@@ -116,6 +119,7 @@ pub async fn load_from_kv(env: &Env, peer: &str, meta: &PeerMeta) -> ApiResult<F
     let mut filter = Filter::from_bytes(&bytes)
         .map_err(|e| ApiError::Internal(format!("stored filter of {peer}: {e}")))?;
     for seq in &meta.batches {
+        stats::count(|s| s.kv_reads += 1);
         if let Some(b) = kv_err(
             store
                 .get(&batch_key(peer, meta.version, *seq))

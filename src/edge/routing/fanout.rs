@@ -110,7 +110,7 @@ pub async fn resolve(
     let asks = futures_util::future::join_all(
         peers
             .iter()
-            .map(|p| ask_peer(signer.as_ref(), p, query, body.as_slice())),
+            .map(|p| ask_peer(signer.as_deref(), p, query, body.as_slice())),
     );
     let (local, outcomes) = futures_util::future::join(lookup(env, cfg, query), asks).await;
     let answers = peers

@@ -18,11 +18,17 @@ pub mod nonces;
 pub mod registry;
 pub mod shard;
 
+use crate::edge::config::per_env;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::stats;
+use js_sys::futures::JsFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::cell::RefCell;
 use std::fmt;
-use worker::{Env, Method, Request, RequestInit, Response};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::{Env, Method, ObjectNamespace, Request, RequestInit, Response};
 
 /// Why a call to a Durable Object failed. Every variant is this GP's own
 /// fault (a missing binding, an object that broke, a worker and an object
@@ -102,7 +108,7 @@ impl Object {
             object: self.label(),
             detail: e.to_string(),
         };
-        env.durable_object(self.binding)
+        namespace(env, self.binding)
             .map_err(fail)?
             .id_from_name(&self.name)
             .map_err(fail)?
@@ -131,6 +137,7 @@ impl Object {
         };
         let req = Request::new_with_init(&format!("https://object{path_and_query}"), &init)
             .map_err(transport)?;
+        stats::count(|s| s.do_requests += 1);
         self.stub(env)?
             .fetch_with_request(req)
             .await
@@ -138,19 +145,81 @@ impl Object {
     }
 
     /// Sends one JSON operation and decodes the JSON reply; a non-200
-    /// answer is an error.
+    /// answer is an error. Every query makes one of these, so it talks to
+    /// the stub in JS terms: the operation goes as a string body, the
+    /// reply comes back with `Response.text()`; no workers-rs `Request`
+    /// (which reads back URL, method, headers and `cf`) and no body stream.
     pub async fn call<O: Serialize, R: DeserializeOwned>(
         &self,
         env: &Env,
         op: &O,
     ) -> Result<R, RpcError> {
-        let body = serde_json::to_vec(op).map_err(|e| RpcError::Encode {
+        let body = serde_json::to_string(op).map_err(|e| RpcError::Encode {
             object: self.label(),
             detail: e.to_string(),
         })?;
-        let mut resp = self.request(env, Method::Post, "/op", Some(body)).await?;
-        decode(&self.label(), &mut resp).await
+        let transport = |e: JsValue| RpcError::Transport {
+            object: self.label(),
+            detail: js_detail(&e),
+        };
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        init.set_body(&JsValue::from_str(&body));
+        let stub: RawStub = self.stub(env)?.into_rpc();
+        let promise = stub
+            .fetch_with_init("https://object/op", &init)
+            .map_err(transport)?;
+        stats::count(|s| s.do_requests += 1);
+        let resp: web_sys::Response = JsFuture::from(promise)
+            .await
+            .map_err(transport)?
+            .dyn_into()
+            .map_err(transport)?;
+        let text = JsFuture::from(resp.text().map_err(transport)?)
+            .await
+            .map_err(transport)?
+            .as_string()
+            .unwrap_or_default();
+        decode_text(&self.label(), resp.status(), text)
     }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// A Durable Object stub as JS sees it.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type RawStub;
+
+    /// `stub.fetch(url, init)`.
+    #[wasm_bindgen(method, catch, js_name = fetch)]
+    fn fetch_with_init(
+        this: &RawStub,
+        url: &str,
+        init: &web_sys::RequestInit,
+    ) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// A thrown JS value, for logs: an `Error`'s message, else its string form.
+fn js_detail(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|err| String::from(err.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// The Durable Object namespaces of one env, looked up (and type-checked
+/// by workers-rs) once per isolate rather than on every call.
+struct Namespaces(RefCell<Vec<(&'static str, ObjectNamespace)>>);
+
+fn namespace(env: &Env, binding: &'static str) -> worker::Result<ObjectNamespace> {
+    let all = per_env(env, |_| Ok(Namespaces(RefCell::new(Vec::new()))))
+        .map_err(|_| worker::Error::RustError("namespace cache".into()))?;
+    if let Some((_, ns)) = all.0.borrow().iter().find(|(b, _)| *b == binding) {
+        return Ok(ns.clone());
+    }
+    let ns = env.durable_object(binding)?;
+    all.0.borrow_mut().push((binding, ns.clone()));
+    Ok(ns)
 }
 
 /// Decodes an object's 200 JSON reply (anything else is an error).
@@ -160,6 +229,15 @@ pub async fn decode<R: DeserializeOwned>(object: &str, resp: &mut Response) -> R
         object: object.to_owned(),
         detail: e.to_string(),
     })?;
+    decode_text(object, status, text)
+}
+
+/// [`decode`] of a reply already read.
+fn decode_text<R: DeserializeOwned>(
+    object: &str,
+    status: u16,
+    text: String,
+) -> Result<R, RpcError> {
     if status != 200 {
         return Err(RpcError::Status {
             object: object.to_owned(),
@@ -196,7 +274,14 @@ pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Result<T, String
 /// a problem document (which the caller sees as [`RpcError::Status`]).
 pub fn answer<R: Serialize>(result: ApiResult<R>, instance: &str) -> worker::Result<Response> {
     match result {
-        Ok(reply) => Response::from_json(&reply),
+        Ok(r) => reply(&r),
         Err(e) => e.into_response(instance),
     }
+}
+
+/// An object's 200 reply: the JSON body alone (the caller reads it as
+/// text, so no Content-Type header is set on every lookup).
+pub fn reply<R: Serialize>(r: &R) -> worker::Result<Response> {
+    let body = serde_json::to_vec(r).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    Response::from_body(worker::ResponseBody::Body(body))
 }

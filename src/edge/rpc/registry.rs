@@ -8,6 +8,7 @@ use crate::edge::rpc::{unexpected, Object};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use worker::Env;
 
 /// An enrolled AP as the registry keeps it (no secrets in here: this is
@@ -165,7 +166,7 @@ impl<'e> Registry<'e> {
 }
 
 thread_local! {
-    static AP_CACHE: RefCell<HashMap<String, (ApRecord, u64)>> = RefCell::new(HashMap::new());
+    static AP_CACHE: RefCell<HashMap<String, (Rc<ApRecord>, u64)>> = RefCell::new(HashMap::new());
 }
 
 /// Most APs an isolate caches; beyond this the cache starts over.
@@ -181,26 +182,27 @@ pub fn remember(record: &ApRecord) {
         if c.len() >= MAX_CACHED_APS && !c.contains_key(&record.id) {
             c.clear();
         }
-        c.insert(record.id.clone(), (record.clone(), now));
+        c.insert(record.id.clone(), (Rc::new(record.clone()), now));
     });
 }
 
 /// The AP's registry entry, from this isolate's cache if it is younger
 /// than AP_CACHE_SECONDS and not older than the token presented
 /// (`min_generation`: a token issued after the cache was filled forces a
-/// refresh rather than a false "revoked").
+/// refresh rather than a false "revoked"). Shared, not copied: every AP
+/// call reads it.
 pub async fn current_ap(
     env: &Env,
     max_age_secs: u64,
     id: &str,
     min_generation: u64,
-) -> ApiResult<Option<ApRecord>> {
+) -> ApiResult<Option<Rc<ApRecord>>> {
     let now = now_ms();
     let max_age = max_age_secs.saturating_mul(1000);
     let cached = AP_CACHE.with(|c| {
         c.borrow().get(id).and_then(|(rec, at)| {
             (now.saturating_sub(*at) < max_age && rec.generation >= min_generation)
-                .then(|| rec.clone())
+                .then(|| Rc::clone(rec))
         })
     });
     if cached.is_some() {
@@ -209,7 +211,7 @@ pub async fn current_ap(
     match Registry::new(env).get(id).await? {
         Some(ap) => {
             remember(&ap.record);
-            Ok(Some(ap.record))
+            Ok(Some(Rc::new(ap.record)))
         }
         None => {
             AP_CACHE.with(|c| c.borrow_mut().remove(id));

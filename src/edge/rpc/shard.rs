@@ -11,6 +11,7 @@ use crate::core::mapping::{
 use crate::core::shard::{shard_name, shard_of};
 use crate::core::sii::Sii;
 use crate::core::verification::{SendLimited, SendScope, VerifyError};
+use crate::edge::config::{binding, per_env};
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::rpc::{unexpected, Object};
 use serde::{Deserialize, Serialize};
@@ -262,12 +263,18 @@ impl Refusal {
     }
 }
 
-/// Number of shards (`MAPPING_SHARDS`, default 16).
+/// Number of shards (`MAPPING_SHARDS`, default 16), read once per isolate:
+/// every query names its shard.
 pub fn shard_count(env: &Env) -> u32 {
-    env.var("MAPPING_SHARDS")
-        .ok()
-        .and_then(|v| v.to_string().trim().parse().ok())
-        .unwrap_or(16)
+    struct ShardCount(u32);
+    per_env(env, |env| {
+        Ok(ShardCount(
+            binding(env, "MAPPING_SHARDS")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(16),
+        ))
+    })
+    .map_or(16, |c| c.0)
 }
 
 /// draft §8.2.1's remedies for an AP whose mapping was displaced.

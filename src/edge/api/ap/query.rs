@@ -23,7 +23,7 @@
 use crate::edge::routing::fanout::resolve;
 use crate::edge::stats;
 
-use crate::core::query::{QueryBody, Reported};
+use crate::core::query::{Query, QueryBody, QueryResult, Reported};
 use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::read_json_allow_array;
@@ -64,6 +64,46 @@ fn reported_json(r: &Reported, own_gp: &str) -> Map<String, Value> {
     o
 }
 
+/// The answer document for `query` from the combined `result`; `own_gp`
+/// is this GP's id.
+pub fn answer(query: &Query, result: &QueryResult, own_gp: &str) -> Value {
+    let failed: Vec<_> = result
+        .failed
+        .iter()
+        .map(|(gp, why)| json!({ "gp": gp, "reason": why }))
+        .collect();
+    let mut out = json!({
+        "sii": query.sii.as_str(),
+        "found": result.preferred.is_some(),
+        "incomplete": result.incomplete(),
+        "peers_queried": result.queried.len(),
+        "failed_peers": failed,
+    });
+    if let Some(o) = out.as_object_mut() {
+        if let Some(r) = &result.preferred {
+            o.extend(reported_json(r, own_gp));
+        }
+        if result.opted_out {
+            // MIMI R5: "opted out" is an answer of its own, not a miss.
+            o.insert("opted_out".into(), json!(true));
+        }
+        if query.all {
+            let preferred = result.preferred.as_ref().map(|r| &r.candidate);
+            let all: Vec<Value> = result
+                .all
+                .iter()
+                .map(|r| {
+                    let mut m = reported_json(r, own_gp);
+                    m.insert("preferred".into(), json!(Some(&r.candidate) == preferred));
+                    Value::Object(m)
+                })
+                .collect();
+            o.insert("mappings".into(), json!(all));
+        }
+    }
+    out
+}
+
 /// `POST /v1/query`: the preferred SSI for one SII (draft §8.1); with
 /// `"all": true` every mapping of it across the federation (issue 16).
 pub async fn query(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
@@ -82,40 +122,7 @@ pub async fn query(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
             limit = crate::edge::ratelimit::admit(env, &ap).await?;
         }
     }
-    let failed: Vec<_> = result
-        .failed
-        .iter()
-        .map(|(gp, why)| json!({ "gp": gp, "reason": why }))
-        .collect();
-    let mut out = json!({
-        "sii": query.sii.as_str(),
-        "found": result.preferred.is_some(),
-        "incomplete": result.incomplete(),
-        "peers_queried": result.queried.len(),
-        "failed_peers": failed,
-    });
-    if let Some(o) = out.as_object_mut() {
-        if let Some(r) = &result.preferred {
-            o.extend(reported_json(r, &cfg.id));
-        }
-        if result.opted_out {
-            // MIMI R5: "opted out" is an answer of its own, not a miss.
-            o.insert("opted_out".into(), json!(true));
-        }
-        if query.all {
-            let preferred = result.preferred.as_ref().map(|r| &r.candidate);
-            let all: Vec<Value> = result
-                .all
-                .iter()
-                .map(|r| {
-                    let mut m = reported_json(r, &cfg.id);
-                    m.insert("preferred".into(), json!(Some(&r.candidate) == preferred));
-                    Value::Object(m)
-                })
-                .collect();
-            o.insert("mappings".into(), json!(all));
-        }
-    }
+    let out = answer(&query, &result, &cfg.id);
     let mut resp = crate::edge::http::respond::json_ok(&out)?;
     for (k, v) in limit.headers() {
         let _ = resp.headers_mut().set(k, &v);

@@ -30,6 +30,7 @@ pub struct MappingShard {
     env: Env,
     /// When this instance last swept dead rows (0: not yet).
     swept_at_ms: std::cell::Cell<u64>,
+    schema: crate::edge::objects::Schema,
 }
 
 impl worker::DurableObject for MappingShard {
@@ -38,6 +39,7 @@ impl worker::DurableObject for MappingShard {
             state,
             env,
             swept_at_ms: std::cell::Cell::new(0),
+            schema: store::schema(),
         }
     }
 
@@ -52,7 +54,7 @@ impl worker::DurableObject for MappingShard {
                     // As soon as possible; the alarm forwards the outbox.
                     self.state.storage().set_alarm(0i64).await?;
                 }
-                Response::from_json(&reply)
+                rpc::reply(&reply)
             }
             Err(e) => e.into_response("/shard"),
         }

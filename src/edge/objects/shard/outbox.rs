@@ -243,7 +243,7 @@ impl MappingShard {
         if rows.is_empty() {
             return Ok(());
         }
-        let cfg = GpConfig::from_env(&self.env)?;
+        let cfg = GpConfig::cached(&self.env)?;
         let signer = Signer::from_env(&self.env)?;
         let mut failed = None;
         for r in rows {

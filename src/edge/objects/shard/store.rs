@@ -8,6 +8,7 @@ use crate::core::verification::{WindowCounter, SEND_WINDOW_MS};
 use crate::edge::http::error::{ApiResult, OrInternal};
 use crate::edge::objects::dec;
 use crate::edge::objects::enc;
+use crate::edge::objects::Schema;
 use serde::{Deserialize, Serialize};
 use worker::SqlStorage;
 
@@ -51,6 +52,22 @@ pub(super) fn dec_prev(s: &str) -> ApiResult<PendingRow> {
     })
 }
 
+/// The shard's tables. `filter_outbox`: SII digests stored here but not
+/// yet in the GP's filter; `claim_outbox`: claims (draft §10) not yet
+/// acknowledged by their peer GP.
+pub(super) fn schema() -> Schema {
+    Schema::new(
+        "shard schema",
+        "CREATE TABLE IF NOT EXISTS records (sii TEXT PRIMARY KEY, record TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS pending (salt TEXT PRIMARY KEY, sii TEXT NOT NULL, ap TEXT NOT NULL, user TEXT NOT NULL, row TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS pending_by_pair ON pending (sii, ap);
+         CREATE TABLE IF NOT EXISTS sends (sii TEXT PRIMARY KEY, counter TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS filter_outbox (digest TEXT PRIMARY KEY);
+         CREATE TABLE IF NOT EXISTS claim_outbox (id TEXT PRIMARY KEY, to_gp TEXT NOT NULL, claim TEXT NOT NULL);",
+    )
+}
+
 /// How often a shard sweeps dead verification rows and stale counters.
 const SWEEP_EVERY_MS: u64 = 3_600_000;
 impl MappingShard {
@@ -59,21 +76,7 @@ impl MappingShard {
     }
 
     pub(super) fn ensure_schema(&self) -> ApiResult<()> {
-        let sql = self.sql();
-        for q in [
-            "CREATE TABLE IF NOT EXISTS records (sii TEXT PRIMARY KEY, record TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS pending (salt TEXT PRIMARY KEY, sii TEXT NOT NULL, ap TEXT NOT NULL, user TEXT NOT NULL, row TEXT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS pending_by_pair ON pending (sii, ap)",
-            "CREATE TABLE IF NOT EXISTS sends (sii TEXT PRIMARY KEY, counter TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL)",
-            // SII digests stored here but not yet in the GP's filter.
-            "CREATE TABLE IF NOT EXISTS filter_outbox (digest TEXT PRIMARY KEY)",
-            // Claims (draft §10) not yet acknowledged by their peer GP.
-            "CREATE TABLE IF NOT EXISTS claim_outbox (id TEXT PRIMARY KEY, to_gp TEXT NOT NULL, claim TEXT NOT NULL)",
-        ] {
-            sql.exec(q, None).internal("shard schema")?;
-        }
-        Ok(())
+        self.schema.ensure(&self.sql())
     }
 
     pub(super) fn load_record(&self, sii: &Sii) -> ApiResult<SiiRecord> {
