@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Query benchmark driven by wrk (issue 6): queries/s, p50/p99 and CPU time
-# per query (each GP's workerd process, /proc utime+stime minus idle) for a
-# local hit, a remote hit and a miss against a local federation of three
-# GPs, next to two per-request floors (a JS hello-world worker, GLADOS's
-# cheapest route). Prints medians of the runs. Latencies: the requests' own
+# Query benchmark driven by wrk (issues 6, 15): queries/s, p50/p99 and CPU
+# time per query (each GP's workerd process, /proc utime+stime minus idle)
+# for a local hit, a remote hit and a miss against a local federation of
+# three GPs, next to the per-request floors of the same run (a JS
+# hello-world worker; the Rust floor worker of benches/floor-worker, built
+# here by the GP's pipeline: its workers-rs entry alone and one SQLite
+# Durable Object call per request; GLADOS's cheapest route). Then local
+# hits paced at half their saturated rate beside the hello-world floor at
+# the same offered rate, the per-stage breakdown of a local hit inside the
+# worker, and one `QUERY_COST: {json}` line. Prints medians of the runs. Latencies: the requests' own
 # (timed in scripts/bench-query-wrk.lua, one connection per wrk thread)
 # and wrk's coordinated-omission-corrected percentiles, which overstate a
 # saturated closed loop's tail (see the Lua script). Installs wrk
@@ -29,6 +34,7 @@ if ! command -v wrk >/dev/null; then
 fi
 ensure_npm
 [[ -f build/index.js ]] || bash scripts/build-worker.sh
+build_floor_worker
 
 RUNS="${RUNS:-3}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
@@ -44,11 +50,11 @@ if [[ -n "${SWEEP:-}" ]]; then
   # more); paced below saturation, the tail shrinks.
   log "sweep: connections 1,2,4,16 (hello-world floor and local hit), one run each"
   node wasm-tests/bench-query-wrk.mjs --runs 1 --seconds "$SECONDS_PER_RUN" --connections 1,2,4,16 \
-    --scenarios hello,local "$@" 2>&1 | quiet
+    --scenarios hello,local --no-paced "$@" 2>&1 | quiet
   log "paced: 16 connections, 40 ms between a connection's requests (at most 400 q/s offered)"
   node wasm-tests/bench-query-wrk.mjs --runs "$RUNS" --seconds "$SECONDS_PER_RUN" --delay-ms 40 \
-    --scenarios local,miss "$@" 2>&1 | quiet
+    --scenarios local,miss --no-paced "$@" 2>&1 | quiet
   log "paced: 16 connections, 160 ms between a connection's requests (at most 100 q/s offered)"
   node wasm-tests/bench-query-wrk.mjs --runs "$RUNS" --seconds "$SECONDS_PER_RUN" --delay-ms 160 \
-    --scenarios remote "$@" 2>&1 | quiet
+    --scenarios remote --no-paced "$@" 2>&1 | quiet
 fi

@@ -106,3 +106,12 @@ ensure_schemathesis() {
   SCHEMATHESIS_BIN="$venv/bin/st"
   export SCHEMATHESIS_BIN
 }
+
+# The query benchmark's Rust floor (benches/floor-worker: workers-rs, one
+# SQLite Durable Object call per request), built by the same pinned
+# worker-build and tools as the GP into benches/floor-worker/build.
+build_floor_worker() {
+  ensure_build_tools
+  log "building the benchmark floor worker (benches/floor-worker, worker-build --release)"
+  (cd "$ROOT/benches/floor-worker" && CARGO_TARGET_DIR="$ROOT/target/floor" "$WORKER_BUILD_BIN" --release >&2)
+}

@@ -13,6 +13,7 @@ ensure_chromium
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path benches/floor-worker/Cargo.toml -- --check
 
 step "clippy, every feature set (native: core, web, cli; wasm32: worker and all)"
 cargo clippy --all-targets -- -D warnings
@@ -22,6 +23,9 @@ cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --features worker -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --features web -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --all-features -- -D warnings
+# The query benchmark's floor worker (its own crate, wasm32 only).
+cargo clippy --manifest-path benches/floor-worker/Cargo.toml --target wasm32-unknown-unknown \
+  --target-dir target/floor -- -D warnings
 
 step "native tests (cargo test)"
 cargo test --all-targets

@@ -15,11 +15,23 @@
 // too (Miniflare's loopback server must stay ~idle for the figure to be
 // whole). Two floors put the figures in proportion: a JavaScript
 // hello-world worker in its own workerd (what any request costs this local
-// runtime: HTTP, Miniflare's entry worker, isolate entry) and GLADOS's
-// cheapest route (GET /__debug/query-stats: the wasm router, no DO, no
-// auth). Also counted: wrk's socket errors, the connections open both 1 s
-// into a run and 1 s before its end (keep-alive: all of them), and the
-// rate-limit leases gp-a took from the AP's limiter object.
+// runtime: HTTP, Miniflare's entry worker, isolate entry), the Rust floor
+// worker (benches/floor-worker: workers-rs built by the same pipeline as
+// the GP, in its own workerd): GET /hello (the workers-rs entry, no DO)
+// and GET / (exactly one SQLite Durable Object call per request, nothing
+// authenticated), and GLADOS's cheapest route (GET /healthz: the wasm
+// router and configuration, no DO, no auth). Also counted: wrk's socket
+// errors, the connections open both 1 s into a run and 1 s before its end
+// (keep-alive: all of them), the rate-limit leases gp-a took from the
+// AP's limiter object, and per query the Durable Object requests, KV reads
+// and subrequests the GPs' isolates counted.
+//
+// Then, unless --no-paced: local hits paced at half the saturated rate
+// (the median q/s of the local-hit runs), with the JS hello-world floor
+// at the same offered rate beside it; and the per-stage breakdown of a
+// local hit inside the worker (POST /__debug/breakdown: each stage run
+// repeatedly with the product's functions). Last, one line
+// `QUERY_COST: {json}` with the medians, for scripts comparing runs.
 //
 // Latency: p50/p99/max/mean are the requests' own latencies, timed by the
 // Lua script (one connection per wrk thread); "wrk p50/p99" are wrk's
@@ -31,7 +43,7 @@
 //
 //   node wasm-tests/bench-query-wrk.mjs [--seconds 10] [--runs 3]
 //        [--connections 16 | --connections 1,4,16] [--threads N (default: = connections)] [--mappings 2000] [--one-sii]
-//        [--scenarios hello,trivial,local,remote,miss] [--delay-ms N]
+//        [--scenarios hello,ahello,rhello,floor,trivial,local,remote,miss] [--delay-ms N] [--no-paced]
 //
 // --delay-ms N: each connection waits N ms between its requests (wrk's
 // delay(); an offered rate below saturation), e.g. 16 connections at 40 ms
@@ -43,7 +55,9 @@ import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify, parseArgs } from 'node:util';
 import path from 'node:path';
+import { existsSync } from 'node:fs';
 import { Miniflare } from 'miniflare';
+import { unstable_getMiniflareWorkerOptions } from 'wrangler';
 import { startFederation, freePort, ROOT } from './lib/federation.mjs';
 import { tempState, gpSecrets } from './lib/util.mjs';
 import { accessToken } from './lib/ap.mjs';
@@ -56,9 +70,10 @@ const { values: opt } = parseArgs({
     connections: { type: 'string', default: '16' },
     threads: { type: 'string' },
     mappings: { type: 'string', default: '2000' },
-    scenarios: { type: 'string', default: 'hello,trivial,local,remote,miss' },
+    scenarios: { type: 'string', default: 'hello,ahello,rhello,floor,trivial,local,remote,miss' },
     'one-sii': { type: 'boolean', default: false },
     'delay-ms': { type: 'string' },
+    'no-paced': { type: 'boolean', default: false },
   },
 });
 const seconds = Math.min(Number(opt.seconds), 120);
@@ -104,10 +119,10 @@ async function enroll(gp, id, extra) {
 }
 
 /** One wrk run; `luaArgs` go to scripts/bench-query-wrk.lua's init(). */
-async function wrk(url, luaArgs, secs = seconds, connections = connList[0]) {
+async function wrk(url, luaArgs, secs = seconds, connections = connList[0], delayMs = opt['delay-ms']) {
   const args = [`-t${threadsFor(connections)}`, `-c${connections}`, `-d${secs}s`, '--timeout', '10s', '-s', LUA, url, '--', ...luaArgs];
   const env = { ...process.env };
-  if (opt['delay-ms']) env.WRK_DELAY_MS = opt['delay-ms'];
+  if (delayMs) env.WRK_DELAY_MS = String(delayMs);
   else delete env.WRK_DELAY_MS;
   const { stdout } = await exec('wrk', args, { maxBuffer: 1 << 20, env });
   const line = stdout.split('\n').find((l) => l.startsWith('{"requests"'));
@@ -124,16 +139,45 @@ function clientPorts(port) {
 // A JavaScript hello-world worker in its own workerd (same Miniflare
 // version, same options): the per-request floor of the local runtime.
 const helloPort = await freePort();
+const HELLO = 'export default { fetch() { return new Response("ok"); } }';
 const hello = new Miniflare({
-  name: 'hello', modules: true, host: '127.0.0.1', port: helloPort, cf: false,
-  script: 'export default { fetch() { return new Response("ok"); } }',
+  name: 'hello', modules: true, host: '127.0.0.1', port: helloPort, cf: false, script: HELLO,
 });
 await hello.ready;
+
+// The Rust floor (benches/floor-worker, built by scripts/bench-query-wrk.sh
+// with the GP's pipeline), in its own workerd, configured from its
+// wrangler.toml like the GPs are from theirs.
+const FLOOR_DIR = path.join(ROOT, 'benches', 'floor-worker');
+const FLOOR_BUNDLE = path.join(FLOOR_DIR, 'build', 'index.js');
+if (!existsSync(FLOOR_BUNDLE)) throw new Error(`${FLOOR_BUNDLE} is missing: run scripts/bench-query-wrk.sh (it builds the floor worker)`);
+const floorPort = await freePort();
+const floorState = tempState('bench-floor');
+const floorOptions = unstable_getMiniflareWorkerOptions(path.join(FLOOR_DIR, 'wrangler.toml')).workerOptions;
+const floor = new Miniflare({
+  ...floorOptions,
+  name: 'floor', scriptPath: FLOOR_BUNDLE, modules: true, modulesRoot: path.dirname(FLOOR_BUNDLE),
+  host: '127.0.0.1', port: floorPort, cf: false,
+  durableObjectsPersist: path.join(floorState.dir, 'do'),
+});
+await floor.ready;
+// The same JS hello world behind the static-assets router the GP and the
+// Rust floor have (wrangler.toml [assets], run_worker_first): locally that
+// router runs in the worker's workerd and costs CPU on every request;
+// in production it is Cloudflare's, not the worker's billed CPU.
+const helloAssetsPort = await freePort();
+const helloAssets = new Miniflare({
+  name: 'hello-assets', modules: true, host: '127.0.0.1', port: helloAssetsPort, cf: false, script: HELLO,
+  assets: floorOptions.assets,
+});
+await helloAssets.ready;
 
 try {
   const home = fed['gp-a'];
   const pids = Object.fromEntries(fed.gps.map((gp) => [gp.env, workerdPid(gp.port, gp.env)]));
   pids.hello = workerdPid(helloPort, 'hello');
+  pids.floor = workerdPid(floorPort, 'floor');
+  pids.helloAssets = workerdPid(helloAssetsPort, 'hello-assets');
   for (const gp of fed.gps) await gp.cron();
   const tokenA = await enroll(home, 'bench-a', {});
   const bulkA = await (await enroll(home, 'bench-bulk-a', { bulk_allowed: true }))();
@@ -155,7 +199,10 @@ try {
   // [key, name, url, lua args (token added at run time), a query (counted by gp-a) or a plain GET]
   const scenarios = [
     ['hello', 'JS hello world (runtime floor)', `http://127.0.0.1:${helloPort}`, ['--get', '/'], false],
-    ['trivial', 'GLADOS GET /__debug/query-stats', home.url, ['--get', '/__debug/query-stats'], false],
+    ['ahello', 'JS hello world behind the assets router', `http://127.0.0.1:${helloAssetsPort}`, ['--get', '/hello'], false],
+    ['rhello', 'Rust hello world (workers-rs entry)', `http://127.0.0.1:${floorPort}`, ['--get', '/hello'], false],
+    ['floor', 'Rust one-DO-call floor', `http://127.0.0.1:${floorPort}`, ['--get', '/'], false],
+    ['trivial', 'GLADOS cheapest route (GET /healthz)', home.url, ['--get', '/healthz'], false],
     ['local', 'local hit', home.url, [files.local], true],
     ['remote', 'remote hit', home.url, [files.remote], true],
     // A block nobody mapped; a filter false positive still asks that peer.
@@ -166,6 +213,7 @@ try {
   await wrk(home.url, [await tokenA(), files.local], 3);
   await wrk(home.url, [await tokenA(), files.remote], 2);
   await wrk(`http://127.0.0.1:${helloPort}`, ['--get', '/'], 1);
+  await wrk(`http://127.0.0.1:${floorPort}`, ['--get', '/'], 2);
 
   const load0 = readFileSync('/proc/loadavg', 'utf8').trim();
   console.log(`load before: ${load0}; wrk -t${opt.threads ?? '(= connections)'} -c${connList.join(',')} -d${seconds}s${opt['delay-ms'] ? ` with ${opt['delay-ms']} ms between a connection's requests` : ''}, ${runs} runs, ${mappings} mappings per GP${one ? ', one SII per scenario' : ''}; workerd pids ${JSON.stringify(pids)}`);
@@ -202,7 +250,8 @@ try {
       // Queries: gp-a's counter (includes the ones in flight when wrk stopped); GETs: wrk's count.
       const q = isQuery ? s1[0].queries - s0[0].queries : w.requests;
       const cpu = (k) => (c1[k] - c0[k] - idleRate[k] * wall) / q;
-      const target = key === 'hello' ? 'hello' : 'gp-a';
+      const target = { hello: 'hello', ahello: 'helloAssets', rhello: 'floor', floor: 'floor' }[key] ?? 'gp-a';
+      const per = (k, i) => (isQuery ? (s1[i][k] - s0[i][k]) / q : 0);
       rows.push({
         run,
         scenario: name,
@@ -221,7 +270,12 @@ try {
         errors: w.connect_errors + w.read_errors + w.write_errors + w.status_errors + w.timeouts,
         'conns kept': kept,
         leases: s1[0].lease_requests - s0[0].lease_requests,
-        'peer subreq/q': isQuery ? (s1[0].peer_queries_sent - s0[0].peer_queries_sent) / q : 0,
+        'peer subreq/q': per('peer_queries_sent', 0),
+        // Durable Object requests per query: gp-a's (shard, limiter) and,
+        // for a remote hit, the peers' (nonces, shard).
+        'DO req/q': per('do_requests', 0),
+        'peer DO req/q': per('do_requests', 1) + per('do_requests', 2),
+        'KV reads/q': per('kv_reads', 0),
         'CPU ms/q': cpu(target),
         'gp-b CPU ms/q': cpu('gp-b'),
         'gp-c CPU ms/q': cpu('gp-c'),
@@ -230,7 +284,7 @@ try {
     }
   }
   const fmt = (x, d) => (typeof x === 'number' ? Number(x.toFixed(d)) : x);
-  const digits = (k) => (k.includes('CPU') || k.includes('subreq') ? 3 : k === 'q/s' ? 0 : 2);
+  const digits = (k) => (k.includes('CPU') || k.includes('/q') ? 3 : k === 'q/s' ? 0 : 2);
   if (runs > 1) {
     console.log('\nper run:');
     console.table(rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, fmt(v, digits(k))]))));
@@ -245,7 +299,84 @@ try {
   }));
   console.log(`\nmedians of ${runs} run(s) (errors, leases: totals; p50/p99/max/mean: the requests' own latencies; wrk p50/p99: wrk's coordinated-omission-corrected figures; CPU ms/q: the target's workerd, gp-a or the hello worker; load before ${load0}, after ${readFileSync('/proc/loadavg', 'utf8').trim()}):`);
   console.table(med);
+  const row = (key) => med.find((m) => m.scenario === scenarios.find(([k]) => k === key)?.[1]);
+
+  // Paced: local hits at half the saturated local-hit rate, the Rust floor
+  // and the JS hello-world floor at the same offered rate (16 connections, each
+  // waiting `delay` ms after an answer before its next request).
+  const paced = [];
+  let pacedDelay = null;
+  if (!opt['no-paced'] && row('local') && row('hello')) {
+    const connections = connList[0];
+    const offered = row('local')['q/s'] / 2;
+    // A connection's cycle is its request's latency plus the delay; at
+    // half load the latency is a few ms.
+    pacedDelay = Math.max(1, Math.round((1000 * connections) / offered - 2));
+    console.log(`\npaced: ${connections} connections, ${pacedDelay} ms between a connection's requests (half the saturated local-hit rate: ${offered.toFixed(0)} q/s offered), ${runs} runs`);
+    const pacedRows = [];
+    for (let run = 1; run <= runs; run++) {
+      for (const [key, url, args] of [
+        ['local', home.url, [await tokenA(), files.local]],
+        ['floor', `http://127.0.0.1:${floorPort}`, ['--get', '/']],
+        ['hello', `http://127.0.0.1:${helloPort}`, ['--get', '/']],
+      ]) {
+        const w = await wrk(url, args, seconds, connections, pacedDelay);
+        pacedRows.push({ run, key, 'q/s': w.requests / (w.duration_us / 1e6), 'p50 ms': w.raw_p50_us / 1000, 'p99 ms': w.raw_p99_us / 1000, 'max ms': w.raw_max_us / 1000, errors: w.connect_errors + w.read_errors + w.write_errors + w.status_errors + w.timeouts });
+      }
+    }
+    const pacedName = { local: 'local hit, paced', floor: 'Rust one-DO-call floor, paced', hello: 'JS hello world, paced' };
+    for (const key of ['local', 'floor', 'hello']) {
+      const rs = pacedRows.filter((r) => r.key === key);
+      paced.push({ key, scenario: pacedName[key], 'q/s': fmt(median(rs.map((r) => r['q/s'])), 0), 'p50 ms': fmt(median(rs.map((r) => r['p50 ms'])), 2), 'p99 ms': fmt(median(rs.map((r) => r['p99 ms'])), 2), 'max ms': fmt(median(rs.map((r) => r['max ms'])), 2), errors: rs.reduce((n, r) => n + r.errors, 0) });
+    }
+    console.log(`medians of ${runs} paced run(s) (the requests' own latencies):`);
+    console.table(paced);
+  }
+
+  // Where a local hit's time goes inside the worker (repeated stages), next
+  // to what the floors measured outside it.
+  let breakdown = null;
+  if (row('local')) {
+    const r = await home.fetch('/__debug/breakdown', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${await tokenA()}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ sii: local[0] }),
+    });
+    if (r.status !== 200) throw new Error(`breakdown: ${r.status} ${await r.text()}`);
+    breakdown = (await r.json()).stages;
+    const cpu = (key) => row(key)?.['CPU ms/q'];
+    console.log('\nlocal hit, per stage (inside the worker: each stage repeated, median of 3 rounds, µs wall time per call on this loaded machine):');
+    console.table(breakdown.map((b) => ({ stage: b.stage, 'µs': fmt(b.us, 1), calls: b.calls })));
+    const floorsLine = [['JS hello world', 'hello'], ['JS hello world behind the assets router', 'ahello'], ['Rust hello world', 'rhello'], ['Rust one-DO-call floor', 'floor'], ['GLADOS cheapest route', 'trivial'], ['local hit', 'local'], ['miss', 'miss']]
+      .filter(([, k]) => cpu(k) !== undefined).map(([n, k]) => `${n} ${(cpu(k) * 1000).toFixed(0)} µs`).join(', ');
+    console.log(`and outside it (CPU per request of the whole workerd process, medians above): ${floorsLine}`);
+  }
+
+  const scenarioCost = (key) => {
+    const m = row(key);
+    if (!m) return undefined;
+    return { 'q/s': m['q/s'], cpu_ms: m['CPU ms/q'], peer_cpu_ms: key === 'remote' ? m['gp-b CPU ms/q'] : undefined, p50_ms: m['p50 ms'], p99_ms: m['p99 ms'], do_requests: m['DO req/q'], peer_do_requests: m['peer DO req/q'], subrequests: m['peer subreq/q'], kv_reads: m['KV reads/q'], errors: m.errors };
+  };
+  const cost = {
+    load: { before: load0, after: readFileSync('/proc/loadavg', 'utf8').trim() },
+    runs, seconds, connections: connList[0],
+    scenarios: Object.fromEntries(['local', 'miss', 'remote'].map((k) => [k, scenarioCost(k)]).filter(([, v]) => v)),
+    floors: Object.fromEntries(['hello', 'ahello', 'rhello', 'floor', 'trivial'].map((k) => [k, scenarioCost(k)]).filter(([, v]) => v)),
+    paced: paced.length ? { delay_ms: pacedDelay, ...Object.fromEntries(paced.map(({ key, ...p }) => [key, p])) } : undefined,
+    ratios: row('local') && row('hello') && row('floor') && row('trivial') ? {
+      cheapest_cpu_vs_js_hello: fmt(row('trivial')['CPU ms/q'] / row('hello')['CPU ms/q'], 2),
+      cheapest_cpu_vs_js_hello_behind_assets_router: row('ahello') ? fmt(row('trivial')['CPU ms/q'] / row('ahello')['CPU ms/q'], 2) : undefined,
+      cheapest_cpu_vs_rust_hello: row('rhello') ? fmt(row('trivial')['CPU ms/q'] / row('rhello')['CPU ms/q'], 2) : undefined,
+      local_qps_vs_rust_floor: fmt(row('local')['q/s'] / row('floor')['q/s'], 2),
+      local_cpu_vs_rust_floor: fmt(row('local')['CPU ms/q'] / row('floor')['CPU ms/q'], 2),
+    } : undefined,
+    breakdown_us: breakdown ? Object.fromEntries(breakdown.map((b) => [b.stage, fmt(b.us, 1)])) : undefined,
+  };
+  console.log(`\nQUERY_COST: ${JSON.stringify(cost)}`);
 } finally {
+  await helloAssets.dispose();
+  await floor.dispose();
+  floorState.cleanup();
   await hello.dispose();
   await fed.stop();
   state.cleanup();
