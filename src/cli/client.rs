@@ -155,6 +155,8 @@ pub struct Client {
     secret: String,
     agent: Agent,
     token: Mutex<Option<Token>>,
+    /// Whether a client certificate is configured.
+    mtls: bool,
     /// Longest `Retry-After` waited for before giving up (single commands).
     pub max_wait: Duration,
 }
@@ -198,6 +200,7 @@ impl Client {
         let base = settings.gp_url()?;
         let (id, secret) = settings.credentials()?;
         let mut tls = TlsConfig::builder();
+        let mtls = settings.cert.is_some();
         if let Some(ca) = &settings.ca {
             tls = tls.root_certs(RootCerts::new_with_certs(&certificates(ca, "CA file")?));
         }
@@ -231,6 +234,7 @@ impl Client {
             secret,
             agent,
             token: Mutex::new(None),
+            mtls,
             max_wait: Duration::from_secs(60),
         })
     }
@@ -283,7 +287,28 @@ impl Client {
                 }
             }
         };
-        read_answer(result, &format!("{method} {url}"))
+        read_answer(result, &format!("{method} {url}")).map_err(|f| self.hint(f))
+    }
+
+    /// A refused TLS handshake often shows only as a broken connection:
+    /// without a client certificate configured, say that one may be needed.
+    fn hint(&self, f: Failure) -> Failure {
+        match f {
+            Failure::Network(m) if !self.mtls && self.base.starts_with("https://") => {
+                let lower = m.to_lowercase();
+                let tls_like = ["alert", "broken pipe", "reset"]
+                    .iter()
+                    .any(|w| lower.contains(w));
+                if tls_like {
+                    Failure::Network(format!(
+                        "{m} (if the GP requires mutual TLS, pass --cert and --key)"
+                    ))
+                } else {
+                    Failure::Network(m)
+                }
+            }
+            f => f,
+        }
     }
 
     /// A fresh access token from `POST /oauth/token` (client credentials,
@@ -308,7 +333,9 @@ impl Client {
             .header("authorization", format!("Basic {basic}"))
             .header("content-type", "application/x-www-form-urlencoded")
             .send("grant_type=client_credentials");
-        let doc = read_answer(result, &format!("POST {url}"))?.json()?;
+        let doc = read_answer(result, &format!("POST {url}"))
+            .map_err(|f| self.hint(f))?
+            .json()?;
         let (Some(value), Some(ttl)) = (
             doc.get("access_token").and_then(Value::as_str),
             doc.get("expires_in").and_then(Value::as_u64),
