@@ -154,6 +154,8 @@ pub struct Client {
     id: String,
     secret: String,
     agent: Agent,
+    /// For bulk uploads: a new connection each (see [`Client::new`]).
+    upload_agent: Agent,
     token: Mutex<Option<Token>>,
     /// Whether a client certificate is configured.
     mtls: bool,
@@ -221,18 +223,27 @@ impl Client {
                 ))
             }
         }
-        let agent: Agent = Agent::config_builder()
-            .tls_config(tls.build())
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .user_agent(format!("glados-cli/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let tls = tls.build();
+        let agent = |pooled: usize| -> Agent {
+            Agent::config_builder()
+                .tls_config(tls.clone())
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .user_agent(format!("glados-cli/{}", env!("CARGO_PKG_VERSION")))
+                .max_idle_connections(pooled)
+                .build()
+                .into()
+        };
         Ok(Client {
             base,
             id,
             secret,
-            agent,
+            agent: agent(8),
+            // An upload is seconds of work: a fresh connection costs little
+            // next to it, while a pooled one may have been closed by the
+            // server meanwhile (the local GP resets the first reuse after
+            // parallel uploads), costing a failed send and a back-off.
+            upload_agent: agent(0),
             token: Mutex::new(None),
             mtls,
             max_wait: Duration::from_secs(60),
@@ -267,10 +278,10 @@ impl Client {
                 r.call()
             }
             body => {
-                let mut r = if method == "PATCH" {
-                    self.agent.patch(&url)
-                } else {
-                    self.agent.post(&url)
+                let mut r = match body {
+                    Body::Ndjson { .. } => self.upload_agent.post(&url),
+                    _ if method == "PATCH" => self.agent.patch(&url),
+                    _ => self.agent.post(&url),
                 };
                 if let Some(a) = auth {
                     r = r.header("authorization", a);
