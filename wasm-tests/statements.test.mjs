@@ -6,41 +6,29 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign as edSign } from 'node:crypto';
-import { gpSigningKeys, startFederation } from './lib/federation.mjs';
-import { tempState, gpSecrets, startCodesAndHooks } from './lib/util.mjs';
-import { call, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
+import { gpSigningKeys } from './lib/federation.mjs';
+import { startThreeGps } from './lib/util.mjs';
+import { call, registerMapping } from './lib/ap.mjs';
 import { openapiValidator } from './lib/openapi.mjs';
 import { readmeVerifier, claimsOf, headerOf, thumbprint } from './lib/verifier.mjs';
 
-const SECRETS = gpSecrets('st');
-const FAST = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
-
-let state;
 let fed;
 let codes;
-let hooks;
 let validated;
 let verifyStatement;
+let three;
 const aps = {};
 
 before(async () => {
-  state = tempState('statements');
-  let standins;
-  ({ codes, hooks, bindings: standins } = await startCodesAndHooks('st'));
-  fed = await startFederation({ stateRoot: state.dir, bindings: { '*': { ...SECRETS, ...standins } } });
-  for (const gp of fed.gps) await gp.cron();
+  three = await startThreeGps('st');
+  ({ fed, codes } = three);
   validated = await openapiValidator(fed['gp-a']);
   verifyStatement = await readmeVerifier();
-  for (const env of ['gp-a', 'gp-b', 'gp-c']) {
-    aps[env] = await enrollApAt(fed[env], { adminToken: SECRETS.ADMIN_TOKEN, webhookBase: hooks.url, id: `st-${env.slice(3)}`, rate_params: FAST });
-  }
+  for (const env of ['gp-a', 'gp-b', 'gp-c']) aps[env] = await three.enroll(env, `st-${env.slice(3)}`);
 });
 
 after(async () => {
-  await fed?.stop();
-  await codes?.close();
-  await hooks?.close();
-  state?.cleanup();
+  await three?.stop();
 });
 
 let seq = 0;

@@ -1,9 +1,11 @@
-//! Peer GP payloads that change mappings: claims (draft §10) and strike
-//! notices (§8.2.1), as JSON from a signed peer. Never panics; what
+//! Peer GP payloads that change mappings: claims (draft §10), strike
+//! notices (§8.2.1) and the SII holder's claims (beyond GLADOS-00), as JSON
+//! from a signed peer. Never panics; what
 //! deserializes serializes back to itself; a claim is applied to a record
 //! holding two local mappings, and a refused claim leaves it unchanged.
 #![no_main]
 
+use glados::core::holder::HolderClaim;
 use glados::core::mapping::{Claim, SiiRecord, StrikeNotice, VerifiedBy};
 use glados::core::ssi::{ProviderId, Ssi};
 use glados::core::Sii;
@@ -48,6 +50,26 @@ fuzz_target!(|data: &[u8]| {
         let _ = n.id_is_valid();
         if let Some(mut r) = record(&n.sii) {
             let _ = r.accept_peer_strike(&n, now_ms);
+        }
+    }
+    if let Ok(h) = serde_json::from_slice::<HolderClaim>(json) {
+        let again = serde_json::to_vec(&h).expect("serialize holder claim");
+        assert_eq!(
+            serde_json::from_slice::<HolderClaim>(&again).ok().as_ref(),
+            Some(&h)
+        );
+        if let Some(mut r) = record(&h.sii) {
+            let before = r.clone();
+            match r.apply_holder_claim(&h, now_ms) {
+                Err(_) => assert_eq!(r, before, "a refused holder claim changed the record"),
+                // Applying it again changes nothing more.
+                Ok(_) => {
+                    let once = r.clone();
+                    let _ = r.apply_holder_claim(&h, now_ms);
+                    assert_eq!(r.mappings(), once.mappings());
+                    assert_eq!(r.is_opted_out(), once.is_opted_out());
+                }
+            }
         }
     }
 });

@@ -1,11 +1,13 @@
 //! Access tokens: `verify` on any text with fixed keys, `verify` on tokens
 //! whose payload is the fuzz input but whose MAC is genuine (so the payload
 //! parser behind the MAC check is reached), and `TokenKeys::parse` on any
-//! `TOKEN_KEYS` text. Never panics; whatever verifies re-issues to a token
-//! that verifies to the same claims.
+//! `TOKEN_KEYS` text; and the same for the SII holder's tokens (beyond
+//! GLADOS-00). Never panics; whatever verifies re-issues to a token that
+//! verifies to the same claims (holder: the same SII).
 #![no_main]
 
 use glados::core::encoding::{b64_encode, b64url_encode};
+use glados::core::holder;
 use glados::core::token::{issue, verify, TokenKeys};
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
@@ -33,7 +35,18 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 3 {
+    let holder_key = |kid: &str| {
+        keys.derived(Some(kid), holder::TOKEN_KEY_LABEL)
+            .map(|(_, k)| k.to_vec())
+    };
+    let check_holder = |token: &str| {
+        if let Ok(sii) = holder::verify_token(token, holder_key, NOW) {
+            let (kid, key) = keys.derived(None, holder::TOKEN_KEY_LABEL).expect("a key");
+            let again = holder::issue_token(&kid, &key, &sii, NOW);
+            assert_eq!(holder::verify_token(&again, holder_key, NOW).as_ref(), Ok(&sii));
+        }
+    };
+    match mode % 5 {
         0 => {
             if let Ok(text) = std::str::from_utf8(rest) {
                 check(&keys, text);
@@ -47,6 +60,23 @@ fuzz_target!(|data: &[u8]| {
             mac.update(signed.as_bytes());
             let token = format!("{signed}.{}", b64url_encode(&mac.finalize().into_bytes()));
             check(&keys, &token);
+        }
+        3 => {
+            if let Ok(text) = std::str::from_utf8(rest) {
+                check_holder(text);
+            }
+        }
+        4 => {
+            // A holder token whose payload is the input, under a genuine MAC.
+            let Some((kid, key)) = keys.derived(None, holder::TOKEN_KEY_LABEL) else {
+                return;
+            };
+            let signed = format!("ght1.{kid}.{}", b64url_encode(rest));
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+                return;
+            };
+            mac.update(signed.as_bytes());
+            check_holder(&format!("{signed}.{}", b64url_encode(&mac.finalize().into_bytes())));
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(rest) {

@@ -45,6 +45,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::holder::{HolderAction, HolderClaim};
 use super::sii::Sii;
 use super::ssi::{ProviderId, Ssi};
 use super::tags::MappingMeta;
@@ -321,6 +322,41 @@ pub enum Notification {
         /// The claim to send.
         claim: Claim,
     },
+    /// Webhook to a local AP: the SII's holder removed its mapping
+    /// (beyond GLADOS-00; the user's own removal or opt-out).
+    Removed {
+        /// The AP to notify (on this GP).
+        to_ap: ProviderId,
+        /// The SII concerned.
+        sii: Sii,
+        /// The GP where the holder acted, when it is another GP.
+        at_gp: Option<GpId>,
+        /// Whether the holder also opted out of discovery.
+        opted_out: bool,
+    },
+    /// The holder's action, for a peer GP whose filter may hold the SII.
+    HolderClaim {
+        /// The peer GP.
+        to_gp: GpId,
+        /// The claim to send.
+        claim: HolderClaim,
+    },
+}
+
+impl Notification {
+    /// The local AP whose mapping this change deleted (another AP's
+    /// replace, or the SII's holder), if any: it has one user fewer.
+    pub fn deleted_mapping_of(&self) -> Option<&ProviderId> {
+        match self {
+            Notification::Displaced {
+                to_ap,
+                action: DisplaceAction::Replaced,
+                ..
+            }
+            | Notification::Removed { to_ap, .. } => Some(to_ap),
+            _ => None,
+        }
+    }
 }
 
 /// A strike against an AP's reputation (draft §8.2.1: "this would be a
@@ -452,6 +488,9 @@ pub enum MappingError {
     /// A peer's claim dated further ahead of this GP's clock than
     /// [`MAX_CLAIM_SKEW_MS`].
     ClaimFromTheFuture,
+    /// The SII's holder opted out of discovery: no mapping may be made
+    /// until they opt back in (beyond GLADOS-00).
+    OptedOut,
 }
 
 /// How far a peer's claim may be dated ahead of this GP's clock: the same
@@ -484,6 +523,9 @@ impl fmt::Display for MappingError {
             MappingError::ClaimFromTheFuture => {
                 "the claim's at_ms is more than 60 s ahead of this GP's clock; claims are dated when they are made"
             }
+            MappingError::OptedOut => {
+                "the holder of this identifier opted out of discovery; no mapping can be made for it until they opt back in"
+            }
         })
     }
 }
@@ -500,6 +542,7 @@ impl Problem for MappingError {
             MappingError::WrongSii => "wrong-sii",
             MappingError::NoSuchClaim => "no-such-claim",
             MappingError::ClaimFromTheFuture => "claim-from-the-future",
+            MappingError::OptedOut => "sii-opted-out",
         }
     }
     fn title(&self) -> &'static str {
@@ -513,6 +556,7 @@ impl Problem for MappingError {
             MappingError::WrongSii => "Claim for another identifier",
             MappingError::NoSuchClaim => "No such claim",
             MappingError::ClaimFromTheFuture => "Claim dated in the future",
+            MappingError::OptedOut => "Opted out of discovery",
         }
     }
     fn status(&self) -> u16 {
@@ -521,7 +565,8 @@ impl Problem for MappingError {
             MappingError::NotYourMapping | MappingError::SsiNotOfCaller => 403,
             MappingError::NothingToRemedy
             | MappingError::AlreadyMapped
-            | MappingError::AlreadyReported => 409,
+            | MappingError::AlreadyReported
+            | MappingError::OptedOut => 409,
             MappingError::WrongSii => 400,
             MappingError::NoSuchClaim | MappingError::ClaimFromTheFuture => 422,
         }
@@ -546,6 +591,16 @@ pub struct SiiRecord {
     claimed_at_ms: u64,
     /// How long displacements can be remedied.
     remedy_window_ms: u64,
+    /// Since when the SII's holder opted out of discovery, if they did
+    /// (beyond GLADOS-00): queries answer `opted_out`, creations are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    opted_out_at_ms: Option<u64>,
+    /// The time of the latest opt-out or opt-in applied here (0: none), so
+    /// an older one delivered late never undoes a newer one. Kept for the
+    /// remedy window after an opt-in, then forgotten.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    opt_at_ms: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -567,6 +622,8 @@ impl SiiRecord {
             claims_sent: Vec::new(),
             claimed_at_ms: 0,
             remedy_window_ms: window_ms,
+            opted_out_at_ms: None,
+            opt_at_ms: 0,
         }
     }
 
@@ -592,7 +649,16 @@ impl SiiRecord {
 
     /// True when there is nothing left worth storing.
     pub fn is_empty(&self) -> bool {
-        self.mappings.is_empty() && self.displacements.is_empty() && self.claims_sent.is_empty()
+        self.mappings.is_empty()
+            && self.displacements.is_empty()
+            && self.claims_sent.is_empty()
+            && self.opted_out_at_ms.is_none()
+            && self.opt_at_ms == 0
+    }
+
+    /// Whether the SII's holder opted out of discovery (beyond GLADOS-00).
+    pub fn is_opted_out(&self) -> bool {
+        self.opted_out_at_ms.is_some()
     }
 
     /// The AP's mapping, if any.
@@ -656,6 +722,9 @@ impl SiiRecord {
             .retain(|c| now_ms.saturating_sub(c.at_ms) <= evidence);
         let excess = self.claims_sent.len().saturating_sub(MAX_SENT_CLAIMS);
         self.claims_sent.drain(..excess);
+        if self.opted_out_at_ms.is_none() && now_ms.saturating_sub(self.opt_at_ms) > evidence {
+            self.opt_at_ms = 0;
+        }
     }
 
     fn record_displacement(&mut self, d: Displacement) {
@@ -708,6 +777,9 @@ impl SiiRecord {
     ) -> Result<Created, MappingError> {
         if ssi.provider() != caller {
             return Err(MappingError::SsiNotOfCaller);
+        }
+        if self.is_opted_out() {
+            return Err(MappingError::OptedOut);
         }
         self.prune(now_ms);
         // Who is preferred among everyone else (local others and the remote).
@@ -974,6 +1046,21 @@ impl SiiRecord {
         }
     }
 
+    /// Checks a peer GP's claim (of either kind) before it is applied: for
+    /// this SII, and not dated ahead of this GP's clock by more than the
+    /// signatures' window (it would outrank every change made here until
+    /// then).
+    fn admit_claim(&mut self, sii: &Sii, at_ms: u64, now_ms: u64) -> Result<(), MappingError> {
+        if *sii != self.sii {
+            return Err(MappingError::WrongSii);
+        }
+        if at_ms > now_ms.saturating_add(MAX_CLAIM_SKEW_MS) {
+            return Err(MappingError::ClaimFromTheFuture);
+        }
+        self.prune(now_ms);
+        Ok(())
+    }
+
     /// Applies a peer GP's [`Claim`] (draft §10) to this GP's record.
     ///
     /// `Replaced` deletes the local mappings of other APs that are not newer
@@ -986,13 +1073,7 @@ impl SiiRecord {
         claim: &Claim,
         now_ms: u64,
     ) -> Result<Vec<Notification>, MappingError> {
-        if claim.sii != self.sii {
-            return Err(MappingError::WrongSii);
-        }
-        if claim.at_ms > now_ms.saturating_add(MAX_CLAIM_SKEW_MS) {
-            return Err(MappingError::ClaimFromTheFuture);
-        }
-        self.prune(now_ms);
+        self.admit_claim(&claim.sii, claim.at_ms, now_ms)?;
         self.claimed_at_ms = self.claimed_at_ms.max(claim.at_ms);
         let by = Party {
             ap: claim.by_ap.clone(),
@@ -1053,6 +1134,9 @@ impl SiiRecord {
     ) -> Result<Vec<Notification>, MappingError> {
         if self.mapping_of(caller).is_some() {
             return Err(MappingError::AlreadyMapped);
+        }
+        if self.is_opted_out() {
+            return Err(MappingError::OptedOut);
         }
         let now_ms = self.stamp(now_ms);
         let holder = self.preferred().cloned();
@@ -1171,6 +1255,112 @@ impl SiiRecord {
         Ok(strike)
     }
 
+    /// The SII's holder, having proved control of it here, removes every
+    /// mapping of it, opts it out of discovery or back in (beyond
+    /// GLADOS-00; MIMI R5, R9, R10).
+    ///
+    /// `Remove` and `OptOut` delete every mapping on this GP and every
+    /// open displacement (an AP must not restore what the holder removed),
+    /// and tell each AP that lost one ([`Notification::Removed`]); `OptOut`
+    /// also marks the SII so that queries answer `opted_out` and creations
+    /// are refused; `OptIn` lifts that. Each GP in `peers` (those whose
+    /// filters may hold the SII; the glue decides) gets the same action as
+    /// a [`HolderClaim`]. Returns the notifications and the time the
+    /// action is dated.
+    pub fn holder_act(
+        &mut self,
+        action: HolderAction,
+        own_gp: &str,
+        peers: &[GpId],
+        now_ms: u64,
+    ) -> (Vec<Notification>, u64) {
+        // Later than any opt-out or opt-in already applied here, so this
+        // one wins everywhere.
+        let at_ms = match action {
+            HolderAction::Remove => now_ms,
+            _ => now_ms.max(self.opt_at_ms.saturating_add(1)),
+        };
+        self.prune(at_ms);
+        let mut out = self.holder_apply(action, at_ms, None, true);
+        let claim = HolderClaim {
+            sii: self.sii.clone(),
+            from_gp: own_gp.to_owned(),
+            action,
+            at_ms,
+        };
+        let mut told: Vec<&GpId> = Vec::new();
+        for gp in peers.iter().filter(|g| g.as_str() != own_gp) {
+            if !told.contains(&gp) {
+                told.push(gp);
+                out.push(Notification::HolderClaim {
+                    to_gp: gp.clone(),
+                    claim: claim.clone(),
+                });
+            }
+        }
+        (out, at_ms)
+    }
+
+    /// Applies a peer GP's [`HolderClaim`]: the holder acted there.
+    ///
+    /// A removal deletes the mappings created up to the claim's time (one
+    /// made later here was made after the holder asked). An opt-out
+    /// deletes every mapping and marks the SII; an opt-in lifts the mark;
+    /// either only if it is newer than the last one applied here, so a
+    /// late delivery never undoes a newer choice.
+    pub fn apply_holder_claim(
+        &mut self,
+        claim: &HolderClaim,
+        now_ms: u64,
+    ) -> Result<Vec<Notification>, MappingError> {
+        self.admit_claim(&claim.sii, claim.at_ms, now_ms)?;
+        let newest = claim.action == HolderAction::Remove || claim.at_ms > self.opt_at_ms;
+        if !newest {
+            return Ok(Vec::new());
+        }
+        let all = claim.action == HolderAction::OptOut;
+        Ok(self.holder_apply(claim.action, claim.at_ms, Some(claim.from_gp.clone()), all))
+    }
+
+    /// The record change of a holder's action dated `at_ms`: mappings
+    /// removed (all of them, or those created up to `at_ms`), the opt-out
+    /// mark set or lifted; a [`Notification::Removed`] per AP that lost its
+    /// mapping.
+    fn holder_apply(
+        &mut self,
+        action: HolderAction,
+        at_ms: u64,
+        at_gp: Option<GpId>,
+        all: bool,
+    ) -> Vec<Notification> {
+        if action == HolderAction::OptIn {
+            self.opted_out_at_ms = None;
+            self.opt_at_ms = self.opt_at_ms.max(at_ms);
+            return Vec::new();
+        }
+        let opted_out = action == HolderAction::OptOut;
+        if opted_out {
+            self.opted_out_at_ms = Some(at_ms);
+            self.opt_at_ms = self.opt_at_ms.max(at_ms);
+        }
+        let (removed, keep): (Vec<Mapping>, Vec<Mapping>) = core::mem::take(&mut self.mappings)
+            .into_iter()
+            .partition(|m| all || m.created_at_ms <= at_ms);
+        self.mappings = keep;
+        // No remedy may bring back what the holder removed (a replaced
+        // AP's re-establish included).
+        self.displacements.retain(|d| !all && d.at_ms > at_ms);
+        removed
+            .into_iter()
+            .map(|m| Notification::Removed {
+                to_ap: m.ap().clone(),
+                sii: self.sii.clone(),
+                at_gp: at_gp.clone(),
+                opted_out,
+            })
+            .collect()
+    }
+
     /// Deletes a mapping at its own AP's request. An AP may delete only its
     /// own mapping (others' go only through [`Choice::Replace`]). Nobody is
     /// notified; if it was preferred, the next one by precedence takes over.
@@ -1249,6 +1439,165 @@ mod tests {
         assert_eq!(m.ssi, ssi("a", "alice"));
         assert_eq!(m.preferred_at_ms, Some(1_000));
         assert_eq!(m.verified_by, VerifiedBy::Sms);
+    }
+
+    fn removed_aps(notes: &[Notification]) -> Vec<String> {
+        notes
+            .iter()
+            .filter_map(|n| match n {
+                Notification::Removed { to_ap, .. } => Some(to_ap.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn holder_claim(action: HolderAction, at_ms: u64) -> HolderClaim {
+        HolderClaim {
+            sii: sii(),
+            from_gp: "gp9".into(),
+            action,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn the_holder_removes_every_mapping_and_no_remedy_brings_one_back() {
+        let mut r = with_a_b();
+        r.choose(&ap("b"), Choice::Replace, "gp1", &[], 3_000)
+            .unwrap();
+        assert!(
+            r.mapping_of(&ap("a")).is_none(),
+            "a was replaced and could re-establish"
+        );
+        let peers = ["gp2".to_string(), "gp1".into(), "gp2".into()];
+        let (notes, at) = r.holder_act(HolderAction::Remove, "gp1", &peers, 4_000);
+        assert_eq!(at, 4_000);
+        assert_eq!(removed_aps(&notes), ["b"]);
+        let claims: Vec<_> = notes
+            .iter()
+            .filter_map(|n| match n {
+                Notification::HolderClaim { to_gp, claim } => Some((to_gp.clone(), claim.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            claims,
+            vec![(
+                "gp2".to_string(),
+                HolderClaim {
+                    sii: sii(),
+                    from_gp: "gp1".into(),
+                    action: HolderAction::Remove,
+                    at_ms: 4_000
+                }
+            )]
+        );
+        assert!(r.mappings().is_empty());
+        assert_eq!(
+            r.reestablish(&ap("a"), 5_000),
+            Err(MappingError::NothingToRemedy)
+        );
+        assert!(!r.is_opted_out());
+        // A removal does not stop a later registration.
+        let c = r
+            .create_verified(&ap("c"), ssi("c", "cy"), VerifiedBy::Sms, None, 6_000)
+            .unwrap();
+        assert!(c.preferred);
+    }
+
+    #[test]
+    fn an_opt_out_refuses_creation_until_the_holder_opts_in() {
+        let mut r = with_a_b();
+        let (notes, _) = r.holder_act(HolderAction::OptOut, "gp1", &[], 3_000);
+        assert_eq!(removed_aps(&notes).len(), 2);
+        assert!(notes.iter().all(|n| matches!(
+            n,
+            Notification::Removed {
+                opted_out: true,
+                at_gp: None,
+                ..
+            }
+        )));
+        assert!(r.is_opted_out());
+        assert!(!r.is_empty(), "the opt-out itself is kept");
+        assert_eq!(r.candidate("gp1"), None);
+        let before = r.clone();
+        let e = r
+            .create_verified(&ap("a"), ssi("a", "alice"), VerifiedBy::Sms, None, 4_000)
+            .unwrap_err();
+        assert_eq!((e.slug(), e.status()), ("sii-opted-out", 409));
+        assert_eq!(r, before);
+        let (notes, _) = r.holder_act(HolderAction::OptIn, "gp1", &["gp2".into()], 5_000);
+        assert!(matches!(
+            notes.as_slice(),
+            [Notification::HolderClaim {
+                claim: HolderClaim {
+                    action: HolderAction::OptIn,
+                    ..
+                },
+                ..
+            }]
+        ));
+        assert!(!r.is_opted_out());
+        assert!(r
+            .create_verified(&ap("a"), ssi("a", "alice"), VerifiedBy::Sms, None, 6_000)
+            .is_ok());
+        // The opt-in's time is forgotten after the window; then the record
+        // may go once empty.
+        let mut empty = SiiRecord::new(sii());
+        empty.holder_act(HolderAction::OptOut, "gp1", &[], 1_000);
+        empty.holder_act(HolderAction::OptIn, "gp1", &[], 2_000);
+        assert!(!empty.is_empty());
+        empty.prune(2_000 + DEFAULT_REMEDY_WINDOW_MS + CLAIM_EVIDENCE_SLACK_MS + 1);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_peers_holder_claim_is_applied_in_time_order() {
+        let mut r = with_a_b(); // a at 1000, b at 2000
+                                // A removal dated between the two creations removes only a.
+        let n = r
+            .apply_holder_claim(&holder_claim(HolderAction::Remove, 1_500), 3_000)
+            .unwrap();
+        assert_eq!(removed_aps(&n), ["a"]);
+        assert!(
+            matches!(&n[0], Notification::Removed { at_gp: Some(g), opted_out: false, .. } if g == "gp9")
+        );
+        assert_eq!(r.mappings().len(), 1);
+        // An opt-out removes everything, whenever it was made.
+        let n = r
+            .apply_holder_claim(&holder_claim(HolderAction::OptOut, 1_600), 3_000)
+            .unwrap();
+        assert_eq!(removed_aps(&n), ["b"]);
+        assert!(r.is_opted_out());
+        // An opt-in newer than it lifts it; an older opt-out arriving late
+        // (or again) changes nothing.
+        r.apply_holder_claim(&holder_claim(HolderAction::OptIn, 2_500), 3_000)
+            .unwrap();
+        assert!(!r.is_opted_out());
+        let before = r.clone();
+        assert_eq!(
+            r.apply_holder_claim(&holder_claim(HolderAction::OptOut, 1_600), 3_000),
+            Ok(vec![])
+        );
+        assert_eq!(r, before);
+        // A local opt-out after that is dated after the peer's opt-in.
+        let (_, at) = r.holder_act(HolderAction::OptOut, "gp1", &[], 2_000);
+        assert_eq!(at, 2_501);
+        // Refused: another SII, dated past the clock skew.
+        let mut other = holder_claim(HolderAction::Remove, 1);
+        other.sii = Sii::parse("+1 415 555 0199").unwrap();
+        assert_eq!(
+            r.apply_holder_claim(&other, 3_000),
+            Err(MappingError::WrongSii)
+        );
+        assert_eq!(
+            r.apply_holder_claim(
+                &holder_claim(HolderAction::Remove, 3_000 + MAX_CLAIM_SKEW_MS + 1),
+                3_000
+            ),
+            Err(MappingError::ClaimFromTheFuture)
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod creation;
 pub mod credentials;
 pub mod encoding;
 pub mod filter;
+pub mod holder;
 pub mod httpsig;
 pub mod mapping;
 pub mod outbox;

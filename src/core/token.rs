@@ -139,6 +139,19 @@ impl TokenKeys {
     fn find(&self, kid: &str) -> Option<&TokenKey> {
         self.keys.iter().find(|k| k.kid == kid)
     }
+
+    /// A key for another purpose derived from key `kid` (the signing key
+    /// when `None`): HMAC-SHA256(key, `label`), with its kid. Other tokens
+    /// (the SII holder's) rotate with these keys without sharing a MAC key.
+    pub fn derived(&self, kid: Option<&str>, label: &[u8]) -> Option<(String, [u8; 32])> {
+        let k = match kid {
+            Some(kid) => self.find(kid)?,
+            None => self.keys.first()?,
+        };
+        let mut m = HmacSha256::new_from_slice(&k.key).ok()?;
+        m.update(label);
+        Some((k.kid.clone(), m.finalize().into_bytes().into()))
+    }
 }
 
 fn valid_kid(kid: &str) -> bool {
@@ -249,6 +262,14 @@ pub fn issue(keys: &TokenKeys, claims: &TokenClaims) -> String {
     }
 }
 
+/// The four dot-separated parts of a `<prefix>.<kid>.<payload>.<mac>`
+/// token (access tokens here, the SII holder's in `core::holder`).
+pub fn four_parts(token: &str) -> Option<[&str; 4]> {
+    let mut parts = token.split('.');
+    let four = [parts.next()?, parts.next()?, parts.next()?, parts.next()?];
+    parts.next().is_none().then_some(four)
+}
+
 /// Verifies a token's MAC and expiry at `now` (Unix seconds) and returns
 /// its claims. The MAC is checked before anything in the payload is
 /// believed, and compared in constant time.
@@ -256,14 +277,7 @@ pub fn verify(keys: &TokenKeys, token: &str, now: u64) -> Result<TokenClaims, To
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed("too long"));
     }
-    let mut parts = token.split('.');
-    let (Some(prefix), Some(kid), Some(payload_b64), Some(tag_b64), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let Some([prefix, kid, payload_b64, tag_b64]) = four_parts(token) else {
         return Err(TokenError::Malformed("expected gla1.<kid>.<payload>.<mac>"));
     };
     if prefix != TOKEN_PREFIX {

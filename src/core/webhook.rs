@@ -191,6 +191,16 @@ impl From<&Party> for PartyRef {
     }
 }
 
+/// The SII's holder, as named in a `mapping.removed` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderRef {
+    /// Always true: the holder of the SII, not an AP.
+    pub holder: bool,
+    /// The GP where they acted, if it is not this GP.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gp: Option<String>,
+}
+
 /// What an AP is told. The `type` strings are stable API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -231,6 +241,22 @@ pub enum EventData {
         by: PartyRef,
         /// `reestablished` or `preferred-back`.
         remedy: Remedy,
+    },
+    /// The holder of the SII removed your mapping themselves, having proved
+    /// control of it by a code (beyond GLADOS-00: the user's own removal).
+    /// With `opted_out` they also opted out of discovery: no mapping can be
+    /// made for the SII until they opt back in.
+    #[serde(rename = "mapping.removed")]
+    Removed {
+        /// The SII concerned.
+        sii: String,
+        /// Your user whose mapping went.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        user: Option<String>,
+        /// Who removed it: the holder, at this GP or at `gp`.
+        by: HolderRef,
+        /// Whether the holder also opted out of discovery.
+        opted_out: bool,
     },
     /// A user of another app reported a change you made as malicious
     /// (draft §8.2.1: "this would be a strike against the reputation of the
@@ -281,6 +307,20 @@ impl EventData {
                 },
                 remedy: *remedy,
             }),
+            Notification::Removed {
+                sii,
+                at_gp,
+                opted_out,
+                ..
+            } => Some(EventData::Removed {
+                sii: sii.to_string(),
+                user,
+                by: HolderRef {
+                    holder: true,
+                    gp: at_gp.clone(),
+                },
+                opted_out: *opted_out,
+            }),
             _ => None,
         }
     }
@@ -304,6 +344,7 @@ impl EventData {
             EventData::Replaced { .. } => "mapping.replaced",
             EventData::Outpreferred { .. } => "mapping.outpreferred",
             EventData::Remedied { .. } => "mapping.remedied",
+            EventData::Removed { .. } => "mapping.removed",
             EventData::Strike { .. } => "ap.strike",
         }
     }
@@ -438,6 +479,23 @@ mod tests {
         );
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_holders_removal_becomes_a_mapping_removed_event() {
+        let n = Notification::Removed {
+            to_ap: ProviderId::parse("old").unwrap(),
+            sii: sii(),
+            at_gp: Some("gp-a".into()),
+            opted_out: true,
+        };
+        let data = EventData::from_notification(&n, Some("u1".into())).unwrap();
+        assert_eq!(data.kind(), "mapping.removed");
+        let json = serde_json::to_string(&Event::new(data, "evt_r".into(), 0)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"mapping.removed","data":{"sii":"+14155550100","user":"u1","by":{"holder":true,"gp":"gp-a"},"opted_out":true},"id":"evt_r","timestamp":"1970-01-01T00:00:00.000Z"}"#
+        );
     }
 
     #[test]

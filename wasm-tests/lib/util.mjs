@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { ROOT, startFederation, gpSigningKeys, freePort } from './federation.mjs';
 import { startCodeProvider, startWebhookReceiver } from './standins.mjs';
+import { enrollAp } from './ap.mjs';
 
 /** A fresh state directory, removed again by the returned cleanup. */
 export function tempState(label) {
@@ -99,5 +100,59 @@ export async function serve(handler) {
     port,
     url: `http://127.0.0.1:${port}`,
     close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); }),
+  };
+}
+
+/** Polls `fn` every 50 ms until it returns something truthy; fails after `timeoutMs`. */
+export async function eventually(fn, { timeoutMs = 10_000, what = 'condition' } = {}) {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Waits until `gp`'s copy of peer `peer`'s filter holds `sii` (debug route). */
+export async function reaches(gp, peer, sii, timeoutMs = 5000) {
+  await eventually(async () => {
+    const r = await gp.getJson(`/__debug/peer-filters?sii=${encodeURIComponent(sii)}`);
+    return r.body?.peers?.find((p) => p.peer === peer)?.contains === true;
+  }, { timeoutMs, what: `${sii} in ${gp.env}'s copy of ${peer}` });
+}
+
+/** A query rate the functional tests never reach. */
+export const FAST_RATE = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
+
+/**
+ * Three peered GPs (gp-a, gp-b, gp-c) with fresh secrets, the stand-in
+ * code provider and webhook receiver, each GP holding its peers' filters
+ * and subscribed to them. `enroll(env, id, extra)` enrols an AP there
+ * (FAST_RATE unless `extra.rate_params`); `stop()` ends it all.
+ */
+export async function startThreeGps(label) {
+  const state = tempState(label);
+  const secrets = gpSecrets(label);
+  const { codes, hooks, bindings } = await startCodesAndHooks(label);
+  let fed;
+  try {
+    fed = await startFederation({ stateRoot: state.dir, bindings: { '*': { ...secrets, ...bindings } } });
+    for (const gp of fed.gps) await gp.cron();
+  } catch (e) {
+    await codes.close();
+    await hooks.close();
+    state.cleanup();
+    throw e;
+  }
+  return {
+    fed, codes, hooks, secrets,
+    enroll: (env, id, extra = {}) => enrollAp(fed[env], { adminToken: secrets.ADMIN_TOKEN, webhookBase: hooks.url, id, rate_params: FAST_RATE, ...extra }),
+    async stop() {
+      await fed.stop();
+      await codes.close();
+      await hooks.close();
+      state.cleanup();
+    },
   };
 }

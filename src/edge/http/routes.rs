@@ -4,6 +4,7 @@
 //! `GET /__debug/routes` serves it so the end-to-end suite can check that
 //! every route is documented in `/openapi.json` (and nothing else is).
 
+use crate::core::holder::HolderAction;
 use crate::edge::api::ap::mappings::Action;
 use crate::edge::api::{ap, debug, operator, peer, public};
 use crate::edge::config::GpConfig;
@@ -20,6 +21,13 @@ enum Route {
     Peers,
     OpenApi,
     StatementKeys,
+    HolderCodes,
+    HolderVerify,
+    HolderStatus,
+    HolderRemove,
+    HolderOptOut,
+    HolderOptIn,
+    PeerHolderClaims,
     OAuthToken,
     Me,
     AdminAps,
@@ -99,6 +107,43 @@ const ROUTES: &[RouteDef] = &[
         template: "/.well-known/glados-keys",
         route: Route::StatementKeys,
         methods: GET,
+        debug_only: false,
+    },
+    // Beyond GLADOS-00: the SII holder's own removal and opt-out (public).
+    RouteDef {
+        template: "/v1/holder/codes",
+        route: Route::HolderCodes,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/holder/verify",
+        route: Route::HolderVerify,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/holder/status",
+        route: Route::HolderStatus,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/holder/remove",
+        route: Route::HolderRemove,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/holder/opt-out",
+        route: Route::HolderOptOut,
+        methods: POST,
+        debug_only: false,
+    },
+    RouteDef {
+        template: "/v1/holder/opt-in",
+        route: Route::HolderOptIn,
+        methods: POST,
         debug_only: false,
     },
     RouteDef {
@@ -244,6 +289,13 @@ const ROUTES: &[RouteDef] = &[
         methods: POST,
         debug_only: false,
     },
+    // Beyond GLADOS-00: the SII holder acted at a peer GP.
+    RouteDef {
+        template: "/peer/v1/holder-claims",
+        route: Route::PeerHolderClaims,
+        methods: POST,
+        debug_only: false,
+    },
     // draft §9 GP-to-GP routing protocol; signed peer requests only.
     RouteDef {
         template: "/peer/v1/filter",
@@ -371,6 +423,12 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::Peers => public::info::peers(cfg).await,
         Route::OpenApi => public::info::openapi(),
         Route::StatementKeys => public::keys::serve(env, cfg),
+        Route::HolderCodes => public::holder::codes(req, env, cfg).await,
+        Route::HolderVerify => public::holder::verify(req, env, cfg).await,
+        Route::HolderStatus => public::holder::status(req, env, cfg).await,
+        Route::HolderRemove => public::holder::act(req, env, cfg, HolderAction::Remove).await,
+        Route::HolderOptOut => public::holder::act(req, env, cfg, HolderAction::OptOut).await,
+        Route::HolderOptIn => public::holder::act(req, env, cfg, HolderAction::OptIn).await,
         Route::PublicFilter => public::filter::get(&req, env, &cfg.id).await,
         // The AP API.
         Route::OAuthToken => ap::oauth::token(req, env, cfg).await,
@@ -400,6 +458,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::PeerQuery => peer::query::serve(req, env, cfg).await,
         Route::PeerClaims => peer::claims::serve(req, env, cfg).await,
         Route::PeerStrikes => peer::strikes::serve(req, env, cfg).await,
+        Route::PeerHolderClaims => peer::claims::serve_holder(req, env, cfg).await,
         Route::PeerFilter => peer::filter::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => peer::filter::serve_additions(req, env, cfg).await,
         Route::PeerFilterSubscriptions => peer::filter::subscribe(req, env, cfg).await,

@@ -5,11 +5,13 @@
 //! callers of [`Shard`] see their success reply or an [`ApiError`].
 
 use crate::core::bulk::LineEffect;
+use crate::core::holder::{HolderAction, HolderClaim};
 use crate::core::mapping::{
     Candidate, Choice, Claim, Mapping, MappingError, Party, StrikeNotice, VerifiedBy,
 };
 use crate::core::shard::{shard_name, shard_of};
 use crate::core::sii::Sii;
+use crate::core::tags::MappingMeta;
 use crate::core::verification::{SendLimited, SendScope, VerifyError};
 use crate::edge::config::{binding, per_env};
 use crate::edge::http::error::{ApiError, ApiResult};
@@ -32,6 +34,9 @@ pub enum ShardOp {
         /// Lifetime of the code (from the GP's code policy).
         ttl_ms: u64,
         per_sii_per_hour: u32,
+        /// Tags and label for the mapping (beyond GLADOS-00).
+        #[serde(default)]
+        meta: MappingMeta,
         now_ms: u64,
     },
     /// Undo a `Begin` whose message could not be sent.
@@ -126,6 +131,27 @@ pub enum ShardOp {
         #[serde(default)]
         all: bool,
     },
+    /// The SII holder's code (beyond GLADOS-00): on a match the holder's
+    /// verification is used up and its SII answered.
+    HolderConfirm {
+        salt: String,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    },
+    /// The holder, having proved control, removes every mapping, opts out
+    /// or back in (`SiiRecord::holder_act`); each peer GP in
+    /// `claim_peers` is told from the claim outbox.
+    HolderAct {
+        sii: String,
+        action: HolderAction,
+        gp: String,
+        #[serde(default)]
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    },
+    /// A peer GP's holder claim, already signature-checked.
+    ApplyHolderClaim { claim: HolderClaim, now_ms: u64 },
     /// One page of the digests of every SII this shard holds a mapping for
     /// (SIIs after `after`, in order): a filter rebuild re-inserts them so
     /// removed SIIs drop out (draft §9).
@@ -140,6 +166,8 @@ pub struct MappingView {
     pub verified_by: VerifiedBy,
     pub created_at_ms: u64,
     pub preferred: bool,
+    #[serde(default)]
+    pub meta: MappingMeta,
 }
 
 /// Shard-internal reply.
@@ -182,6 +210,15 @@ pub enum ShardReply {
         digests: Vec<String>,
         /// Where the next page starts; `None` on the last page.
         next: Option<String>,
+    },
+    /// The holder's code matched: the SII they proved control of.
+    HolderConfirmed {
+        sii: String,
+    },
+    /// A holder's action done: the APs told, the peers claimed to.
+    HolderDone {
+        removed: Vec<String>,
+        peers: Vec<String>,
     },
     /// A peer's strike notice: applied now, or a redelivery of one applied
     /// before (`applied: false`).
@@ -257,6 +294,7 @@ impl Refusal {
                 "ssi-not-of-caller" => MappingError::SsiNotOfCaller,
                 "no-such-claim" => MappingError::NoSuchClaim,
                 "claim-from-the-future" => MappingError::ClaimFromTheFuture,
+                "sii-opted-out" => MappingError::OptedOut,
                 _ => MappingError::WrongSii,
             }),
         }
@@ -359,6 +397,7 @@ impl<'e> Shard<'e> {
         code_hash: String,
         ttl_ms: u64,
         per_sii_per_hour: u32,
+        meta: MappingMeta,
         now_ms: u64,
     ) -> ApiResult<Begun> {
         let op = ShardOp::Begin {
@@ -369,6 +408,7 @@ impl<'e> Shard<'e> {
             code_hash,
             ttl_ms,
             per_sii_per_hour,
+            meta,
             now_ms,
         };
         match self.send(&op).await? {
@@ -607,6 +647,63 @@ impl<'e> Shard<'e> {
             }),
             other => Err(unexpected(&self.obj, "lookup", other).into()),
         }
+    }
+
+    /// The SII holder's code; a refusal is returned as such (the caller
+    /// answers it).
+    pub async fn holder_confirm(
+        &self,
+        salt: String,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    ) -> ApiResult<Sii> {
+        let op = ShardOp::HolderConfirm {
+            salt,
+            code,
+            pepper,
+            now_ms,
+        };
+        match self.send(&op).await? {
+            ShardReply::HolderConfirmed { sii } => Sii::parse(&sii)
+                .map_err(|e| ApiError::Internal(format!("shard answered a bad sii: {e}"))),
+            other => Err(unexpected(&self.obj, "holder_confirm", other).into()),
+        }
+    }
+
+    /// The holder's action on this SII; `(APs told, peers claimed to)`.
+    pub async fn holder_act(
+        &self,
+        sii: &Sii,
+        action: HolderAction,
+        gp: &str,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<(Vec<String>, Vec<String>)> {
+        let op = ShardOp::HolderAct {
+            sii: sii.to_string(),
+            action,
+            gp: gp.to_owned(),
+            claim_peers,
+            now_ms,
+        };
+        match self.send(&op).await? {
+            ShardReply::HolderDone { removed, peers } => Ok((removed, peers)),
+            other => Err(unexpected(&self.obj, "holder_act", other).into()),
+        }
+    }
+
+    /// A peer GP's holder claim, already signature-checked.
+    pub async fn apply_holder_claim(
+        &self,
+        claim: HolderClaim,
+        now_ms: u64,
+    ) -> ApiResult<Vec<String>> {
+        self.change(
+            ShardOp::ApplyHolderClaim { claim, now_ms },
+            "apply_holder_claim",
+        )
+        .await
     }
 
     /// One page of the digests of every SII this shard holds (draft §9

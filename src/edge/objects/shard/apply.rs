@@ -3,17 +3,19 @@
 //! serialized and racing requests end in one consistent state.
 
 use super::outbox::PeerNotice;
-use super::store::{dec_prev, PrevRow};
+use super::store::{dec_prev, PendingData, PendingRow, PrevRow};
 use super::MappingShard;
 use crate::core::bulk::{line_effect, LineEffect};
 use crate::core::creation::{repeat_rule, OpenPending, Repeat};
 use crate::core::encoding::{b64url_encode, hex_decode, hex_encode};
+use crate::core::holder::{HolderAction, HolderClaim, HOLDER};
 use crate::core::mapping::{
     Candidate, Choice, Claim, DisplaceAction, MappingError, Notification, Party, PeerStrike,
     SiiRecord, StrikeNotice, VerifiedBy,
 };
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
+use crate::core::tags::MappingMeta;
 use crate::core::verification::{CodePolicy, PendingVerification, SendLimit, VerifyError};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::objects::dec;
@@ -48,9 +50,12 @@ type Applied = (ShardReply, bool);
 /// notification names — get a claim, as for a choice (draft §10).
 /// Whether a change claims the SII to peer GPs (their outbox needs the alarm).
 fn has_claims(notes: &[Notification]) -> bool {
-    notes
-        .iter()
-        .any(|n| matches!(n, Notification::Claim { .. }))
+    notes.iter().any(|n| {
+        matches!(
+            n,
+            Notification::Claim { .. } | Notification::HolderClaim { .. }
+        )
+    })
 }
 
 fn remedy_claims(
@@ -91,6 +96,7 @@ impl MappingShard {
                 code_hash,
                 ttl_ms,
                 per_sii_per_hour,
+                meta,
                 now_ms,
             } => self.begin(
                 sii,
@@ -99,6 +105,7 @@ impl MappingShard {
                 (salt, code_hash),
                 ttl_ms,
                 per_sii_per_hour,
+                meta,
                 now_ms,
             ),
             ShardOp::Abort {
@@ -151,6 +158,20 @@ impl MappingShard {
             ShardOp::ApplyClaim { claim, now_ms } => self.apply_claim(claim, now_ms),
             ShardOp::ApplyPeerStrike { notice, now_ms } => self.apply_peer_strike(notice, now_ms),
             ShardOp::Lookup { sii, all } => self.lookup(sii, all),
+            ShardOp::HolderConfirm {
+                salt,
+                code,
+                pepper,
+                now_ms,
+            } => self.holder_confirm(salt, code, pepper, now_ms),
+            ShardOp::HolderAct {
+                sii,
+                action,
+                gp,
+                claim_peers,
+                now_ms,
+            } => self.holder_act(sii, action, gp, claim_peers, now_ms),
+            ShardOp::ApplyHolderClaim { claim, now_ms } => self.apply_holder_claim(claim, now_ms),
             ShardOp::Digests { after, limit } => self.digests(after, limit),
         }
     }
@@ -352,6 +373,7 @@ impl MappingShard {
             verified_by: m.verified_by,
             created_at_ms: m.created_at_ms,
             preferred: preferred.as_ref() == Some(&caller),
+            meta: m.meta.clone(),
         });
         // Only an AP that holds a mapping for the SII learns who else
         // is preferred: otherwise this would be an unmetered lookup
@@ -411,7 +433,7 @@ impl MappingShard {
         };
         let reply = ShardReply::Lookup {
             mappings,
-            opted_out: false,
+            opted_out: r.is_opted_out(),
         };
         Ok((reply, false))
     }
@@ -456,21 +478,31 @@ impl MappingShard {
         (salt, code_hash): (String, String),
         ttl_ms: u64,
         per_sii_per_hour: u32,
+        meta: MappingMeta,
         now_ms: u64,
     ) -> ApiResult<Applied> {
         let sii_v = parse_sii(&sii)?;
-        let caller = parse_ap(&ap)?;
         let record = self.load_record(&sii_v)?;
-        let existing = record
-            .preferred()
-            .filter(|m| m.ap() != &caller)
-            .map(|m| Party {
-                ap: m.ap().clone(),
-                gp: None,
-            });
+        // The holder (beyond GLADOS-00) may always prove control, to opt
+        // back in too; an AP gets no code for an opted-out SII.
+        let existing = if ap == HOLDER {
+            None
+        } else if record.is_opted_out() {
+            let refused = Refusal::mapping(MappingError::OptedOut);
+            return Ok((ShardReply::Refused(refused), false));
+        } else {
+            let caller = parse_ap(&ap)?;
+            record
+                .preferred()
+                .filter(|m| m.ap() != &caller)
+                .map(|m| Party {
+                    ap: m.ap().clone(),
+                    gp: None,
+                })
+        };
         let open = self.pending_for(&sii, &ap)?;
         let open_pv: Option<PendingVerification> = match &open {
-            Some(p) => Some(dec(&p.row)?),
+            Some(p) => Some(dec::<PendingData>(&p.row)?.pv),
             None => None,
         };
         let rule = repeat_rule(
@@ -485,6 +517,13 @@ impl MappingShard {
             now_ms,
         );
         if let (Repeat::Reuse, Some(p), Some(pv)) = (rule, &open, &open_pv) {
+            // A retry of the same request: its tags and label are the ones
+            // the mapping gets.
+            let row = enc(&PendingData {
+                pv: pv.clone(),
+                meta,
+            })?;
+            self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &row)?;
             return Ok((
                 ShardReply::Begun {
                     reused: true,
@@ -545,18 +584,126 @@ impl MappingShard {
             }
             None => None,
         };
-        self.put_pending(&salt, &sii, &ap, &user, &enc(&pv)?)?;
+        let expires_at_ms = pv.expires_at_ms;
+        self.put_pending(&salt, &sii, &ap, &user, &enc(&PendingData { pv, meta })?)?;
         self.store_counter(&sii, &counter)?;
         Ok((
             ShardReply::Begun {
                 reused: false,
                 salt,
-                expires_at_ms: pv.expires_at_ms,
+                expires_at_ms,
                 existing,
                 previous,
             },
             false,
         ))
+    }
+
+    /// Checks a presented code against `ap`'s pending verification `salt`
+    /// (a wrong code counts against its attempts); on a match the row and
+    /// what the AP attached to it.
+    fn check_code(
+        &self,
+        salt: &str,
+        ap: &str,
+        code: &str,
+        pepper: &str,
+        now_ms: u64,
+    ) -> ApiResult<Result<(PendingRow, MappingMeta), Refusal>> {
+        let Some(p) = self.pending_by_salt(salt)? else {
+            return Ok(Err(Refusal::NoSuchVerification));
+        };
+        // Another AP's handle reads as unknown (no probing of others' flows).
+        if p.ap != ap {
+            return Ok(Err(Refusal::NoSuchVerification));
+        }
+        let PendingData { mut pv, meta } = dec(&p.row)?;
+        let pepper = hex_decode(pepper).map_err(|_| ApiError::Internal("bad pepper".into()))?;
+        let policy = CodePolicy::default();
+        if let Err(e) = pv.attempt(&policy, &pepper, code, now_ms) {
+            if matches!(e, VerifyError::WrongCode { .. }) {
+                let row = enc(&PendingData { pv, meta })?;
+                self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &row)?;
+            }
+            return Ok(Err(Refusal::verify(e)));
+        }
+        Ok(Ok((p, meta)))
+    }
+
+    /// The SII holder's code (beyond GLADOS-00): used up on a match.
+    pub(super) fn holder_confirm(
+        &self,
+        salt: String,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        match self.check_code(&salt, HOLDER, &code, &pepper, now_ms)? {
+            Ok((p, _)) => {
+                self.delete_pending(&p.salt)?;
+                Ok((ShardReply::HolderConfirmed { sii: p.sii }, false))
+            }
+            Err(refused) => Ok((ShardReply::Refused(refused), false)),
+        }
+    }
+
+    /// The holder's removal, opt-out or opt-in (beyond GLADOS-00), with
+    /// the webhooks to the APs whose mappings went and the claims to the
+    /// peers, in one synchronous block (ARCHITECTURE.md, Invariants 3).
+    pub(super) fn holder_act(
+        &self,
+        sii: String,
+        action: HolderAction,
+        gp: String,
+        claim_peers: Vec<String>,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let sii = parse_sii(&sii)?;
+        let mut r = self.load_record(&sii)?;
+        let before = r.clone();
+        let (notes, _) = r.holder_act(action, &gp, &claim_peers, now_ms);
+        let (reply, wrote) = self.commit_holder(&r, &before, &notes, action, now_ms)?;
+        let peers = notes
+            .iter()
+            .filter_map(|n| match n {
+                Notification::HolderClaim { to_gp, .. } => Some(to_gp.clone()),
+                _ => None,
+            })
+            .collect();
+        let removed = match reply {
+            ShardReply::Done { notified } => notified,
+            _ => Vec::new(),
+        };
+        Ok((ShardReply::HolderDone { removed, peers }, wrote))
+    }
+
+    /// A peer GP's holder claim (beyond GLADOS-00).
+    pub(super) fn apply_holder_claim(&self, claim: HolderClaim, now_ms: u64) -> ApiResult<Applied> {
+        let mut r = self.load_record(&claim.sii)?;
+        let before = r.clone();
+        match r.apply_holder_claim(&claim, now_ms) {
+            Ok(notes) => self.commit_holder(&r, &before, &notes, claim.action, now_ms),
+            Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
+        }
+    }
+
+    /// Stores a record a holder's action changed. An opt-out also goes
+    /// into this GP's routing filter, so every peer asks this GP about the
+    /// SII and hears `opted_out` though no mapping is left anywhere.
+    fn commit_holder(
+        &self,
+        r: &SiiRecord,
+        before: &SiiRecord,
+        notes: &[Notification],
+        action: HolderAction,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        let (reply, wrote) = self.commit(r, before, notes, now_ms)?;
+        let opted_out = action == HolderAction::OptOut && r.is_opted_out();
+        if opted_out {
+            self.queue_filter(r.sii())?;
+        }
+        Ok((reply, wrote || opted_out))
     }
 
     pub(super) fn confirm(
@@ -568,22 +715,10 @@ impl MappingShard {
         remote: Option<Candidate>,
         now_ms: u64,
     ) -> ApiResult<Applied> {
-        let Some(p) = self.pending_by_salt(&salt)? else {
-            return Ok((ShardReply::Refused(Refusal::NoSuchVerification), false));
+        let (p, meta) = match self.check_code(&salt, &ap, &code, &pepper, now_ms)? {
+            Ok(found) => found,
+            Err(refused) => return Ok((ShardReply::Refused(refused), false)),
         };
-        // Another AP's handle reads as unknown (no probing of others' flows).
-        if p.ap != ap {
-            return Ok((ShardReply::Refused(Refusal::NoSuchVerification), false));
-        }
-        let mut pv: PendingVerification = dec(&p.row)?;
-        let pepper = hex_decode(&pepper).map_err(|_| ApiError::Internal("bad pepper".into()))?;
-        let policy = CodePolicy::default();
-        if let Err(e) = pv.attempt(&policy, &pepper, &code, now_ms) {
-            if matches!(e, VerifyError::WrongCode { .. }) {
-                self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &enc(&pv)?)?;
-            }
-            return Ok((ShardReply::Refused(Refusal::verify(e)), false));
-        }
         let sii = parse_sii(&p.sii)?;
         let caller = parse_ap(&p.ap)?;
         let user = UserId::parse(&p.user)
@@ -595,10 +730,11 @@ impl MappingShard {
         let mut r = self.load_record(&sii)?;
         let was_new = r.mapping_of(&caller).is_none();
         let others = r.mappings().iter().any(|m| m.ap() != &caller);
-        let created = match r.create_verified(
+        let created = match r.create_verified_with(
             &caller,
             Ssi::new(caller.clone(), user),
             by,
+            meta.clone(),
             remote.as_ref(),
             now_ms,
         ) {
@@ -626,6 +762,7 @@ impl MappingShard {
             verified_by: by,
             created_at_ms: now_ms,
             preferred: created.preferred,
+            meta,
         };
         Ok((
             ShardReply::Confirmed {

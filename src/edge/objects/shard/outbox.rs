@@ -6,7 +6,8 @@
 use super::apply::random_id;
 use super::MappingShard;
 use crate::core::encoding::{hex_decode, hex_encode};
-use crate::core::mapping::{Claim, DisplaceAction, Notification, SiiRecord, StrikeNotice};
+use crate::core::holder::HolderClaim;
+use crate::core::mapping::{Claim, Notification, SiiRecord, StrikeNotice};
 use crate::core::sii::Sii;
 use crate::core::webhook::{Event, EventData};
 use crate::edge::config::GpConfig;
@@ -45,6 +46,9 @@ pub const CLAIMS_PATH: &str = "/peer/v1/claims";
 /// Where peers take strike notices (draft §8.2.1).
 pub const STRIKES_PATH: &str = "/peer/v1/strikes";
 
+/// Where peers take the SII holder's actions (beyond GLADOS-00).
+pub const HOLDER_CLAIMS_PATH: &str = "/peer/v1/holder-claims";
+
 /// A message in the claim outbox. Claims are stored as the bare claim JSON
 /// (as before strikes were forwarded, so queued rows stay readable); other
 /// notices carry a `notice` tag.
@@ -56,6 +60,8 @@ pub(super) enum PeerNotice {
     Claim(Claim),
     /// draft §8.2.1 strike, to `STRIKES_PATH`.
     Strike { strike: StrikeNotice },
+    /// The SII holder's removal, opt-out or opt-in, to `HOLDER_CLAIMS_PATH`.
+    Holder { claim: HolderClaim },
 }
 
 impl PeerNotice {
@@ -78,6 +84,7 @@ impl PeerNotice {
         match self {
             PeerNotice::Claim(_) => "claim",
             PeerNotice::Strike { .. } => "strike notice",
+            PeerNotice::Holder { .. } => "holder claim",
         }
     }
 
@@ -86,6 +93,7 @@ impl PeerNotice {
         match self {
             PeerNotice::Claim(c) => Ok((CLAIMS_PATH, enc(c)?)),
             PeerNotice::Strike { strike } => Ok((STRIKES_PATH, enc(strike)?)),
+            PeerNotice::Holder { claim } => Ok((HOLDER_CLAIMS_PATH, enc(claim)?)),
         }
     }
 }
@@ -153,22 +161,32 @@ impl MappingShard {
     ) -> ApiResult<Vec<String>> {
         let mut notified = Vec::new();
         for n in notes {
+            if let Some(ap) = n.deleted_mapping_of() {
+                // One user fewer for that AP.
+                self.push(
+                    ap.as_str(),
+                    &ApItem::Users {
+                        id: random_id()?,
+                        delta: -1,
+                        overlap: 0,
+                    },
+                )?;
+            }
             let (to_ap, user) = match n {
-                Notification::Displaced { to_ap, action, .. } => {
-                    if *action == DisplaceAction::Replaced {
-                        self.push(
-                            to_ap.as_str(),
-                            &ApItem::Users {
-                                id: random_id()?,
-                                delta: -1,
-                                overlap: 0,
-                            },
-                        )?;
-                    }
+                Notification::Displaced { to_ap, .. } | Notification::Removed { to_ap, .. } => {
                     let user = before.mapping_of(to_ap).map(|m| m.ssi.user().to_string());
                     (to_ap.to_string(), user)
                 }
                 Notification::Remedied { to, .. } if to.gp.is_none() => (to.ap.to_string(), None),
+                Notification::HolderClaim { to_gp, claim } => {
+                    self.queue_peer(
+                        to_gp,
+                        &PeerNotice::Holder {
+                            claim: claim.clone(),
+                        },
+                    )?;
+                    continue;
+                }
                 Notification::Claim { to_gp, claim } => {
                     // draft §10: "it sends a webhook callback to those GP,
                     // indicating that that particular SII has been claimed"

@@ -4,7 +4,8 @@
 use super::MappingShard;
 use crate::core::mapping::SiiRecord;
 use crate::core::sii::Sii;
-use crate::core::verification::{WindowCounter, SEND_WINDOW_MS};
+use crate::core::tags::MappingMeta;
+use crate::core::verification::{PendingVerification, WindowCounter, SEND_WINDOW_MS};
 use crate::edge::http::error::{ApiResult, OrInternal};
 use crate::edge::objects::dec;
 use crate::edge::objects::enc;
@@ -29,6 +30,17 @@ pub(super) struct PendingRow {
 #[derive(Deserialize)]
 pub(super) struct CounterRow {
     pub(super) counter: String,
+}
+
+/// A pending row's `row` column: the verification and what the AP
+/// attached to the mapping it will create (tags, label). Flattened, so
+/// rows written before tags existed read with no tags.
+#[derive(Serialize, Deserialize)]
+pub(super) struct PendingData {
+    #[serde(flatten)]
+    pub(super) pv: PendingVerification,
+    #[serde(default, skip_serializing_if = "MappingMeta::is_empty")]
+    pub(super) meta: MappingMeta,
 }
 
 /// A pending row as carried to `Abort` to be put back.

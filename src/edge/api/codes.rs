@@ -1,0 +1,173 @@
+//! Verification codes sent to an SII: for an AP's new mapping (draft §8.2)
+//! and for the SII's holder managing their own discovery (beyond
+//! GLADOS-00). One flow, so both have the same limits: the repeat rule
+//! (same request within 30 s: same handle, nothing sent), the per-SII send
+//! limit in the SII's shard, and a per-sender hourly limit — the AP's, or
+//! for holders one shared budget under the reserved id `~holder`.
+use crate::core::creation::{CodeMessage, Handle};
+use crate::core::encoding::{hex_decode, hex_encode};
+use crate::core::mapping::Party;
+use crate::core::shard::shard_of;
+use crate::core::sii::{Sii, SiiKind};
+use crate::core::tags::MappingMeta;
+use crate::core::verification::{
+    generate_code, hash_code, CodePolicy, SendLimit, SendLimited, SendScope,
+};
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::outbound::codes;
+use crate::edge::rpc::ap::{ApClient, Limited};
+use crate::edge::rpc::shard::{shard_count, Begun, Shard};
+use sha2::{Digest, Sha256};
+use worker::Env;
+
+pub fn random<const N: usize>() -> ApiResult<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("getrandom: {e}")))?;
+    Ok(b)
+}
+
+/// The pepper of stored code hashes: `CODE_PEPPER` if set, else derived
+/// from `WEBHOOK_MASTER_KEY` under its own label (never stored with the
+/// hashes, so a leaked shard does not give codes back).
+pub fn pepper(env: &Env) -> ApiResult<Vec<u8>> {
+    if let Ok(s) = env.secret("CODE_PEPPER") {
+        let s = s.to_string();
+        if !s.is_empty() {
+            return Ok(s.into_bytes());
+        }
+    }
+    let master = crate::edge::config::webhook_master_key(env)?;
+    let mut h = Sha256::new();
+    h.update(b"glados/code-pepper/v1\0");
+    h.update(&master);
+    Ok(h.finalize().to_vec())
+}
+
+fn var_u32(env: &Env, name: &str, default: u32) -> u32 {
+    env.var(name)
+        .ok()
+        .and_then(|v| v.to_string().trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The code policy (6 digits, 5 attempts) and the codes' lifetime from
+/// `CODE_TTL_SECONDS` (default 600). The policy bounds the lifetime to
+/// 1 min..1 day; a GP with DEBUG_ROUTES (local and test GPs only) may go
+/// lower, so the suite can watch a code expire.
+fn code_policy(env: &Env, cfg: &GpConfig) -> ApiResult<(CodePolicy, u64)> {
+    let d = CodePolicy::default();
+    let ttl_ms = u64::from(var_u32(env, "CODE_TTL_SECONDS", (d.ttl_ms() / 1000) as u32)) * 1000;
+    if cfg.debug_routes && ttl_ms >= 1000 {
+        return Ok((d, ttl_ms));
+    }
+    let p = CodePolicy::new(d.length(), d.alphabet(), ttl_ms, d.max_attempts())
+        .map_err(|e| ApiError::Internal(format!("config CODE_TTL_SECONDS: {e}")))?;
+    Ok((p, ttl_ms))
+}
+
+/// Phone numbers as integers, for the sequential-number signal.
+fn phone_number(sii: &Sii) -> Option<u64> {
+    (sii.kind() == SiiKind::Phone)
+        .then(|| sii.as_str().trim_start_matches('+').parse().ok())
+        .flatten()
+}
+
+/// A verification to start: whose code, for which SII.
+pub struct Start<'a> {
+    pub sii: &'a Sii,
+    /// The AP (its provider id), or `core::holder::HOLDER`.
+    pub ap: &'a str,
+    /// The AP's user id ("" for a holder).
+    pub user: &'a str,
+    /// Tags and label for the mapping (none for a holder).
+    pub meta: MappingMeta,
+}
+
+/// A started (or repeated) verification.
+pub struct Started {
+    pub handle: Handle,
+    pub expires_at_ms: u64,
+    /// Whether a code message went out (false: a repeat within 30 s).
+    pub sent: bool,
+    /// The holder of the SII on this GP, other than the caller.
+    pub existing: Option<Party>,
+}
+
+/// Starts a verification and sends its code (`message(code, ttl_ms)`),
+/// unless the request repeats one whose code went out under 30 s ago.
+/// Over a limit, or when the message cannot be sent, nothing is left
+/// behind: the pending verification and both counters are rolled back.
+pub async fn start(
+    env: &Env,
+    cfg: &GpConfig,
+    s: Start<'_>,
+    message: impl FnOnce(&str, u64) -> CodeMessage,
+) -> ApiResult<Started> {
+    let now = crate::edge::clock::now_ms();
+    let (policy, ttl_ms) = code_policy(env, cfg)?;
+    let code = generate_code(&policy, &mut |b: &mut [u8]| {
+        let _ = getrandom::fill(b);
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let salt: [u8; 16] = random()?;
+    let limits = SendLimit::default();
+    let shard = Shard::of(env, s.sii);
+    let Begun {
+        reused,
+        salt: salt_hex,
+        expires_at_ms,
+        existing,
+        previous,
+    } = shard
+        .begin(
+            s.sii,
+            s.ap,
+            s.user,
+            hex_encode(&salt),
+            hex_encode(&hash_code(&pepper(env)?, &salt, code.as_str())),
+            ttl_ms,
+            var_u32(env, "CODES_PER_SII_PER_HOUR", limits.per_sii_per_hour),
+            s.meta,
+            now,
+        )
+        .await?;
+    if !reused {
+        let abort = || shard.abort(s.sii, s.ap, salt_hex.clone(), previous.clone(), now);
+        // Per-sender limit (SMS pumping through one AP, or through the
+        // public holder flow), then the message.
+        let per_ap_per_hour = var_u32(env, "CODES_PER_AP_PER_HOUR", limits.per_ap_per_hour);
+        let sent = ApClient::new(env, s.ap)
+            .record_send(per_ap_per_hour, phone_number(s.sii), now)
+            .await?;
+        if let Err(Limited { retry_after_ms }) = sent {
+            abort().await?;
+            let e = ApiError::from(SendLimited {
+                scope: SendScope::Ap,
+                retry_after_ms,
+            });
+            return Err(match retry_after_ms {
+                Some(ms) => e.with_header("Retry-After", ms.div_ceil(1000).to_string()),
+                None => e,
+            });
+        }
+        if let Err(e) = codes::send(env, s.sii, &message(code.as_str(), ttl_ms)).await {
+            abort().await?;
+            ApClient::new(env, s.ap).refund_send().await?;
+            return Err(e);
+        }
+    }
+    let salt: [u8; 16] = hex_decode(&salt_hex)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ApiError::Internal("shard returned a bad salt".into()))?;
+    Ok(Started {
+        handle: Handle {
+            shard: shard_of(s.sii, shard_count(env)),
+            salt,
+        },
+        expires_at_ms,
+        sent: !reused,
+        existing,
+    })
+}
