@@ -95,12 +95,12 @@ def before_call(ctx, case, kwargs):
 
 
 def _claim_as_signer(case):
-    """A claim or strike notice must name its signer as `from_gp` (else
+    """A claim, strike notice or holder claim must name its signer as `from_gp` (else
     403 peer-mismatch before any other check), which random strings never
     do; a schema-valid one (a non-empty string) is replaced by the signing
     peer's id so the fuzzer reaches the handlers' own checks. Anything else
     (a negative case about from_gp) goes out as generated."""
-    if case.path not in ("/peer/v1/claims", "/peer/v1/strikes"):
+    if case.path not in ("/peer/v1/claims", "/peer/v1/strikes", "/peer/v1/holder-claims"):
         return
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("from_gp"), str) and body["from_gp"]:
