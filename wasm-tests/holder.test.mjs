@@ -13,7 +13,6 @@ import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { startThreeGps, reaches, eventually } from './lib/util.mjs';
 import { call, registerMapping } from './lib/ap.mjs';
-import { openapiValidator } from './lib/openapi.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
@@ -27,9 +26,8 @@ const aps = {};
 
 before(async () => {
   three = await startThreeGps('h');
-  ({ fed, codes, hooks } = three);
+  ({ fed, codes, hooks, validated } = three);
   admin = { authorization: `Bearer ${three.secrets.ADMIN_TOKEN}` };
-  validated = await openapiValidator(fed['gp-a']);
   aps.a = await three.enroll('gp-a', 'h-a', { bulk_allowed: true });
   aps.b = await three.enroll('gp-b', 'h-b');
   aps.c = await three.enroll('gp-c', 'h-c');

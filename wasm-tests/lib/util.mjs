@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { ROOT, startFederation, gpSigningKeys, freePort } from './federation.mjs';
 import { startCodeProvider, startWebhookReceiver } from './standins.mjs';
 import { enrollAp } from './ap.mjs';
+import { openapiValidator } from './openapi.mjs';
 
 /** A fresh state directory, removed again by the returned cleanup. */
 export function tempState(label) {
@@ -129,7 +130,8 @@ export const FAST_RATE = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1
  * Three peered GPs (gp-a, gp-b, gp-c) with fresh secrets, the stand-in
  * code provider and webhook receiver, each GP holding its peers' filters
  * and subscribed to them. `enroll(env, id, extra)` enrols an AP there
- * (FAST_RATE unless `extra.rate_params`); `stop()` ends it all.
+ * (FAST_RATE unless `extra.rate_params`); `validated(method, template, r)`
+ * checks an answer against the GPs' openapi.json; `stop()` ends it all.
  */
 export async function startThreeGps(label) {
   const state = tempState(label);
@@ -145,8 +147,9 @@ export async function startThreeGps(label) {
     state.cleanup();
     throw e;
   }
+  const validated = await openapiValidator(fed['gp-a']);
   return {
-    fed, codes, hooks, secrets,
+    fed, codes, hooks, secrets, validated,
     enroll: (env, id, extra = {}) => enrollAp(fed[env], { adminToken: secrets.ADMIN_TOKEN, webhookBase: hooks.url, id, rate_params: FAST_RATE, ...extra }),
     async stop() {
       await fed.stop();
