@@ -4,8 +4,26 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 ensure_build_tools
-log "building the worker (worker-build --release, feature worker)"
-"$WORKER_BUILD_BIN" --release --features worker >&2
+# worker-build reruns wasm-bindgen and wasm-opt even when nothing changed
+# (over a minute on a busy 2-core machine), and `wrangler dev` / `wrangler
+# deploy` run this script every time: skip it when the inputs are the ones
+# build/ was made from.
+worker_inputs() {
+  { find src -type f -print0 | sort -z | xargs -0 sha256sum
+    sha256sum Cargo.toml Cargo.lock scripts/build-worker.sh
+    echo "worker-build $WORKER_BUILD_BIN wasm-bindgen $WASM_BINDGEN_BIN"
+  } | sha256sum | cut -d' ' -f1
+}
+WORKER_STAMP="$ROOT/build/.inputs.sha256"
+worker_sum="$(worker_inputs)"
+if [ -f build/index.js ] && [ -f build/index_bg.wasm ] && [ "$(cat "$WORKER_STAMP" 2>/dev/null)" = "$worker_sum" ]; then
+  log "worker is up to date (build/, inputs unchanged)"
+else
+  log "building the worker (worker-build --release, feature worker)"
+  rm -f "$WORKER_STAMP"
+  "$WORKER_BUILD_BIN" --release --features worker >&2
+  printf '%s\n' "$worker_sum" > "$WORKER_STAMP"
+fi
 
 # The filter inspector's wasm (issue 7): the same core, feature `web`, for
 # the browser (wasm-bindgen --target web) into assets/inspector/pkg, which

@@ -5,6 +5,8 @@
 # .dev.vars with fresh local secrets). State persists under .state/dev.
 #   bash scripts/dev.sh            start (Ctrl-C stops)
 #   bash scripts/dev.sh --reset    forget all local state first
+#   bash scripts/dev.sh --standins only write .dev.vars and run the stand-in
+#                                  inbox, for `npx wrangler dev` (README)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 if [ "${1:-}" = "--reset" ]; then

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { Gp, freePort } from './lib/federation.mjs';
 import { tempState } from './lib/util.mjs';
 import { startCodeProvider, startWebhookReceiver, verifyStandardWebhook } from './lib/standins.mjs';
-import { requestInit, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
+import { requestInit, enrollAp as enrollApAt, registerMapping, accessToken } from './lib/ap.mjs';
 import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 
@@ -220,34 +220,47 @@ test('wrong codes count down, then the verification is exhausted; malformed code
 });
 
 test('an expired code is refused with its own problem type, even when right', async () => {
-  // A second GP whose codes live one second.
-  const short = new Gp({
-    env: 'gp-b', port: await freePort(), stateDir: `${state.dir}/short`,
-    bindings: { ...gp.bindings, CODE_TTL_SECONDS: '1' },
-  });
-  await short.start();
+  // The production code lifetime (CODE_TTL_SECONDS unset: 600 s); only the
+  // GP's clock moves (the local-only POST /__debug/clock), so the expiry
+  // runs the path a deployed GP takes. A GP of its own: its clock stays
+  // ahead (tokens of the others would expire).
+  const later = new Gp({ env: 'gp-b', port: await freePort(), stateDir: `${state.dir}/later`, bindings: gp.bindings });
+  await later.start();
+  const saved = gp;
+  gp = later;
   try {
-    const saved = gp;
-    gp = short;
-    try {
-      const ap = await enrollAp('life-exp');
-      const sii = phone();
-      const c = await create(ap, sii, 'late');
-      assert.equal(c.status, 202);
-      assert.equal(c.body.expires_in <= 1, true);
-      await new Promise((r) => setTimeout(r, 1100));
-      problem(await confirm(ap, c.body.handle, codes.lastCodeFor(sii)), 410, 'verification-expired');
-      // A new request starts over with a fresh code.
-      const again = await create(ap, sii, 'late');
-      assert.notEqual(again.body.handle, c.body.handle);
-      assert.equal((await confirm(ap, again.body.handle, codes.lastCodeFor(sii))).status, 201);
-    } finally {
-      gp = saved;
-    }
+    await expiry();
   } finally {
-    await short.stop();
+    gp = saved;
+    await later.stop();
   }
 });
+
+async function expiry() {
+  const ap = await enrollAp('life-exp');
+  const sii = phone();
+  const c = await create(ap, sii, 'late');
+  assert.equal(c.status, 202);
+  assert.ok(c.body.expires_in >= 599 && c.body.expires_in <= 600, `expires_in ${c.body.expires_in}`);
+  const code = codes.lastCodeFor(sii);
+  // Time passes for everything: the AP's token expires too, so it gets a
+  // new one, as an AP server would.
+  const advance = async (ms) => {
+    const r = await gp.fetch('/__debug/clock', { method: 'POST', body: JSON.stringify({ advance_ms: ms }) });
+    assert.equal(r.status, 200, await r.text());
+    ap.token = await accessToken(gp, ap.id, ap.secret);
+  };
+  // Just before the end of its life the code still counts (checked with a
+  // wrong code, which leaves the verification open).
+  await advance(590_000);
+  problem(await confirm(ap, c.body.handle, code === '000000' ? '111111' : '000000'), 422, 'wrong-code');
+  await advance(11_000);
+  problem(await confirm(ap, c.body.handle, code), 410, 'verification-expired');
+  // A new request starts over with a fresh code.
+  const again = await create(ap, sii, 'late');
+  assert.notEqual(again.body.handle, c.body.handle);
+  assert.equal((await confirm(ap, again.body.handle, codes.lastCodeFor(sii))).status, 201);
+}
 
 test('a repeated request within the cooldown reuses the handle and sends nothing', async () => {
   const ap = await enrollAp('life-repeat');

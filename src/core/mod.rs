@@ -6,6 +6,7 @@
 //! code runs natively under `cargo test`, in the worker and in the browser.
 
 pub mod bulk;
+pub mod config;
 pub mod country_codes;
 pub mod creation;
 pub mod credentials;

@@ -22,7 +22,7 @@
 use crate::core::mapping::Mapping;
 use crate::core::sii::Sii;
 use crate::core::statement::{parse_key_list, Claims, Issue, KeyStatus, StatementKey, SALT_BYTES};
-use crate::edge::config::{binding, per_env, GpConfig};
+use crate::edge::config::{per_env, secret, GpConfig};
 use crate::edge::http::error::{ApiError, ApiResult};
 use std::rc::Rc;
 use worker::Env;
@@ -47,9 +47,9 @@ pub fn keys(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
 }
 
 fn read(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
-    let own = binding(env, "STATEMENT_KEYS");
-    let peer = binding(env, "GP_SIGNING_KEY");
-    let retired = binding(env, "STATEMENT_RETIRED_KEYS").unwrap_or_default();
+    let own = secret(env, "STATEMENT_KEYS");
+    let peer = secret(env, "GP_SIGNING_KEY");
+    let cfg = GpConfig::cached(env)?;
     let (seeds_text, source) = match (own, peer) {
         (Some(s), _) => (s, "STATEMENT_KEYS"),
         (None, Some(p)) => (p, "GP_SIGNING_KEY"),
@@ -67,9 +67,9 @@ fn read(env: &Env) -> ApiResult<Option<Rc<Keys>>> {
     for s in rest {
         published.push((StatementKey::from_seed(s).public(), KeyStatus::Retired));
     }
-    for p in parse_key_list(&retired).map_err(|e| bad("STATEMENT_RETIRED_KEYS", e))? {
-        if !published.iter().any(|(k, _)| *k == p) {
-            published.push((p, KeyStatus::Retired));
+    for p in &cfg.statement_retired_keys {
+        if !published.iter().any(|(k, _)| k == p) {
+            published.push((*p, KeyStatus::Retired));
         }
     }
     Ok(Some(Rc::new(Keys { signing, published })))

@@ -1,5 +1,8 @@
 // Boots GLADOS providers (GPs) from the real built worker in workerd via
-// Miniflare, configured from wrangler.toml's [env.*] sections, on loopback.
+// Miniflare, on loopback: the production configuration (wrangler.toml's
+// top level, exactly as `wrangler deploy` reads it) plus, for the local GPs,
+// the vars in LOCAL_GPS below. The local GPs are deliberately not wrangler
+// environments: nothing here can be deployed.
 //
 // One Miniflare instance per GP, each with its own persisted KV and Durable
 // Object state, so a GP can be stopped and started again on the same state.
@@ -17,6 +20,52 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 const WRANGLER_TOML = path.join(ROOT, 'wrangler.toml');
 const BUNDLE = path.join(ROOT, 'build', 'index.js');
 
+/**
+ * The local GPs: the production configuration with these vars on top. Not
+ * a production setting among them: mutual TLS off (no TLS on loopback), the
+ * test routes on (they answer only requests to a loopback host anyway), the
+ * whole filter public for the inspector, codes to the stand-in provider of
+ * the dev federation, small filters and 4 mapping shards.
+ */
+const LOCAL_VARS = {
+  TWILIO_BASE_URL: 'http://127.0.0.1:8790',
+  SENDGRID_BASE_URL: 'http://127.0.0.1:8790',
+  FILTER_EXPECTED_SIIS: '100000',
+  DEBUG_ROUTES: '1',
+  PUBLIC_FILTER: 'full',
+  REQUIRE_MTLS: 'false',
+  MAPPING_SHARDS: '4',
+};
+export const LOCAL_GPS = {
+  'gp-a': { ...LOCAL_VARS, GP_ID: 'gp-a', GP_NAME: 'GP A (local)', FILTER_LAYOUT: 'blocked',
+    PEERS: '[{"id":"gp-b","url":"http://127.0.0.1:8788"},{"id":"gp-c","url":"http://127.0.0.1:8789"}]' },
+  'gp-b': { ...LOCAL_VARS, GP_ID: 'gp-b', GP_NAME: 'GP B (local)', FILTER_LAYOUT: 'blocked',
+    PEERS: '[{"id":"gp-a","url":"http://127.0.0.1:8787"},{"id":"gp-c","url":"http://127.0.0.1:8789"}]' },
+  'gp-c': { ...LOCAL_VARS, GP_ID: 'gp-c', GP_NAME: 'GP C (local, draft interop filter)', FILTER_LAYOUT: 'draft',
+    PEERS: '[{"id":"gp-a","url":"http://127.0.0.1:8787"},{"id":"gp-b","url":"http://127.0.0.1:8788"}]' },
+};
+
+/** The name `new Gp({ env })` takes for the production configuration alone. */
+export const PRODUCTION = 'production';
+
+/**
+ * Miniflare options of wrangler.toml's top level, as deployed: its vars
+ * only. A developer's .dev.vars (read by default) is no part of a test's
+ * configuration, so an env file that does not exist is named instead.
+ */
+export function productionOptions() {
+  const noEnvFile = path.join(ROOT, '.no-env-file-for-tests');
+  return unstable_getMiniflareWorkerOptions(WRANGLER_TOML, undefined, { envFiles: [noEnvFile] }).workerOptions;
+}
+
+/** The vars of a GP: production's, with a local GP's on top. */
+export function gpVars(env) {
+  const vars = { ...productionOptions().bindings };
+  if (env === PRODUCTION) return vars;
+  if (!LOCAL_GPS[env]) throw new Error(`unknown GP ${env}: one of ${Object.keys(LOCAL_GPS).join(', ')}, ${PRODUCTION}`);
+  return { ...vars, ...LOCAL_GPS[env] };
+}
+
 /** A free TCP port on 127.0.0.1 (asked from the kernel, then released). */
 export async function freePort() {
   return new Promise((resolve, reject) => {
@@ -31,9 +80,10 @@ export async function freePort() {
 }
 
 /**
- * One GP: the worker of wrangler env `env`, listening on 127.0.0.1:`port`,
- * state under `stateDir`. `bindings` override/extend the env's vars and
- * secrets (e.g. PEERS pointing at test ports).
+ * One GP: the local GP `env` (a LOCAL_GPS key) or the production
+ * configuration alone (`PRODUCTION`), listening on 127.0.0.1:`port`, state
+ * under `stateDir`. `bindings` override/extend its vars and give its
+ * secrets (as `wrangler secret` or `.dev.vars` would: bindings, not vars).
  */
 export class Gp {
   constructor({ env, port, stateDir, bindings = {}, verbose = false }) {
@@ -47,14 +97,14 @@ export class Gp {
   }
 
   options() {
-    const { workerOptions } = unstable_getMiniflareWorkerOptions(WRANGLER_TOML, this.env);
+    const workerOptions = productionOptions();
     return {
       ...workerOptions,
       name: this.env,
       scriptPath: BUNDLE,
       modules: true,
       modulesRoot: path.dirname(BUNDLE),
-      bindings: { ...workerOptions.bindings, ...this.bindings },
+      bindings: { ...gpVars(this.env), ...this.bindings },
       host: '127.0.0.1',
       port: this.port,
       // No request.cf fetched from Cloudflare (unreachable offline); tests
@@ -155,10 +205,7 @@ export async function startFederation({
 } = {}) {
   if (!stateRoot) throw new Error('startFederation: stateRoot is required');
   const chosen = ports ?? await Promise.all(envs.map(() => freePort()));
-  const ids = envs.map((env) => {
-    const { workerOptions } = unstable_getMiniflareWorkerOptions(WRANGLER_TOML, env);
-    return workerOptions.bindings.GP_ID;
-  });
+  const ids = envs.map((env) => gpVars(env).GP_ID);
   const keys = envs.map((env) => givenKeys[env] ?? gpSigningKeys());
   const gps = envs.map((env, i) => {
     const peers = envs

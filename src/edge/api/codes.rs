@@ -10,14 +10,12 @@ use crate::core::mapping::Party;
 use crate::core::shard::shard_of;
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::tags::MappingMeta;
-use crate::core::verification::{
-    generate_code, hash_code, CodePolicy, SendLimit, SendLimited, SendScope,
-};
+use crate::core::verification::{generate_code, hash_code, SendLimited, SendScope};
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::outbound::codes;
 use crate::edge::rpc::ap::{ApClient, Limited};
-use crate::edge::rpc::shard::{shard_count, Begun, Shard};
+use crate::edge::rpc::shard::{Begun, Shard};
 use sha2::{Digest, Sha256};
 use worker::Env;
 
@@ -31,39 +29,14 @@ pub fn random<const N: usize>() -> ApiResult<[u8; N]> {
 /// from `WEBHOOK_MASTER_KEY` under its own label (never stored with the
 /// hashes, so a leaked shard does not give codes back).
 pub fn pepper(env: &Env) -> ApiResult<Vec<u8>> {
-    if let Ok(s) = env.secret("CODE_PEPPER") {
-        let s = s.to_string();
-        if !s.is_empty() {
-            return Ok(s.into_bytes());
-        }
+    if let Some(s) = crate::edge::config::secret(env, "CODE_PEPPER") {
+        return Ok(s.into_bytes());
     }
     let master = crate::edge::config::webhook_master_key(env)?;
     let mut h = Sha256::new();
     h.update(b"glados/code-pepper/v1\0");
     h.update(&master);
     Ok(h.finalize().to_vec())
-}
-
-fn var_u32(env: &Env, name: &str, default: u32) -> u32 {
-    env.var(name)
-        .ok()
-        .and_then(|v| v.to_string().trim().parse().ok())
-        .unwrap_or(default)
-}
-
-/// The code policy (6 digits, 5 attempts) and the codes' lifetime from
-/// `CODE_TTL_SECONDS` (default 600). The policy bounds the lifetime to
-/// 1 min..1 day; a GP with DEBUG_ROUTES (local and test GPs only) may go
-/// lower, so the suite can watch a code expire.
-fn code_policy(env: &Env, cfg: &GpConfig) -> ApiResult<(CodePolicy, u64)> {
-    let d = CodePolicy::default();
-    let ttl_ms = u64::from(var_u32(env, "CODE_TTL_SECONDS", (d.ttl_ms() / 1000) as u32)) * 1000;
-    if cfg.debug_routes && ttl_ms >= 1000 {
-        return Ok((d, ttl_ms));
-    }
-    let p = CodePolicy::new(d.length(), d.alphabet(), ttl_ms, d.max_attempts())
-        .map_err(|e| ApiError::Internal(format!("config CODE_TTL_SECONDS: {e}")))?;
-    Ok((p, ttl_ms))
 }
 
 /// Phone numbers as integers, for the sequential-number signal.
@@ -105,14 +78,14 @@ pub async fn start(
     message: impl FnOnce(&str, u64) -> CodeMessage,
 ) -> ApiResult<Started> {
     let now = crate::edge::clock::now_ms();
-    let (policy, ttl_ms) = code_policy(env, cfg)?;
-    let code = generate_code(&policy, &mut |b: &mut [u8]| {
+    let policy = &cfg.code_policy;
+    let ttl_ms = policy.ttl_ms();
+    let code = generate_code(policy, &mut |b: &mut [u8]| {
         let _ = getrandom::fill(b);
     })
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let salt: [u8; 16] = random()?;
-    let limits = SendLimit::default();
-    let shard = Shard::of(env, s.sii);
+    let shard = Shard::of(env, cfg, s.sii);
     let Begun {
         reused,
         salt: salt_hex,
@@ -127,7 +100,7 @@ pub async fn start(
             hex_encode(&salt),
             hex_encode(&hash_code(&pepper(env)?, &salt, code.as_str())),
             ttl_ms,
-            var_u32(env, "CODES_PER_SII_PER_HOUR", limits.per_sii_per_hour),
+            cfg.send_limit.per_sii_per_hour,
             s.meta,
             now,
         )
@@ -136,7 +109,7 @@ pub async fn start(
         let abort = || shard.abort(s.sii, s.ap, salt_hex.clone(), previous.clone(), now);
         // Per-sender limit (SMS pumping through one AP, or through the
         // public holder flow), then the message.
-        let per_ap_per_hour = var_u32(env, "CODES_PER_AP_PER_HOUR", limits.per_ap_per_hour);
+        let per_ap_per_hour = cfg.send_limit.per_ap_per_hour;
         let sent = ApClient::new(env, s.ap)
             .record_send(per_ap_per_hour, phone_number(s.sii), now)
             .await?;
@@ -151,7 +124,7 @@ pub async fn start(
                 None => e,
             });
         }
-        if let Err(e) = codes::send(env, s.sii, &message(code.as_str(), ttl_ms)).await {
+        if let Err(e) = codes::send(env, cfg, s.sii, &message(code.as_str(), ttl_ms)).await {
             abort().await?;
             ApClient::new(env, s.ap).refund_send().await?;
             return Err(e);
@@ -163,7 +136,7 @@ pub async fn start(
         .ok_or_else(|| ApiError::Internal("shard returned a bad salt".into()))?;
     Ok(Started {
         handle: Handle {
-            shard: shard_of(s.sii, shard_count(env)),
+            shard: shard_of(s.sii, cfg.mapping_shards),
             salt,
         },
         expires_at_ms,

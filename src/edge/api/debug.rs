@@ -1,4 +1,6 @@
-//! Test-only routes (DEBUG_ROUTES): isolate counters, direct filter inserts, the peers' filter copies, a deliberate panic.
+//! Test-only routes (`DEBUG_ROUTES`, and only for requests to a loopback
+//! host: `http::routes`): isolate counters, direct filter inserts, the
+//! peers' filter copies, the clock, a deliberate panic.
 use crate::core::Sii;
 use crate::edge::http::body::read_capped;
 use crate::edge::http::error::OrInternal;
@@ -187,7 +189,7 @@ pub async fn breakdown(
     push(
         "SII hashing and shard choice",
         time(|| async {
-            let _ = crate::core::shard::shard_of(&sii, crate::edge::rpc::shard::shard_count(env));
+            let _ = crate::core::shard::shard_of(&sii, cfg.mapping_shards);
         })
         .await,
     );
@@ -206,7 +208,7 @@ pub async fn breakdown(
         })
         .await,
     );
-    let held = crate::edge::rpc::shard::Shard::of(env, &sii)
+    let held = crate::edge::rpc::shard::Shard::of(env, cfg, &sii)
         .lookup(&sii, false)
         .await?;
     if let Some(m) = held.mappings.first() {
@@ -266,4 +268,19 @@ pub async fn breakdown(
         .await,
     );
     crate::edge::http::respond::json_ok(&json!({ "gp": cfg.id, "stages": stages }))
+}
+
+/// `POST /__debug/clock` `{"advance_ms": n}`: moves this isolate's clock
+/// ahead (`clock::advance`), so a test can let a code expire or a filter
+/// version come due with the settings production runs with.
+pub async fn clock(mut req: Request) -> ApiResult<Response> {
+    let body = read_capped(&mut req, 1 << 10).await?;
+    #[derive(Deserialize)]
+    struct Body {
+        advance_ms: u64,
+    }
+    let b: Body = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::client(400, "invalid-json", "Invalid JSON body", e.to_string()))?;
+    let now_ms = crate::edge::clock::advance(b.advance_ms);
+    crate::edge::http::respond::json_ok(&json!({ "now_ms": now_ms }))
 }

@@ -27,7 +27,7 @@ use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use worker::{Date, Env, Request};
+use worker::{Env, Request};
 
 /// Isolate-local nonces kept before the set is pruned.
 const LOCAL_NONCES_MAX: usize = 8192;
@@ -69,7 +69,7 @@ pub async fn verify(
             msg.headers.push((name.into(), v));
         }
     }
-    let now_s = Date::now().as_millis() / 1000;
+    let now_s = crate::edge::clock::now_ms() / 1000;
     let window = httpsig::DEFAULT_WINDOW_S;
     let verified = httpsig::verify_request(&msg, !body.is_empty(), now_s, window, |id| {
         peer(cfg, id)
@@ -140,7 +140,7 @@ async fn check_nonce(env: &Env, keyid: &str, nonce: &str, expires_ms: u64) -> Ap
     h.update([0u8]);
     h.update(nonce.as_bytes());
     let key: [u8; 32] = h.finalize().into();
-    let now = Date::now().as_millis();
+    let now = crate::edge::clock::now_ms();
     let seen_here = LOCAL_NONCES.with(|m| m.borrow().get(&key).is_some_and(|&exp| exp > now));
     if seen_here {
         return Err(replayed(keyid));

@@ -4,6 +4,7 @@
 //! `GET /__debug/routes` serves it so the end-to-end suite can check that
 //! every route is documented in `/openapi.json` (and nothing else is).
 
+use crate::core::config::is_loopback_host;
 use crate::core::holder::HolderAction;
 use crate::edge::api::ap::mappings::Action;
 use crate::edge::api::{ap, debug, operator, peer, public};
@@ -60,6 +61,7 @@ enum Route {
     DebugFilterInsert,
     DebugPeerFilters,
     DebugPanic,
+    DebugClock,
     DebugRoutes,
     DebugBreakdown,
 }
@@ -348,6 +350,14 @@ const ROUTES: &[RouteDef] = &[
         methods: GET,
         debug_only: true,
     },
+    // Moves this isolate's clock ahead: expiry and due dates under the
+    // production settings.
+    RouteDef {
+        template: "/__debug/clock",
+        route: Route::DebugClock,
+        methods: POST,
+        debug_only: true,
+    },
     // A deliberate panic, so the suite can prove a panicking handler does
     // not break later requests.
     RouteDef {
@@ -393,7 +403,8 @@ fn match_template<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> 
 }
 
 /// Finds the route for a path, with the methods it accepts and its path
-/// parameter.
+/// parameter (test routes only with `DEBUG_ROUTES`; `handle` also wants a
+/// local request for them).
 fn resolve<'p>(path: &'p str, cfg: &GpConfig) -> Option<(&'static RouteDef, Option<&'p str>)> {
     ROUTES
         .iter()
@@ -401,10 +412,22 @@ fn resolve<'p>(path: &'p str, cfg: &GpConfig) -> Option<(&'static RouteDef, Opti
         .find_map(|r| match_template(r.template, path).map(|param| (r, param)))
 }
 
+/// Whether the request was made to a loopback host, i.e. on a local
+/// runtime: a deployed GP is reached by its hostnames only, so even a
+/// local configuration deployed by mistake serves no test route (issue 14
+/// item 13). Read only for test routes: other requests parse no URL.
+fn local_request(req: &Request) -> bool {
+    req.url()
+        .ok()
+        .is_some_and(|u| u.host_str().is_some_and(is_loopback_host))
+}
+
 /// Handles one API request. `path` is the request's path as the runtime
 /// serialized it (workers-rs cuts it from the URL without reparsing).
 pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
-    let Some((def, param)) = resolve(path, cfg) else {
+    let Some((def, param)) =
+        resolve(path, cfg).filter(|(def, _)| !def.debug_only || local_request(&req))
+    else {
         return Err(ApiError::not_found(path));
     };
     let method = req.method();
@@ -429,7 +452,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::HolderRemove => public::holder::act(req, env, cfg, HolderAction::Remove).await,
         Route::HolderOptOut => public::holder::act(req, env, cfg, HolderAction::OptOut).await,
         Route::HolderOptIn => public::holder::act(req, env, cfg, HolderAction::OptIn).await,
-        Route::PublicFilter => public::filter::get(&req, env, &cfg.id).await,
+        Route::PublicFilter => public::filter::get(&req, env, cfg).await,
         // The AP API.
         Route::OAuthToken => ap::oauth::token(req, env, cfg).await,
         Route::Me => ap::me::me(&req, env, cfg).await,
@@ -473,6 +496,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
             };
             debug::breakdown(req, env, cfg, &route).await
         }
+        Route::DebugClock => debug::clock(req).await,
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,

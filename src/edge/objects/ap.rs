@@ -26,7 +26,7 @@ use crate::edge::rpc::ap::OutboxStats;
 use crate::edge::rpc::registry::Registry;
 
 use crate::core::credentials::derive_webhook_secret;
-use crate::core::outbox::{Delivery, RetryPolicy};
+use crate::core::outbox::Delivery;
 use crate::core::ratelimit::{is_suspended, TokenBucket};
 use crate::core::verification::SendLimit;
 use crate::core::webhook::{Event, EventData};
@@ -94,21 +94,6 @@ struct EventRow {
     id: String,
     body: String,
     delivery: String,
-}
-
-/// Webhook retry policy; the vars exist so tests can compress a day.
-fn retry_policy(env: &Env) -> RetryPolicy {
-    let num = |name: &str| {
-        env.var(name)
-            .ok()
-            .and_then(|v| v.to_string().trim().parse::<u64>().ok())
-    };
-    let d = RetryPolicy::default();
-    RetryPolicy {
-        base_ms: num("WEBHOOK_RETRY_BASE_MS").unwrap_or(d.base_ms).max(1),
-        max_delay_ms: num("WEBHOOK_RETRY_MAX_MS").unwrap_or(d.max_delay_ms).max(1),
-        horizon_ms: num("WEBHOOK_RETRY_HORIZON_MS").unwrap_or(d.horizon_ms),
-    }
 }
 
 const SEEN_TTL_MS: u64 = 7 * 24 * 3_600_000;
@@ -531,7 +516,7 @@ impl ApObject {
             .to_array()
             .internal("due events read")?;
         if !rows.is_empty() {
-            let policy = retry_policy(&self.env);
+            let policy = crate::edge::config::GpConfig::cached(&self.env)?.webhook_retry;
             let target = self.target().await;
             let mut stats: OutboxStats = self.get_kv("outbox_stats")?;
             for row in rows {

@@ -29,7 +29,6 @@
 use crate::edge::objects::Schema;
 use crate::edge::rpc;
 use crate::edge::rpc::filter::SubscribeOp;
-use crate::edge::rpc::shard::shard_count;
 use crate::edge::rpc::shard::Shard;
 
 use crate::core::encoding::b64_encode;
@@ -37,12 +36,13 @@ use crate::core::filter::{
     decode_additions, encode_additions, Filter, FilterHeader, FilterParams, HashScheme, Layout,
 };
 use crate::core::outbox::RetryPolicy;
+use crate::edge::config::{FilterLayout, GpConfig};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::outbound::peer::Signer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
-use worker::{durable_object, Date, Env, Method, Request, Response, SqlStorage, State};
+use worker::{durable_object, Env, Method, Request, Response, SqlStorage, State};
 
 /// Batches after which the stored snapshot chunks are rewritten.
 const COMPACT_EVERY: u64 = 256;
@@ -317,14 +317,14 @@ impl FilterObject {
         let cfg = crate::edge::config::GpConfig::cached(&self.env)?;
         let n = cfg.filter_expected_siis;
         let fp = cfg.filter_fp_rate;
-        let params = match cfg.filter_layout.as_str() {
+        let params = match cfg.filter_layout {
             // draft §9 interop: one bit per SII from "the lowest N bits".
-            "draft" => FilterParams::draft_for_capacity(n, fp),
-            "plain" => FilterParams::for_capacity(n, fp, Layout::Plain),
-            _ => FilterParams::for_capacity(n, fp, Layout::Blocked512),
+            FilterLayout::Draft => FilterParams::draft_for_capacity(n, fp),
+            FilterLayout::Plain => FilterParams::for_capacity(n, fp, Layout::Plain),
+            FilterLayout::Blocked => FilterParams::for_capacity(n, fp, Layout::Blocked512),
         }
         .map_err(|e| ApiError::Internal(format!("filter config: {e}")))?;
-        let now = Date::now().as_millis();
+        let now = crate::edge::clock::now_ms();
         let header = FilterHeader {
             version,
             created_at_ms: now,
@@ -405,7 +405,7 @@ impl FilterObject {
             return Ok(json!({ "version": version, "seq": self.seq.get(), "additions": [] }));
         }
         let seq = self.seq.get() + 1;
-        let now = Date::now().as_millis();
+        let now = crate::edge::clock::now_ms();
         self.sql()
             .exec(
                 "INSERT INTO filter_addition (version, seq, at_ms, gla1) VALUES (?, ?, ?, ?)",
@@ -465,7 +465,7 @@ impl FilterObject {
         let storage = self.state.storage();
         let current = storage.get_alarm().await.internal("get alarm")?;
         if current.is_none_or(|c| c > t) {
-            let now = Date::now().as_millis() as i64;
+            let now = crate::edge::clock::now_ms() as i64;
             storage
                 .set_alarm((t - now).max(0))
                 .await
@@ -552,7 +552,7 @@ impl FilterObject {
         }
         let seq = self.seq.get();
         let after = op.after.min(seq);
-        let now = Date::now().as_millis() as i64;
+        let now = crate::edge::clock::now_ms() as i64;
         self.sql()
             .exec(
                 "INSERT OR REPLACE INTO subscriber (peer, version, callback, acked, failures, next_at, since_ms, last_error)
@@ -634,8 +634,9 @@ impl FilterObject {
     /// Inserts every shard's live SII digests into `fresh`; returns how many.
     async fn collect_shard_digests(&self, fresh: &mut Filter) -> ApiResult<usize> {
         let mut count = 0;
-        for index in 0..shard_count(&self.env) {
-            let shard = Shard::at(&self.env, index);
+        let cfg = GpConfig::cached(&self.env)?;
+        for index in 0..cfg.mapping_shards {
+            let shard = Shard::at(&self.env, &cfg, index);
             let mut after = None;
             loop {
                 let (digests, next) = shard.digests(after, 5_000).await?;
@@ -691,7 +692,7 @@ impl FilterObject {
     async fn deliver(&self) -> ApiResult<()> {
         let version = self.current_version()?;
         let seq = self.seq.get();
-        let now = Date::now().as_millis() as i64;
+        let now = crate::edge::clock::now_ms() as i64;
         #[derive(Deserialize)]
         struct Due {
             peer: String,
@@ -756,7 +757,7 @@ impl FilterObject {
         let results = futures_util::future::join_all(sends).await;
         let policy = RetryPolicy::default();
         let sql = self.sql();
-        let now = Date::now().as_millis();
+        let now = crate::edge::clock::now_ms();
         for ((d, _, to), result) in jobs.iter().zip(results) {
             let outcome = match result {
                 Ok(r) if (200..300).contains(&r.status) => Ok(()),

@@ -6,7 +6,7 @@ use crate::edge::rpc::nonces::Fresh;
 
 use crate::edge::http::error::{ApiResult, OrInternal};
 use serde::Deserialize;
-use worker::{durable_object, Date, Env, Request, Response, SqlStorage, State};
+use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 
 /// One shard of the nonce store: remembers nonce hashes until they expire.
 #[durable_object]
@@ -50,7 +50,7 @@ impl PeerNonces {
     fn check(&self, key: &str, expires_ms: u64) -> ApiResult<bool> {
         let sql = self.sql();
         self.schema.ensure(&sql)?;
-        let now = Date::now().as_millis() as i64;
+        let now = crate::edge::clock::now_ms() as i64;
         sql.exec("DELETE FROM nonce WHERE exp < ?", Some(vec![now.into()]))
             .internal("nonce expiry")?;
         #[derive(Deserialize)]

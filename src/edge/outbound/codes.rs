@@ -15,25 +15,15 @@
 use crate::core::creation::CodeMessage;
 use crate::core::encoding::b64_encode;
 use crate::core::sii::{Sii, SiiKind};
-use crate::edge::config::binding;
+use crate::edge::config::{required_secret, GpConfig};
 use crate::edge::http::error::{ApiError, ApiResult};
 use serde_json::json;
 use worker::{AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit};
 
-const TWILIO_DEFAULT: &str = "https://api.twilio.com";
-const SENDGRID_DEFAULT: &str = "https://api.sendgrid.com";
 /// A provider slower than this counts as failed (the AP is waiting).
 const SEND_TIMEOUT_MS: u32 = 5_000;
 /// What the AP is told to wait before retrying.
 const RETRY_AFTER_S: u32 = 5;
-
-fn required(env: &Env, name: &str) -> ApiResult<String> {
-    binding(env, name).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "code delivery: {name} is not set (wrangler secret put {name})"
-        ))
-    })
-}
 
 /// Which channel an SII is reached on.
 pub fn channel(sii: &Sii) -> &'static str {
@@ -59,18 +49,17 @@ fn unavailable(cause: String) -> ApiError {
 }
 
 /// Sends `msg` to `sii` by SMS or email.
-pub async fn send(env: &Env, sii: &Sii, msg: &CodeMessage) -> ApiResult<()> {
+pub async fn send(env: &Env, cfg: &GpConfig, sii: &Sii, msg: &CodeMessage) -> ApiResult<()> {
     match sii.kind() {
-        SiiKind::Email => send_email(env, sii.as_str(), msg).await,
-        _ => send_sms(env, sii.as_str(), msg).await,
+        SiiKind::Email => send_email(env, &cfg.sendgrid_base_url, sii.as_str(), msg).await,
+        _ => send_sms(env, &cfg.twilio_base_url, sii.as_str(), msg).await,
     }
 }
 
-async fn send_sms(env: &Env, to: &str, msg: &CodeMessage) -> ApiResult<()> {
-    let base = binding(env, "TWILIO_BASE_URL").unwrap_or_else(|| TWILIO_DEFAULT.into());
-    let sid = required(env, "TWILIO_ACCOUNT_SID")?;
-    let token = required(env, "TWILIO_AUTH_TOKEN")?;
-    let from = required(env, "TWILIO_FROM")?;
+async fn send_sms(env: &Env, base: &str, to: &str, msg: &CodeMessage) -> ApiResult<()> {
+    let sid = required_secret(env, "TWILIO_ACCOUNT_SID")?;
+    let token = required_secret(env, "TWILIO_AUTH_TOKEN")?;
+    let from = required_secret(env, "TWILIO_FROM")?;
     let url = format!(
         "{}/2010-04-01/Accounts/{}/Messages.json",
         base.trim_end_matches('/'),
@@ -91,10 +80,9 @@ async fn send_sms(env: &Env, to: &str, msg: &CodeMessage) -> ApiResult<()> {
     post(&url, headers, body).await
 }
 
-async fn send_email(env: &Env, to: &str, msg: &CodeMessage) -> ApiResult<()> {
-    let base = binding(env, "SENDGRID_BASE_URL").unwrap_or_else(|| SENDGRID_DEFAULT.into());
-    let key = required(env, "SENDGRID_API_KEY")?;
-    let from = required(env, "EMAIL_FROM")?;
+async fn send_email(env: &Env, base: &str, to: &str, msg: &CodeMessage) -> ApiResult<()> {
+    let key = required_secret(env, "SENDGRID_API_KEY")?;
+    let from = required_secret(env, "EMAIL_FROM")?;
     let url = format!("{}/v3/mail/send", base.trim_end_matches('/'));
     let body = json!({
         "personalizations": [{ "to": [{ "email": to }] }],

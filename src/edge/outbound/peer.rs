@@ -2,10 +2,10 @@
 
 use crate::core::encoding::{b64_decode, b64url_decode, b64url_encode};
 use crate::core::httpsig::{self, PlainRequest};
-use crate::edge::config::{binding, per_env};
+use crate::edge::config::{per_env, GpConfig};
 use crate::edge::http::error::{ApiError, ApiResult};
 use std::rc::Rc;
-use worker::{AbortSignal, Date, Env, Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortSignal, Env, Fetch, Headers, Method, Request, RequestInit};
 
 /// Decodes a 32-byte key given in base64 or base64url.
 pub fn decode_key(text: &str) -> Option<[u8; 32]> {
@@ -28,9 +28,8 @@ impl Signer {
 
     /// Reads `GP_ID` and the secret `GP_SIGNING_KEY` (32-byte seed, base64).
     fn read(env: &Env) -> ApiResult<Signer> {
-        let keyid = binding(env, "GP_ID")
-            .ok_or_else(|| ApiError::Internal("config GP_ID is not set".into()))?;
-        let text = binding(env, "GP_SIGNING_KEY").ok_or_else(|| {
+        let keyid = GpConfig::cached(env)?.id.clone();
+        let text = crate::edge::config::secret(env, "GP_SIGNING_KEY").ok_or_else(|| {
             ApiError::Internal(
                 "secret GP_SIGNING_KEY (Ed25519 seed, base64) is not set: peers cannot be called"
                     .into(),
@@ -94,7 +93,7 @@ pub async fn signed_fetch(
     }
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| format!("getrandom: {e}"))?;
-    let created = Date::now().as_millis() / 1000;
+    let created = crate::edge::clock::now_ms() / 1000;
     let signed = httpsig::sign(
         &msg,
         &signer.seed,

@@ -2,7 +2,7 @@
 
 use crate::edge::config::{GpConfig, Peer};
 use serde::Serialize;
-use worker::{AbortSignal, Date, Fetch, Method, Request, RequestInit};
+use worker::{AbortSignal, Fetch, Method, Request, RequestInit};
 
 /// How long a peer may take before we count it as unreachable.
 const PEER_TIMEOUT_MS: u32 = 2_000;
@@ -27,10 +27,10 @@ pub async fn probe_all(cfg: &GpConfig) -> Vec<PeerStatus> {
 }
 
 async fn probe(peer: &Peer) -> PeerStatus {
-    let started = Date::now().as_millis();
+    let started = crate::edge::clock::now_ms();
     let url = format!("{}/v1/gp", peer.url.trim_end_matches('/'));
     let outcome = fetch_json(&url).await;
-    let latency_ms = Date::now().as_millis().saturating_sub(started);
+    let latency_ms = crate::edge::clock::now_ms().saturating_sub(started);
     let mut st = PeerStatus {
         id: peer.id.clone(),
         url: peer.url.clone(),

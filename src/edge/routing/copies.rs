@@ -28,7 +28,7 @@ use crate::edge::stats;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use worker::{Date, Env};
+use worker::Env;
 
 /// KV value size used for snapshot chunks (KV's cap is 25 MiB).
 pub const KV_CHUNK: usize = 20 << 20;
@@ -139,7 +139,7 @@ pub async fn load_from_kv(env: &Env, peer: &str, meta: &PeerMeta) -> ApiResult<F
 /// than [`PEER_CACHE_MS`] (one small KV read; the bits are re-read only
 /// when the peer's cursor moved). `None` until the first snapshot arrived.
 pub async fn peer_filter(env: &Env, peer: &str) -> ApiResult<Option<CachedPeer>> {
-    let now = Date::now().as_millis();
+    let now = crate::edge::clock::now_ms();
     let cached = PEER_FILTERS.with(|m| m.borrow().get(peer).cloned());
     if let Some(c) = &cached {
         if now.saturating_sub(c.checked_ms) < PEER_CACHE_MS {
@@ -171,7 +171,7 @@ pub async fn peer_filter(env: &Env, peer: &str) -> ApiResult<Option<CachedPeer>>
 /// a memory lookup (no KV read, no copy of the bits); `None` while no copy
 /// of the peer's filter exists yet.
 pub async fn peer_may_hold(env: &Env, peer: &str, digest: &[u8; 32]) -> ApiResult<Option<bool>> {
-    let now = Date::now().as_millis();
+    let now = crate::edge::clock::now_ms();
     let warm = PEER_FILTERS.with(|m| {
         m.borrow()
             .get(peer)
@@ -207,7 +207,7 @@ pub async fn store_snapshot(
         seq,
         chunks: bytes.chunks(KV_CHUNK).count() as u32,
         batches: Vec::new(),
-        updated_ms: Date::now().as_millis(),
+        updated_ms: crate::edge::clock::now_ms(),
     };
     let store = kv(env)?;
     for (i, chunk) in bytes.chunks(KV_CHUNK).enumerate() {
@@ -238,7 +238,7 @@ pub async fn store_snapshot(
         CachedPeer {
             meta: meta.clone(),
             filter: filter.clone(),
-            checked_ms: Date::now().as_millis(),
+            checked_ms: crate::edge::clock::now_ms(),
         },
     );
     Ok(meta)

@@ -22,7 +22,7 @@ pub const PEER_QUERY_PATH: &str = "/peer/v1/query";
 pub async fn lookup(env: &Env, cfg: &GpConfig, query: &Query) -> ApiResult<GpAnswer> {
     stats::count(|s| s.shard_lookups += 1);
     let sii = &query.sii;
-    let held = Shard::of(env, sii).lookup(sii, query.all).await?;
+    let held = Shard::of(env, cfg, sii).lookup(sii, query.all).await?;
     let mut mappings = Vec::with_capacity(held.mappings.len());
     for m in &held.mappings {
         let statement = if query.statements {

@@ -7,7 +7,7 @@ use crate::core::filter::Filter;
 use crate::edge::config::{GpConfig, Peer};
 use crate::edge::outbound::peer::Signer;
 use serde_json::json;
-use worker::{Date, Env, Method};
+use worker::{Env, Method};
 
 /// Fetches the peer's current snapshot, stores it, and subscribes to its
 /// additions from the snapshot's cursor (draft §9: "fetch the newest one
@@ -113,11 +113,7 @@ pub async fn catch_up(env: &Env, cfg: &GpConfig, peer: &Peer) -> Result<String, 
 /// The cron's federation work: rebuild the own filter when it is older
 /// than `FILTER_REBUILD_HOURS` (0 = never), and catch up with every peer.
 pub async fn cron(env: &Env, cfg: &GpConfig) {
-    let hours: u64 = env
-        .var("FILTER_REBUILD_HOURS")
-        .ok()
-        .and_then(|v| v.to_string().trim().parse().ok())
-        .unwrap_or(168);
+    let hours = cfg.filter_rebuild_hours;
     if hours > 0 {
         match FilterClient::new(env).info().await {
             Ok(info) => {
@@ -125,7 +121,7 @@ pub async fn cron(env: &Env, cfg: &GpConfig) {
                     .get("created_at_ms")
                     .and_then(|v| v.as_u64())
                     .unwrap_or(0);
-                if Date::now().as_millis().saturating_sub(created) >= hours * 3_600_000 {
+                if crate::edge::clock::now_ms().saturating_sub(created) >= hours * 3_600_000 {
                     match FilterClient::new(env).rebuild().await {
                         Ok(_) => worker::console_log!("filter rebuilt (older than {hours} h)"),
                         Err(e) => worker::console_error!("filter rebuild failed: {:?}", e),

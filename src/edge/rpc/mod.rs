@@ -2,7 +2,7 @@
 //! it to an object, decodes the reply and names what went wrong.
 //!
 //! Each object has a module here with its messages and a typed client
-//! (`Shard::of(env, &sii).lookup(…)`, `ApClient::new(env, ap).lease(…)`),
+//! (`Shard::of(env, cfg, &sii).lookup(…)`, `ApClient::new(env, ap).lease(…)`),
 //! so callers never build messages or match replies themselves. Objects
 //! talk to each other only through these clients, never by importing one
 //! another (ARCHITECTURE.md, "Layers").

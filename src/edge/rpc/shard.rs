@@ -13,7 +13,7 @@ use crate::core::shard::{shard_name, shard_of};
 use crate::core::sii::Sii;
 use crate::core::tags::MappingMeta;
 use crate::core::verification::{SendLimited, SendScope, VerifyError};
-use crate::edge::config::{binding, per_env};
+use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::rpc::{unexpected, Object};
 use serde::{Deserialize, Serialize};
@@ -301,20 +301,6 @@ impl Refusal {
     }
 }
 
-/// Number of shards (`MAPPING_SHARDS`, default 16), read once per isolate:
-/// every query names its shard.
-pub fn shard_count(env: &Env) -> u32 {
-    struct ShardCount(u32);
-    per_env(env, |env| {
-        Ok(ShardCount(
-            binding(env, "MAPPING_SHARDS")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(16),
-        ))
-    })
-    .map_or(16, |c| c.0)
-}
-
 /// draft §8.2.1's remedies for an AP whose mapping was displaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Remedy {
@@ -365,16 +351,18 @@ pub struct Shard<'e> {
 
 impl<'e> Shard<'e> {
     /// The shard that owns `sii` (`core::shard`).
-    pub fn of(env: &'e Env, sii: &Sii) -> Self {
-        Self::at(env, shard_of(sii, shard_count(env)))
+    pub fn of(env: &'e Env, cfg: &GpConfig, sii: &Sii) -> Self {
+        Self::at(env, cfg, shard_of(sii, cfg.mapping_shards))
     }
 
-    /// Shard number `index` (from a verification handle, or when visiting
+    /// Shard number `index` (from a verification handle, which
+    /// `Handle::parse` checked against `MAPPING_SHARDS`, or when visiting
     /// every shard).
-    pub fn at(env: &'e Env, index: u32) -> Self {
+    pub fn at(env: &'e Env, cfg: &GpConfig, index: u32) -> Self {
+        debug_assert!(index < cfg.mapping_shards);
         Shard {
             env,
-            obj: Object::new("MAPPING_SHARD", shard_name(index, shard_count(env))),
+            obj: Object::new("MAPPING_SHARD", shard_name(index, cfg.mapping_shards)),
         }
     }
 

@@ -1,6 +1,5 @@
 //! `POST /v1/mappings/bulk` (draft §8.3): an authorised AP uploads mappings it verified itself, as NDJSON, idempotently.
 use crate::edge::rpc::ap::ApClient;
-use crate::edge::rpc::shard::shard_count;
 use crate::edge::rpc::shard::Shard;
 
 use crate::core::bulk::{
@@ -57,7 +56,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     // arrive (the raw bytes are never buffered), and hashed for the
     // idempotency check. Nothing is written before the whole upload was
     // read, so size limits and the key decision come before any write.
-    let count = shard_count(env);
+    let count = cfg.mapping_shards;
     let mut summary = BulkSummary::default();
     let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
         Default::default();
@@ -137,7 +136,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
                 .iter()
                 .map(|(_, s, u)| (s.clone(), u.clone()))
                 .collect();
-            let reply = Shard::at(env, shard).bulk(&ap_id, lines, now).await;
+            let reply = Shard::at(env, cfg, shard).bulk(&ap_id, lines, now).await;
             (chunk, reply)
         }
     }));

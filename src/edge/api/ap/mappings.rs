@@ -86,7 +86,7 @@ async fn remote_candidate(
     if cfg.peers.is_empty() {
         return Ok(None);
     }
-    let pending = Shard::at(env, handle.shard)
+    let pending = Shard::at(env, cfg, handle.shard)
         .pending_sii(hex_encode(&handle.salt), ap)
         .await?;
     // Unknown handle: the confirmation itself answers that.
@@ -210,7 +210,7 @@ pub async fn confirm(
     let body: ConfirmBody = read_json(&mut req, false).await?;
     let ap_id = ap.record.id.clone();
     let remote = remote_candidate(env, cfg, &handle, &ap_id).await?;
-    let reply = Shard::at(env, handle.shard)
+    let reply = Shard::at(env, cfg, handle.shard)
         .confirm(
             hex_encode(&handle.salt),
             &ap_id,
@@ -297,7 +297,7 @@ pub async fn action(
         let b: ChoiceBody = read_json(&mut req, false).await?;
         let sii = parse_sii(&b.sii)?;
         let claim_peers = claim_peer_ids(env, cfg, &sii).await;
-        let shard = Shard::of(env, &sii);
+        let shard = Shard::of(env, cfg, &sii);
         let notified = shard
             .choose(&sii, &ap_id, b.choice, gp, claim_peers, now)
             .await?;
@@ -305,7 +305,7 @@ pub async fn action(
     }
     let b: SiiBody = read_json(&mut req, false).await?;
     let sii = parse_sii(&b.sii)?;
-    let shard = Shard::of(env, &sii);
+    let shard = Shard::of(env, cfg, &sii);
     let notified = match action {
         // Preferred again as of now: told as for a choice.
         Action::Reestablish | Action::PreferBack => {

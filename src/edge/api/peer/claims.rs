@@ -35,7 +35,7 @@ async fn receive<T: DeserializeOwned>(
 /// repeated claim finds nothing older left to displace.
 pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let claim: Claim = receive(&mut req, env, cfg, |c: &Claim| &c.from_gp).await?;
-    let notified = Shard::of(env, &claim.sii)
+    let notified = Shard::of(env, cfg, &claim.sii)
         .apply_claim(claim, crate::edge::clock::now_ms())
         .await?;
     crate::edge::http::respond::json_ok(&json!({ "applied": true, "notified": notified.len() }))
@@ -49,7 +49,7 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
 /// Idempotent: a repeated claim finds nothing left to remove.
 pub async fn serve_holder(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let claim: HolderClaim = receive(&mut req, env, cfg, |c: &HolderClaim| &c.from_gp).await?;
-    let notified = Shard::of(env, &claim.sii)
+    let notified = Shard::of(env, cfg, &claim.sii)
         .apply_holder_claim(claim, crate::edge::clock::now_ms())
         .await?;
     crate::edge::http::respond::json_ok(&json!({ "applied": true, "notified": notified.len() }))

@@ -15,7 +15,7 @@ use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::rpc::filter::{FilterClient, SubscribeOp, CALLBACK_PATH};
 use serde::Deserialize;
 use serde_json::json;
-use worker::{Date, Env, Method, Request, Response};
+use worker::{Env, Method, Request, Response};
 
 /// `GET /peer/v1/filter`: the current snapshot (GLF2) with its cursor;
 /// `If-None-Match` with the current ETag answers 304.
@@ -201,14 +201,14 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
                 )?;
                 c.meta.batches.push(u.seq);
                 c.meta.seq = u.seq;
-                c.meta.updated_ms = Date::now().as_millis();
+                c.meta.updated_ms = crate::edge::clock::now_ms();
                 if c.meta.batches.len() >= COMPACT_BATCHES {
                     c.meta = store_snapshot(env, &peer_id, &c.filter, u.seq).await?;
                 } else {
                     write_meta(env, &peer_id, &c.meta).await?;
                 }
             }
-            c.checked_ms = Date::now().as_millis();
+            c.checked_ms = crate::edge::clock::now_ms();
             let seq = c.meta.seq;
             remember(&peer_id, c);
             crate::edge::http::respond::json_ok(

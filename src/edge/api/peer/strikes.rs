@@ -47,19 +47,6 @@ use worker::{Env, Request, Response};
 
 /// Largest strike notice accepted (a notice is well under 1 KiB).
 const MAX_STRIKE_BODY: usize = 4 << 10;
-/// Default of `PEER_STRIKES_PER_AP_PER_DAY`.
-pub const DEFAULT_PEER_STRIKES_PER_AP_PER_DAY: u32 = 3;
-
-/// How many strikes one peer GP may deliver against one AP per rolling
-/// 24 h (`PEER_STRIKES_PER_AP_PER_DAY`; at least 1).
-fn per_day(env: &Env) -> u32 {
-    env.var("PEER_STRIKES_PER_AP_PER_DAY")
-        .ok()
-        .and_then(|v| v.to_string().trim().parse::<u32>().ok())
-        .unwrap_or(DEFAULT_PEER_STRIKES_PER_AP_PER_DAY)
-        .max(1)
-}
-
 fn invalid(detail: String) -> ApiError {
     ApiError::client(400, "invalid-strike", "Invalid strike notice", detail)
 }
@@ -93,7 +80,7 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
     let now = crate::edge::clock::now_ms();
     let objects = ApClient::new(env, &ap);
     let fresh = match objects
-        .reserve_peer_strike(&peer, &notice.id, per_day(env), now)
+        .reserve_peer_strike(&peer, &notice.id, cfg.peer_strikes_per_ap_per_day, now)
         .await?
     {
         Ok(fresh) => fresh,
@@ -105,7 +92,7 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
                 "Too many strikes from this GP",
                 format!(
                     "{peer} has delivered {} strikes against {ap} within 24 hours, the most this GP accepts from one GP for one provider; retry in {secs} s",
-                    per_day(env)
+                    cfg.peer_strikes_per_ap_per_day
                 ),
             )
             .with_header("Retry-After", secs.to_string()));
@@ -118,7 +105,7 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
             Ok(())
         }
     };
-    match Shard::of(env, &notice.sii)
+    match Shard::of(env, cfg, &notice.sii)
         .apply_peer_strike(notice.clone(), now)
         .await?
     {

@@ -16,6 +16,7 @@
 //!   one group's count does not reveal when a given SII was added.
 //! - `full`: the GLF2 snapshot bytes (local and demo GPs), or the summary
 //!   when the client accepts JSON but not `application/octet-stream`.
+use crate::edge::config::{GpConfig, PublicFilter as Mode};
 use crate::edge::rpc::filter::FilterClient;
 
 use crate::core::filter::{Filter, HashScheme, Layout};
@@ -30,29 +31,9 @@ pub const SUMMARY_GROUPS: u64 = 256;
 /// per SII, so one group's count moves with thousands of people.
 pub const SUMMARY_MIN_GROUP_BITS: u64 = 64 * 512;
 
-/// What `PUBLIC_FILTER` allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Off,
-    Summary,
-    Full,
-}
-
-fn mode(env: &Env) -> ApiResult<Mode> {
-    let raw = env.var("PUBLIC_FILTER").map(|v| v.to_string()).ok();
-    match raw.as_deref() {
-        None | Some("") | Some("off") => Ok(Mode::Off),
-        Some("summary") => Ok(Mode::Summary),
-        Some("full") => Ok(Mode::Full),
-        Some(other) => Err(ApiError::Internal(format!(
-            "config PUBLIC_FILTER={other:?} must be \"off\", \"summary\" or \"full\""
-        ))),
-    }
-}
-
 /// `GET /v1/filter`.
-pub async fn get(req: &Request, env: &Env, gp_id: &str) -> ApiResult<Response> {
-    let mode = mode(env)?;
+pub async fn get(req: &Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let (mode, gp_id) = (cfg.public_filter, cfg.id.as_str());
     if mode == Mode::Off {
         return Err(ApiError::client(
             404,

@@ -26,7 +26,7 @@ use crate::edge::http::respond::json_status;
 use crate::edge::outbound::codes::channel;
 use crate::edge::routing::fanout;
 use crate::edge::rpc::registry::Registry;
-use crate::edge::rpc::shard::{shard_count, Shard};
+use crate::edge::rpc::shard::Shard;
 use serde::Deserialize;
 use serde_json::json;
 use worker::{Env, Request, Response};
@@ -81,17 +81,17 @@ pub async fn codes(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
 
 /// `POST /v1/holder/verify`: the code the person received; on a match a
 /// holder token for the SII (15 minutes).
-pub async fn verify(mut req: Request, env: &Env, _cfg: &GpConfig) -> ApiResult<Response> {
+pub async fn verify(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let b: VerifyBody = read_json(&mut req, false).await?;
     let handle = Handle::parse(&b.handle)?;
     // A handle naming a shard this GP does not have is not one it issued
     // (and must not make an unauthenticated caller create objects).
-    if handle.shard >= shard_count(env) {
+    if handle.shard >= cfg.mapping_shards {
         return Err(crate::core::creation::BadHandle.into());
     }
     let now = crate::edge::clock::now_ms();
     let pepper = hex_encode(&codes::pepper(env)?);
-    let sii = Shard::at(env, handle.shard)
+    let sii = Shard::at(env, cfg, handle.shard)
         .holder_confirm(hex_encode(&handle.salt), b.code, pepper, now)
         .await?;
     let (kid, key) = token_keys(env)?
@@ -182,7 +182,7 @@ pub async fn act(
         .into_iter()
         .map(|p| p.id.clone())
         .collect();
-    let (removed, told) = Shard::of(env, &sii)
+    let (removed, told) = Shard::of(env, cfg, &sii)
         .holder_act(&sii, action, &cfg.id, peers, crate::edge::clock::now_ms())
         .await?;
     json_status(

@@ -216,7 +216,7 @@ impl MappingShard {
     /// counters whose windows are over. At most hourly per object instance;
     /// one indexed-less scan of two small tables.
     pub(super) fn sweep(&self) -> ApiResult<()> {
-        let now = worker::Date::now().as_millis();
+        let now = crate::edge::clock::now_ms();
         if now.saturating_sub(self.swept_at_ms.get()) < SWEEP_EVERY_MS {
             return Ok(());
         }
