@@ -17,7 +17,8 @@
 // lost events and duplicates must all be 0.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { startFederation, ROOT } from './lib/federation.mjs';
 import { tempState, gpSecrets, startCodesAndHooks } from './lib/util.mjs';
@@ -590,6 +591,53 @@ test('a GP killed while its webhook outbox and filter additions are queued deliv
   // No cron: the outboxes resume on their own after the restart.
   await assertEventsOnce(b, old, { timeoutMs: 20_000 });
   await settled(b, c, [...held['gp-b'].keys()], 30_000);
+});
+
+/**
+ * Overwrites every stored chunk of the GP's own filter (its FilterObject's
+ * SQLite file, the GP stopped) with a byte no filter starts with: what
+ * disk corruption, or a snapshot in a wire format this build cannot read,
+ * looks like to the next start.
+ */
+function corruptStoredFilter(gp) {
+  const dir = path.join(gp.stateDir, 'do', `${gp.env}-FilterObject`);
+  const files = readdirSync(dir).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f));
+  assert.equal(files.length, 1, `one FilterObject in ${dir}`);
+  const py = 'import sqlite3, sys\n'
+    + 'c = sqlite3.connect(sys.argv[1])\n'
+    + 'n = c.execute("UPDATE filter_chunk SET bytes = x\'00\'").rowcount\n'
+    + 'c.commit()\n'
+    + 'print(n)\n';
+  const out = execFileSync('python3', ['-c', py, path.join(dir, files[0])], { encoding: 'utf8' });
+  assert.ok(Number(out) >= 1, `chunks overwritten: ${out}`);
+}
+
+test('a stored filter that cannot be read is rebuilt from the mappings at once; /v1/gp shows it', async () => {
+  const b = fed['gp-b'];
+  const siis = [...held['gp-b'].keys()];
+  assert.ok(siis.length >= 10, 'gp-b holds mappings from the earlier faults');
+  await eventually(async () => (await missingFromOwnFilter(b, siis)).length === 0, { what: 'gp-b\'s filter to hold its SIIs' });
+  const before = (await call(b, 'GET', '/v1/gp')).body.filter;
+  assert.equal(before.state, 'ok');
+  fault();
+  await b.stop();
+  corruptStoredFilter(b);
+  await b.start();
+  // Served at once (an empty new version while it rebuilds), and rebuilt
+  // at once from the shards, not at the next scheduled rebuild (168 h).
+  const first = await call(b, 'GET', '/v1/gp');
+  assert.equal(first.status, 200, first.text);
+  assert.equal(first.body.filter.recovery.unreadable_version, before.version);
+  const after = await eventually(async () => {
+    const f = (await call(b, 'GET', '/v1/gp')).body.filter;
+    return f.state === 'ok' && f.recovery.done_ms ? f : null;
+  }, { what: 'gp-b to rebuild its filter', timeoutMs: 15_000 });
+  assert.ok(after.version > before.version, `version ${after.version} after ${before.version}`);
+  assert.deepEqual(await missingFromOwnFilter(b, siis), [], 'the rebuilt filter holds every mapping');
+  // The peers were told (rotation) and hold the new version.
+  for (const peer of fed.gps.filter((p) => p !== b)) {
+    await eventually(async () => copyAgrees(peer, b), { what: `${peer.env}'s copy of the rebuilt filter`, timeoutMs: 15_000 });
+  }
 });
 
 test('after every fault: acknowledged mappings are found, and every GP\'s filter and every copy of it agree with the mappings', async () => {

@@ -119,6 +119,11 @@ test('peer requests: unsigned, forged, unknown key, stale and replayed ones are 
   const subUrl = new URL('/peer/v1/filter/subscriptions', b.url).toString();
   const hs = signedHeaders({ method: 'POST', url: subUrl, body, keyid: a.id, privateKey: a.keys.privateKey });
   await expectProblem(await fetch(subUrl, { method: 'POST', headers: hs, body: body.replace('0}', '5}') }), 401, 'content-digest-mismatch');
+  // The body stripped on the way, its signed Content-Digest left: refused
+  // too (it was let through to the handler when the body was empty).
+  await expectProblem(await fetch(subUrl, { method: 'POST', headers: hs }), 401, 'content-digest-mismatch');
+  // And the request as signed still works (the refusals recorded no nonce).
+  assert.equal((await fetch(subUrl, { method: 'POST', headers: hs, body })).status, 201);
   // Garbage signature headers are a 401 problem, never a 5xx.
   for (const [input, sig] of [['glados=(', 'glados=:AA:'], ['glados=("@method");created=1', 'glados=:!!:'], ['x', 'y']]) {
     const res = await b.fetch('/peer/v1/filter', { headers: { 'signature-input': input, signature: sig } });

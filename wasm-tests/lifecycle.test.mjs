@@ -8,7 +8,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { Gp, freePort } from './lib/federation.mjs';
+import { readdirSync } from 'node:fs';
+import { Gp, freePort, gpVars } from './lib/federation.mjs';
 import { tempState } from './lib/util.mjs';
 import { startCodeProvider, startWebhookReceiver, verifyStandardWebhook } from './lib/standins.mjs';
 import { requestInit, enrollAp as enrollApAt, registerMapping, accessToken } from './lib/ap.mjs';
@@ -219,6 +220,28 @@ test('wrong codes count down, then the verification is exhausted; malformed code
   problem(await confirm(ap, 'vh_nonsense', good), 404, 'no-such-verification');
 });
 
+test('a handle naming a shard this GP does not have is unknown, and creates no Durable Object', async () => {
+  const ap = await enrollAp('life-shard');
+  const sii = phone();
+  const c = await create(ap, sii, 'dora');
+  const code = codes.lastCodeFor(sii);
+  const raw = Buffer.from(c.body.handle.slice(3), 'base64url');
+  assert.equal(raw.length, 20);
+  const shards = Number(gp.bindings.MAPPING_SHARDS ?? gpVars(gp.env).MAPPING_SHARDS);
+  assert.ok(raw.readUInt32BE(0) < shards);
+  const shardFiles = () => readdirSync(`${gp.stateDir}/do/${gp.env}-MappingShard`).filter((f) => /^[0-9a-f]{64}\.sqlite$/.test(f)).sort();
+  const before = shardFiles();
+  assert.ok(before.length <= shards, `${before.length} shard objects for ${shards} shards`);
+  for (const shard of [shards, shards + 1, 0xffffffff]) {
+    const forged = Buffer.from(raw);
+    forged.writeUInt32BE(shard, 0);
+    problem(await confirm(ap, `vh_${forged.toString('base64url')}`, code), 404, 'no-such-verification');
+  }
+  assert.deepEqual(shardFiles(), before, 'no new MappingShard object');
+  // The real handle still works.
+  assert.equal((await confirm(ap, c.body.handle, code)).status, 201);
+});
+
 test('an expired code is refused with its own problem type, even when right', async () => {
   // The production code lifetime (CODE_TTL_SECONDS unset: 600 s); only the
   // GP's clock moves (the local-only POST /__debug/clock), so the expiry
@@ -341,9 +364,30 @@ test('a delivery failure is a retryable 503 and leaves nothing behind', async ()
   }
 });
 
+test("a provider's refusal is logged by status and error code, never with the recipient", async () => {
+  const ap = await enrollAp('life-logs');
+  const sii = phone();
+  const mail = `logs-${randomBytes(4).toString('hex')}@example.org`;
+  const from = gp.output.length;
+  codes.failNext(1, 400);
+  problem(await create(ap, sii, 'fay'), 503, 'code-delivery-failed');
+  codes.failNext(1, 400);
+  problem(await create(ap, mail, 'fay'), 503, 'code-delivery-failed');
+  // The provider's answer quoted both (as Twilio's 21211 and SendGrid's do).
+  const logged = async () => {
+    for (let i = 0; i < 50 && !/personalizations/.test(gp.output.slice(from)); i++) await new Promise((r) => setTimeout(r, 20));
+    return gp.output.slice(from);
+  };
+  const out = await logged();
+  assert.match(out, /answered 400, provider error code 21211/);
+  assert.match(out, /answered 400, provider error code sendgrid personalizations\.0\.to\.0\.email/);
+  assert.ok(!out.includes(sii.slice(1)), `the number is in the log:\n${out}`);
+  assert.ok(!out.includes(mail), `the address is in the log:\n${out}`);
+});
+
 test('bad input is a 4xx problem, never a 5xx', async () => {
   const ap = await enrollAp('life-bad');
-  problem(await create(ap, 'not a number', 'u'), 400, (await create(ap, 'not a number', 'u')).body.type.split('/').pop());
+  problem(await create(ap, 'not a number', 'u'), 400, 'invalid-sii');
   problem(await req('POST', '/v1/mappings', { token: ap.token, json: { sii: phone() } }), 400, 'invalid-json');
   problem(await req('POST', '/v1/mappings', { json: { sii: phone(), user: 'x' } }), 401, 'missing-token');
   problem(await req('POST', '/v1/mappings', { token: ap.token, body: 'x', headers: { 'content-type': 'text/plain' } }), 415, 'unsupported-media-type');
@@ -465,6 +509,74 @@ test('§8.2.1: re-establish after replace, report as malicious: strikes, then su
   assert.ok([401, 403].includes(r.status), JSON.stringify(r.body));
   // Nobody else can report: the new AP was never displaced.
   problem(await act(old, 'report', { sii: phone() }), 409, 'nothing-to-remedy');
+});
+
+/** Fails Durable Object calls made by the GP (POST /__debug/faults, local only). */
+async function injectFault(fault) {
+  const r = await gp.fetch('/__debug/faults', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(fault) });
+  assert.equal(r.status, 200, await r.clone().text());
+}
+
+test('a stored mapping is answered as stored: failing analytics or holder lookups after the commit cost nothing', async () => {
+  const holder = await enrollAp('life-holder5');
+  const ap = await enrollAp('life-after5');
+  const sii = phone();
+  await register(holder, sii, 'h5');
+  const c = await create(ap, sii, 'n5');
+  assert.equal(c.status, 202);
+  assert.equal(c.body.existing.provider, holder.id);
+  // After the shard stored the mapping, the analytics write is lost and
+  // the registry read of the holder's name fails (the caller's own token
+  // check reads the registry first: let that one through).
+  await injectFault({ binding: 'AP_OBJECT', op: 'note_verify', mode: 'lost', times: 1 });
+  await injectFault({ binding: 'AP_REGISTRY', op: 'get', mode: 'lost', times: 1, after: 1 });
+  const v = await confirm(ap, c.body.handle, codes.lastCodeFor(sii));
+  assert.equal(v.status, 201, JSON.stringify(v.body));
+  assert.equal(v.body.mapping.user, 'n5');
+  assert.deepEqual(v.body.existing, { provider: holder.id, name: null, gp: null });
+  assert.equal((await mine(ap, sii)).body.mapping.user, 'n5');
+});
+
+test('a strike or user-count change handed over twice at once (a shard outbox redelivering) is applied once', async () => {
+  // Two strikes would suspend this AP; one does not.
+  const ap = await enrollAp('life-twice', { rate_params: { suspend_after_strikes: 2 } });
+  const sii = phone();
+  const strike = {
+    kind: 'strike', id: `twice-${randomBytes(6).toString('hex')}`,
+    strike: { against: { ap: ap.id, gp: null }, sii, reported_by: 'life-reporter', at_ms: Date.now() },
+  };
+  const users = { kind: 'users', id: `twice-${randomBytes(6).toString('hex')}`, delta: 3, overlap: 0 };
+  const before = (await req('GET', `/admin/v1/aps/${ap.id}/analytics`, { headers: admin })).body;
+  for (const round of [4, 2]) {
+    const r = await gp.fetch('/__debug/ap-items', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ap: ap.id, items: [strike, users], times: round }),
+    });
+    assert.equal(r.status, 200, await r.clone().text());
+    assert.deepEqual(await r.json(), { takes: round, failed: 0 });
+  }
+  let rec = await apRecord(ap);
+  assert.equal(rec.strikes, 1, 'one strike');
+  assert.equal(rec.suspended, false);
+  assert.equal(rec.enrolled_users, 3, 'the users counted once');
+  // A lost reply: the registry applies a user-count change, its answer to
+  // the AP's object is lost, the hand-over fails and the shard would hand
+  // the item over again.
+  const more = { kind: 'users', id: `twice-${randomBytes(6).toString('hex')}`, delta: 2, overlap: 0 };
+  await injectFault({ binding: 'AP_REGISTRY', op: 'adjust_users', mode: 'lost_reply', times: 1 });
+  const items = (times) => gp.fetch('/__debug/ap-items', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ap: ap.id, items: [more], times }),
+  }).then((r) => r.json());
+  assert.deepEqual(await items(1), { takes: 1, failed: 1 }, 'the hand-over failed');
+  assert.deepEqual(await items(1), { takes: 1, failed: 0 }, 'the retry went through');
+  rec = await apRecord(ap);
+  assert.equal(rec.enrolled_users, 5, 'applied once despite the retry');
+  const after = (await req('GET', `/admin/v1/aps/${ap.id}/analytics`, { headers: admin })).body;
+  assert.equal(after.mappings_created - before.mappings_created, 5, 'analytics counted once each');
+  await hooks.waitFor((h) => h.path === `/${ap.id}` && h.json?.type === 'ap.strike', 8000);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(hooksFor(ap).filter((h) => h.json?.type === 'ap.strike').length, 1, 'one ap.strike webhook');
 });
 
 test('webhooks: a receiver that fails for a while gets every event once it is back, each id once', async () => {

@@ -10,7 +10,7 @@ import http from 'node:http';
 import { createHash, randomBytes, sign as edSign } from 'node:crypto';
 import { gpSigningKeys } from './lib/federation.mjs';
 import { tempState, expectProblem, gpSecrets, startCodesAndHooks, startFederationWithProxy, serve } from './lib/util.mjs';
-import { call, enrollAp as enrollApAt, registerMapping } from './lib/ap.mjs';
+import { call, enrollAp as enrollApAt, registerMapping, codeFrom } from './lib/ap.mjs';
 import { openapiValidator } from './lib/openapi.mjs';
 
 const SECRETS = gpSecrets('q');
@@ -168,8 +168,10 @@ test('local hit: the home GP answers from its own shard; no peer is asked', asyn
   assert.equal(r.body.incomplete, false);
   assert.equal(r.body.peers_queried, 0);
   assert.ok(r.body.timestamp_ms <= Date.now() && r.body.timestamp_ms > Date.now() - 60_000);
-  assert.ok(Number(r.headers.get('ratelimit-limit')) >= 1);
-  assert.ok(r.headers.get('ratelimit-remaining') !== null);
+  // FAST: 1,000 queries/s with a 10 s burst.
+  assert.equal(r.headers.get('ratelimit-limit'), '10000');
+  const remaining = Number(r.headers.get('ratelimit-remaining'));
+  assert.ok(Number.isInteger(remaining) && remaining < 10_000 && remaining >= 9_000, `RateLimit-Remaining ${remaining}`);
   const after = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
   assert.equal(after[0].shard_lookups - before[0].shard_lookups, 1, 'one shard request');
   assert.equal((after[0].do_requests - before[0].do_requests) - (after[0].lease_requests - before[0].lease_requests), 1,
@@ -235,21 +237,94 @@ test('a query reads no configuration or secret: they are read once per isolate, 
     'one Durable Object request per query besides rate-limit leases');
 });
 
-test('two GPs hold mappings for one SII: the most recent wins, seen from every GP', async () => {
+test('two GPs hold mappings for one SII: the most recent preference wins, seen from every GP', async () => {
+  const [a, b] = [fed['gp-a'], fed['gp-b']];
   const sii = phone();
-  await register(fed['gp-b'], aps['gp-b'], sii, 'older');
-  await new Promise((r) => setTimeout(r, 20));
-  await register(fed['gp-a'], aps['gp-a'], sii, 'newer');
-  await reaches(fed['gp-b'], 'gp-a', sii);
+  await register(b, aps['gp-b'], sii, 'older');
+  // The order is explicit: gp-b's filter reaches gp-a before gp-a's AP
+  // confirms, so gp-a meets gp-b's mapping (draft §8.2.1) and stores its
+  // own without preference, naming gp-b's.
+  await reaches(a, 'gp-b', sii);
+  const newer = await register(a, aps['gp-a'], sii, 'newer');
+  assert.equal(newer.mapping.preferred, false);
+  assert.deepEqual(newer.existing, { provider: aps['gp-b'].id, name: null, gp: 'gp-b' });
+  await reaches(b, 'gp-a', sii);
   await reaches(fed['gp-c'], 'gp-a', sii);
-  await reaches(fed['gp-a'], 'gp-b', sii);
   await reaches(fed['gp-c'], 'gp-b', sii);
+  for (const env of ['gp-a', 'gp-b', 'gp-c']) {
+    const r = await query(fed[env], aps[env], sii);
+    assert.equal(r.body.gp, 'gp-b', `${env} before the choice: ${r.text}`);
+    assert.equal(r.body.ssi.user, 'older');
+  }
+  // The user picks gp-a's app: its mapping is preferred as of now, the
+  // most recent, and wins from every GP (draft §8.1: "uses the most recent").
+  const chose = await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii, choice: 'prefer' } });
+  assert.equal(chose.status, 200, chose.text);
   for (const env of ['gp-a', 'gp-b', 'gp-c']) {
     const r = await query(fed[env], aps[env], sii);
     assert.equal(r.status, 200, r.text);
     assert.equal(r.body.gp, 'gp-a', `${env}: ${r.text}`);
     assert.equal(r.body.ssi.user, 'newer');
     assert.equal(r.body.incomplete, false);
+  }
+});
+
+test('creating and confirming a mapping ask peer GPs only after the limits: once per code sent, once per code verified', async () => {
+  const [a, b] = [fed['gp-a'], fed['gp-b']];
+  const sii = phone();
+  await register(b, aps['gp-b'], sii, 'held');
+  await reaches(a, 'gp-b', sii);
+  const ap = await enrollAp(a, 'q-asks', { rate_params: FAST });
+  const asked = async () => (await stats(b)).peer_queries_received;
+  const create = (user) => call(a, 'POST', '/v1/mappings', { token: ap.token, json: { sii, user } });
+  const confirm = (handle, code) => call(a, 'POST', `/v1/verifications/${handle}`, { token: ap.token, json: { code } });
+  let n = await asked();
+  // A code sent: one lookup, the holder named.
+  const first = await create('u1');
+  assert.equal(first.status, 202, first.text);
+  assert.equal(first.body.existing.gp, 'gp-b');
+  assert.equal(await asked() - n, 1);
+  // Repeats within 30 s send nothing and ask nobody, and still name the holder.
+  for (let i = 0; i < 5; i++) {
+    const again = await create('u1');
+    assert.equal(again.body.handle, first.body.handle);
+    assert.equal(again.body.sent, false);
+    assert.equal(again.body.existing.gp, 'gp-b');
+  }
+  assert.equal(await asked() - n, 1, 'repeats asked no peer');
+  // Wrong codes, then the used-up handle, even with the right code: nobody asked.
+  n = await asked();
+  const code = codeFrom(codes, sii, ap.id);
+  const wrong = code === '000000' ? '111111' : '000000';
+  for (let i = 0; i < 5; i++) assert.equal((await confirm(first.body.handle, wrong)).status, 422);
+  assert.equal((await confirm(first.body.handle, code)).status, 410);
+  assert.equal(await asked() - n, 0, 'wrong codes and a used-up handle asked no peer');
+  // A right code: one lookup, and the mapping is stored behind gp-b's.
+  const second = await create('u2');
+  n = await asked();
+  const ok = await confirm(second.body.handle, codeFrom(codes, sii, ap.id));
+  assert.equal(ok.status, 201, ok.text);
+  assert.equal(ok.body.mapping.preferred, false);
+  assert.equal(ok.body.existing.gp, 'gp-b');
+  assert.equal(await asked() - n, 1);
+  // Over the AP's hourly send limit: refused before any peer is asked
+  // (another SII held on gp-b only: gp-a holds one for the first now).
+  const other = phone();
+  await register(b, aps['gp-b'], other, 'held2');
+  await reaches(a, 'gp-b', other);
+  a.bindings.CODES_PER_AP_PER_HOUR = '1';
+  await a.restart();
+  try {
+    const capped = await enrollAp(a, 'q-capped', { rate_params: FAST });
+    const post = (user) => call(a, 'POST', '/v1/mappings', { token: capped.token, json: { sii: other, user } });
+    n = await asked();
+    assert.equal((await post('c1')).status, 202);
+    assert.equal(await asked() - n, 1);
+    for (let i = 0; i < 3; i++) assert.equal((await post(`c${i + 2}`)).status, 429);
+    assert.equal(await asked() - n, 1, 'refused sends asked no peer');
+  } finally {
+    delete a.bindings.CODES_PER_AP_PER_HOUR;
+    await a.restart();
   }
 });
 

@@ -28,8 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = validate_webhook_url(text, false);
     let _ = validate_webhook_url(text, true);
     let _ = verify_client_secret(text, &[0u8; 32]);
-    if let Ok(h) = Handle::parse(text) {
-        assert_eq!(Handle::parse(&h.encode()), Ok(h));
+    if let Ok(h) = Handle::parse(text, u32::MAX) {
+        assert_eq!(Handle::parse(&h.encode(), h.shard + 1), Ok(h));
+        assert!(Handle::parse(&h.encode(), h.shard).is_err());
     }
     if let Ok(k) = IdempotencyKey::parse(text) {
         assert_eq!(IdempotencyKey::parse(k.as_str()).as_ref(), Ok(&k));

@@ -57,8 +57,11 @@ impl Handle {
         format!("{HANDLE_PREFIX}{}", b64url_encode(&b))
     }
 
-    /// Parses what [`Handle::encode`] produced; anything else is [`BadHandle`].
-    pub fn parse(s: &str) -> Result<Handle, BadHandle> {
+    /// Parses what [`Handle::encode`] produced for a GP with `shards`
+    /// mapping shards; anything else is [`BadHandle`]. A shard index past
+    /// the count was never issued, and following it would create a new
+    /// Durable Object (and its tables) per made-up handle.
+    pub fn parse(s: &str, shards: u32) -> Result<Handle, BadHandle> {
         let b64 = s.strip_prefix(HANDLE_PREFIX).ok_or(BadHandle)?;
         if b64.len() > 40 {
             return Err(BadHandle);
@@ -69,10 +72,11 @@ impl Handle {
         shard.copy_from_slice(&raw[..4]);
         let mut salt = [0u8; 16];
         salt.copy_from_slice(&raw[4..]);
-        Ok(Handle {
-            shard: u32::from_be_bytes(shard),
-            salt,
-        })
+        let shard = u32::from_be_bytes(shard);
+        if shard >= shards {
+            return Err(BadHandle);
+        }
+        Ok(Handle { shard, salt })
     }
 }
 
@@ -206,7 +210,10 @@ mod tests {
         };
         let s = h.encode();
         assert!(s.starts_with("vh_") && s.len() == 3 + 27);
-        assert_eq!(Handle::parse(&s), Ok(h));
+        assert_eq!(Handle::parse(&s, 514), Ok(h));
+        // Issue 14 item 8: a shard this GP does not have was never issued.
+        assert_eq!(Handle::parse(&s, 513), Err(BadHandle));
+        assert_eq!(Handle::parse(&s, 0), Err(BadHandle));
         for bad in [
             "",
             "vh_",
@@ -215,7 +222,7 @@ mod tests {
             &format!("{s}A"),
             &"vh_A".repeat(30),
         ] {
-            assert_eq!(Handle::parse(bad), Err(BadHandle), "{bad}");
+            assert_eq!(Handle::parse(bad, u32::MAX), Err(BadHandle), "{bad}");
         }
         assert_eq!(
             (BadHandle.slug(), BadHandle.status()),

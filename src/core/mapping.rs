@@ -452,6 +452,37 @@ pub enum PeerStrike {
     Duplicate,
 }
 
+/// How the shard answered a peer's strike notice, for the notice's daily
+/// slot (`PEER_STRIKES_PER_AP_PER_DAY`), which is taken before the shard is
+/// asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrikeOutcome {
+    /// Applied now.
+    Applied,
+    /// Applied by an earlier delivery of the same notice.
+    Duplicate,
+    /// Refused for good (no such claim, already reported): never applied.
+    Refused,
+    /// The shard could not be asked or did not answer: unknown whether it
+    /// applied; the sender retries the same notice id.
+    Failed,
+}
+
+/// Whether a notice keeps the daily slot it holds (`fresh`: taken by this
+/// delivery, not by an earlier one of the same notice). A slot stays with
+/// every applied strike, whichever delivery applied it, and with nothing
+/// else: a refused notice gives it back even when an earlier delivery took
+/// it, and a failed call gives back the slot it took, since the retry takes
+/// it again (and keeps it on `Duplicate` if the lost call did apply). So
+/// as long as the sender retries, the slots held equal the strikes applied.
+pub fn keep_strike_slot(outcome: StrikeOutcome, fresh: bool) -> bool {
+    match outcome {
+        StrikeOutcome::Applied | StrikeOutcome::Duplicate => true,
+        StrikeOutcome::Refused => false,
+        StrikeOutcome::Failed => !fresh,
+    }
+}
+
 /// Result of [`SiiRecord::create_verified`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -1388,6 +1419,24 @@ impl SiiRecord {
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 14 item 6: the slot of a notice whose shard call failed, or
+    /// which was refused after an earlier delivery took it, used to stay
+    /// taken for a day.
+    #[test]
+    fn a_strike_slot_stays_only_with_an_applied_strike() {
+        use StrikeOutcome::*;
+        for fresh in [true, false] {
+            assert!(keep_strike_slot(Applied, fresh));
+            assert!(keep_strike_slot(Duplicate, fresh));
+            assert!(!keep_strike_slot(Refused, fresh), "refused, fresh={fresh}");
+        }
+        assert!(!keep_strike_slot(Failed, true), "failed call: give back");
+        assert!(
+            keep_strike_slot(Failed, false),
+            "an earlier delivery's slot stays"
+        );
+    }
     use super::*;
 
     const DAY: u64 = 24 * 3_600_000;

@@ -422,7 +422,11 @@ mod tests {
             ..p
         };
         assert!(!is_suspended(&never, u32::MAX));
-        assert!(allowed_rate(&never, 0, u32::MAX).per_sec >= 0.0);
+        // Without suspension the rate halves per strike, down to nothing
+        // (1 × 0.5^u32::MAX underflows to exactly 0), never below.
+        assert_eq!(allowed_rate(&never, 0, 10).per_sec, 1.0 / 1024.0);
+        assert_eq!(allowed_rate(&never, 0, 10).burst, 1);
+        assert_eq!(allowed_rate(&never, 0, u32::MAX), Rate::ZERO);
     }
 
     #[test]

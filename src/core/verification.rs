@@ -203,25 +203,40 @@ impl fmt::Debug for Code {
     }
 }
 
-/// The entropy source kept returning bytes that rejection sampling refuses.
+/// The entropy source failed, or kept returning bytes that rejection
+/// sampling refuses. Never papered over: a zero buffer would read as the
+/// code "000000".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntropyFailure;
 
 impl fmt::Display for EntropyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the entropy source produced no usable bytes")
+        f.write_str("no secure random bytes are available right now; nothing was stored or sent")
+    }
+}
+
+impl Problem for EntropyFailure {
+    fn slug(&self) -> &'static str {
+        "entropy-unavailable"
+    }
+    fn title(&self) -> &'static str {
+        "Randomness unavailable"
+    }
+    /// The GP's fault and passing: retry.
+    fn status(&self) -> u16 {
+        503
     }
 }
 
 /// Draws a uniformly random code.
 ///
 /// `entropy` must fill the buffer with cryptographically secure random bytes
-/// (getrandom in the worker). Each character takes one byte; bytes at or
+/// (getrandom in the worker) or fail; its failure is the result. Each character takes one byte; bytes at or
 /// above the largest multiple of the alphabet size are rejected, so every
 /// character is exactly uniform (no modulo bias).
 pub fn generate_code(
     policy: &CodePolicy,
-    entropy: &mut impl FnMut(&mut [u8]),
+    entropy: &mut impl FnMut(&mut [u8]) -> Result<(), EntropyFailure>,
 ) -> Result<Code, EntropyFailure> {
     let alphabet = policy.alphabet.as_bytes();
     let m = alphabet.len();
@@ -229,7 +244,7 @@ pub fn generate_code(
     let mut out = String::with_capacity(want);
     let mut buf = [0u8; 32];
     for _ in 0..MAX_ENTROPY_ROUNDS {
-        entropy(&mut buf);
+        entropy(&mut buf)?;
         for &b in &buf {
             if out.len() == want {
                 return Ok(Code(out));
@@ -438,6 +453,11 @@ pub struct PendingVerification {
     pub max_attempts: u32,
     /// Where in its lifecycle this verification is.
     pub state: PendingState,
+    /// draft §8.2.1 across GPs: the preferred holder on a peer GP found
+    /// when the code was sent, so a repeated request answers it again
+    /// without asking the peers again (issue 14 item 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<crate::core::mapping::Party>,
 }
 
 impl PendingVerification {
@@ -457,6 +477,7 @@ impl PendingVerification {
             attempts: 0,
             max_attempts: policy.max_attempts,
             state: PendingState::Open,
+            holder: None,
         }
     }
 
@@ -499,6 +520,35 @@ impl PendingVerification {
             Err(VerifyError::WrongCode {
                 attempts_left: self.max_attempts.saturating_sub(self.attempts),
             })
+        }
+    }
+}
+
+impl PendingVerification {
+    /// As [`Self::attempt`], except that a verification already verified
+    /// passes again with its right code until it expires (no attempt
+    /// counted): a caller that verified a code and failed before storing
+    /// the mapping retries with the same code (issue 14 item 7 splits
+    /// verifying from storing).
+    pub fn attempt_again(
+        &mut self,
+        policy: &CodePolicy,
+        pepper: &[u8],
+        presented: &str,
+        now_ms: u64,
+    ) -> Result<(), VerifyError> {
+        if self.state != PendingState::Verified {
+            return self.attempt(policy, pepper, presented, now_ms);
+        }
+        if now_ms >= self.expires_at_ms {
+            return Err(VerifyError::Expired);
+        }
+        let right = normalize_presented(policy, presented)
+            .is_some_and(|c| ct_eq(&hash_code(pepper, &self.salt, &c), &self.code_hash));
+        if right {
+            Ok(())
+        } else {
+            Err(VerifyError::AlreadyVerified)
         }
     }
 }
@@ -669,13 +719,14 @@ mod tests {
     use proptest::prelude::*;
 
     /// Deterministic byte stream for tests (not for production use).
-    fn counter_entropy(seed: u8) -> impl FnMut(&mut [u8]) {
+    fn counter_entropy(seed: u8) -> impl FnMut(&mut [u8]) -> Result<(), EntropyFailure> {
         let mut x = seed;
         move |buf: &mut [u8]| {
             for b in buf {
                 x = x.wrapping_mul(37).wrapping_add(11);
                 *b = x;
             }
+            Ok(())
         }
     }
 
@@ -751,11 +802,34 @@ mod tests {
             for (i, b) in buf.iter_mut().enumerate() {
                 *b = if i % 2 == 0 { 255 } else { 19 };
             }
+            Ok(())
         };
         assert_eq!(generate_code(&p, &mut e).unwrap().as_str(), "999999");
         // A source that only ever yields rejected bytes fails instead of hanging.
-        let mut stuck = |buf: &mut [u8]| buf.fill(0xFF);
+        let mut stuck = |buf: &mut [u8]| {
+            buf.fill(0xFF);
+            Ok(())
+        };
         assert_eq!(generate_code(&p, &mut stuck), Err(EntropyFailure));
+    }
+
+    /// Issue 14 item 5: a failing source is a failure, not "000000" (the
+    /// worker used to drop getrandom's error and hand on a zero buffer).
+    #[test]
+    fn a_failing_entropy_source_is_an_error_never_a_code() {
+        let p = CodePolicy::default();
+        let mut calls = 0;
+        let mut failing = |buf: &mut [u8]| {
+            calls += 1;
+            buf.fill(0);
+            Err(EntropyFailure)
+        };
+        assert_eq!(generate_code(&p, &mut failing), Err(EntropyFailure));
+        assert_eq!(calls, 1, "no retry on a failed source");
+        assert_eq!(
+            (EntropyFailure.status(), EntropyFailure.slug()),
+            (503, "entropy-unavailable")
+        );
     }
 
     #[test]
@@ -825,6 +899,29 @@ mod tests {
             p.clone(),
             PendingVerification::new(&p, b"pepper", [7; 16], &code, now),
         )
+    }
+
+    /// Issue 14 item 7: verifying and storing are two steps; between them a
+    /// verified code passes again (a retry), nothing else does.
+    #[test]
+    fn a_verified_code_passes_again_until_it_expires() {
+        let (p, mut v) = pending(1_000);
+        assert!(matches!(
+            v.attempt_again(&p, b"pepper", "000000", 1_500),
+            Err(VerifyError::WrongCode { attempts_left: 4 })
+        ));
+        assert_eq!(v.attempt_again(&p, b"pepper", "424242", 2_000), Ok(()));
+        assert_eq!(v.state, PendingState::Verified);
+        assert_eq!(v.attempt_again(&p, b"pepper", "424 242", 2_001), Ok(()));
+        assert_eq!(v.attempts, 2, "a retry counts no attempt");
+        assert_eq!(
+            v.attempt_again(&p, b"pepper", "000000", 2_002),
+            Err(VerifyError::AlreadyVerified)
+        );
+        assert_eq!(
+            v.attempt_again(&p, b"pepper", "424242", v.expires_at_ms),
+            Err(VerifyError::Expired)
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Stats {
     pub do_requests: u64,
     /// Workers KV reads this isolate made (peers' filter copies).
     pub kv_reads: u64,
+    /// `GET /v1/gp` reads of the filter object, `GET /v1/peers` probe rounds.
+    pub filter_info_reads: u64,
+    pub peer_probe_rounds: u64,
 }
 
 pub fn count(f: impl FnOnce(&mut Stats)) {

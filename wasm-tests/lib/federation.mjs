@@ -94,6 +94,8 @@ export class Gp {
     this.verbose = verbose;
     this.url = `http://127.0.0.1:${port}`;
     this.mf = null;
+    /** What the GP's workerd wrote (its console), kept for tests that check the logs. */
+    this.output = '';
   }
 
   options() {
@@ -114,6 +116,15 @@ export class Gp {
       durableObjectsPersist: path.join(this.stateDir, 'do'),
       cachePersist: path.join(this.stateDir, 'cache'),
       log: new Log(this.verbose ? LogLevel.INFO : LogLevel.WARN, { prefix: this.env }),
+      // Printed as before, and kept (the last 1 MB) in `output`.
+      handleRuntimeStdio: (stdout, stderr) => {
+        for (const [stream, sink] of [[stdout, process.stdout], [stderr, process.stderr]]) {
+          stream.on('data', (chunk) => {
+            this.output = (this.output + chunk).slice(-(1 << 20));
+            sink.write(chunk);
+          });
+        }
+      },
     };
   }
 

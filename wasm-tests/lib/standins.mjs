@@ -193,7 +193,7 @@ export async function startCodeProvider({
 
   // failNext/hangNext apply to send endpoints only; returns true if it
   // answered (or, hanging, never will: the sender has to time out).
-  function injectedFailure(res, provider) {
+  function injectedFailure(res, provider, body) {
     if (hangs > 0) {
       hangs -= 1;
       hung += 1;
@@ -213,6 +213,19 @@ export async function startCodeProvider({
           'x-ratelimit-reset': String(Math.ceil(Date.now() / 1000) + 1),
         });
       }
+    }
+    // A 400 is the providers' refusal of a recipient, and like theirs it
+    // quotes the recipient (Twilio 21211, SendGrid's invalid address).
+    if (status === 400 && provider === 'twilio') {
+      const to = new URLSearchParams(body.toString('utf8')).get('To') ?? '';
+      twilioError(res, 400, 21211, `The 'To' number ${to} is not a valid phone number.`);
+      return true;
+    }
+    if (status === 400) {
+      let to = '';
+      try { to = JSON.parse(body.toString('utf8')).personalizations[0].to[0].email; } catch { /* no recipient */ }
+      sendJson(res, 400, { errors: [{ message: `The to email ${to} does not contain a valid address.`, field: 'personalizations.0.to.0.email', help: null }] });
+      return true;
     }
     if (provider === 'twilio') {
       // Twilio's 429 is error 20429; 5xx use 20500/20503-style codes.
@@ -239,7 +252,7 @@ export async function startCodeProvider({
         return twilioError(res, 405, 20004, 'Method not allowed');
       }
       const body = await readBody(req);
-      if (injectedFailure(res, 'twilio')) return;
+      if (injectedFailure(res, 'twilio', body)) return;
       return twilioSend(req, res, decodeURIComponent(tw[1]), body);
     }
 
@@ -250,7 +263,7 @@ export async function startCodeProvider({
         return sendJson(res, 405, { errors: [{ message: 'method not allowed', field: null, help: null }] });
       }
       const body = await readBody(req);
-      if (injectedFailure(res, 'sendgrid')) return;
+      if (injectedFailure(res, 'sendgrid', body)) return;
       return sendgridSend(req, res, body);
     }
 

@@ -10,7 +10,7 @@ use crate::core::mapping::Party;
 use crate::core::shard::shard_of;
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::tags::MappingMeta;
-use crate::core::verification::{generate_code, hash_code, SendLimited, SendScope};
+use crate::core::verification::{generate_code, hash_code, EntropyFailure, SendLimited, SendScope};
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::outbound::codes;
@@ -19,9 +19,23 @@ use crate::edge::rpc::shard::{Begun, Shard};
 use sha2::{Digest, Sha256};
 use worker::Env;
 
+/// Secure random bytes, or a retryable 503: nothing is stored or sent
+/// without them (issue 14 item 5).
+fn entropy(b: &mut [u8]) -> Result<(), EntropyFailure> {
+    getrandom::fill(b).map_err(|e| {
+        worker::console_error!("getrandom: {e}");
+        EntropyFailure
+    })
+}
+
+/// The 503 of [`EntropyFailure`], with when to retry.
+fn no_entropy(e: EntropyFailure) -> ApiError {
+    ApiError::from(e).with_header("Retry-After", "1")
+}
+
 pub fn random<const N: usize>() -> ApiResult<[u8; N]> {
     let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("getrandom: {e}")))?;
+    entropy(&mut b).map_err(no_entropy)?;
     Ok(b)
 }
 
@@ -63,7 +77,8 @@ pub struct Started {
     pub expires_at_ms: u64,
     /// Whether a code message went out (false: a repeat within 30 s).
     pub sent: bool,
-    /// The holder of the SII on this GP, other than the caller.
+    /// The holder of the SII other than the caller: on this GP, or the
+    /// one `lookup` found on a peer GP.
     pub existing: Option<Party>,
 }
 
@@ -71,19 +86,28 @@ pub struct Started {
 /// unless the request repeats one whose code went out under 30 s ago.
 /// Over a limit, or when the message cannot be sent, nothing is left
 /// behind: the pending verification and both counters are rolled back.
-pub async fn start(
+///
+/// `lookup` runs after both send limits passed and before the message goes
+/// out, only for a code that is sent (issue 14 item 7: a lookup of peer
+/// GPs is a signed request each, so only a send the sender's hourly limit
+/// counted may cause one, and a repeat never does). It names a holder on a
+/// peer GP, kept with the verification for repeats, or refuses the send
+/// (the sender's send stays counted: it paid for the lookup).
+pub async fn start<L, F>(
     env: &Env,
     cfg: &GpConfig,
     s: Start<'_>,
     message: impl FnOnce(&str, u64) -> CodeMessage,
-) -> ApiResult<Started> {
+    lookup: L,
+) -> ApiResult<Started>
+where
+    L: FnOnce() -> F,
+    F: std::future::Future<Output = ApiResult<Option<Party>>>,
+{
     let now = crate::edge::clock::now_ms();
     let policy = &cfg.code_policy;
     let ttl_ms = policy.ttl_ms();
-    let code = generate_code(policy, &mut |b: &mut [u8]| {
-        let _ = getrandom::fill(b);
-    })
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let code = generate_code(policy, &mut entropy).map_err(no_entropy)?;
     let salt: [u8; 16] = random()?;
     let shard = Shard::of(env, cfg, s.sii);
     let Begun {
@@ -105,6 +129,7 @@ pub async fn start(
             now,
         )
         .await?;
+    let mut existing = existing;
     if !reused {
         let abort = || shard.abort(s.sii, s.ap, salt_hex.clone(), previous.clone(), now);
         // Per-sender limit (SMS pumping through one AP, or through the
@@ -124,10 +149,24 @@ pub async fn start(
                 None => e,
             });
         }
+        let holder = match lookup().await {
+            Ok(h) => h,
+            Err(e) => {
+                abort().await?;
+                return Err(e);
+            }
+        };
         if let Err(e) = codes::send(env, cfg, s.sii, &message(code.as_str(), ttl_ms)).await {
             abort().await?;
             ApClient::new(env, s.ap).refund_send().await?;
             return Err(e);
+        }
+        if let (None, Some(h)) = (&existing, holder) {
+            // For repeats, which answer it without asking again.
+            if let Err(e) = shard.note_holder(salt_hex.clone(), s.ap, h.clone()).await {
+                worker::console_error!("noting the holder on a peer GP: {e:?}");
+            }
+            existing = Some(h);
         }
     }
     let salt: [u8; 16] = hex_decode(&salt_hex)

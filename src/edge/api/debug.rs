@@ -284,3 +284,44 @@ pub async fn clock(mut req: Request) -> ApiResult<Response> {
     let now_ms = crate::edge::clock::advance(b.advance_ms);
     crate::edge::http::respond::json_ok(&json!({ "now_ms": now_ms }))
 }
+
+/// `POST /__debug/ap-items` `{"ap", "items": [ApItem], "times": n}`: hands
+/// the same items to the AP's object `n` times at once, as a shard's
+/// outbox does when it redelivers before the first hand-over answered
+/// (each item must still be applied once).
+pub async fn ap_items(mut req: Request, env: &Env) -> ApiResult<Response> {
+    let body = read_capped(&mut req, 1 << 16).await?;
+    #[derive(Deserialize)]
+    struct Body {
+        ap: String,
+        items: Vec<crate::edge::rpc::ap::ApItem>,
+        times: u32,
+    }
+    let b: Body = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::client(400, "invalid-json", "Invalid JSON body", e.to_string()))?;
+    let client = crate::edge::rpc::ap::ApClient::new(env, &b.ap);
+    let takes = (0..b.times.clamp(1, 16)).map(|_| client.take(&b.ap, b.items.clone()));
+    let results = futures_util::future::join_all(takes).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    crate::edge::http::respond::json_ok(&json!({ "takes": results.len(), "failed": failed }))
+}
+
+/// `GET /__debug/filter/subscribers`: the own filter's subscribers (peer,
+/// version, cursor, failures), to see what a subscription or the cron did.
+pub async fn filter_subscribers(env: &Env) -> ApiResult<Response> {
+    FilterClient::new(env)
+        .request(worker::Method::Get, "/subscribers", None)
+        .await
+}
+
+/// `POST /__debug/faults` `{"binding", "op", "mode": "lost"|"lost_reply",
+/// "times"}`: fails the next calls of that Durable Object operation made
+/// from this isolate (`rpc::inject`), so a test can show what a caller
+/// does when an object call fails after, or before, it took effect.
+pub async fn faults(mut req: Request) -> ApiResult<Response> {
+    let body = read_capped(&mut req, 1 << 10).await?;
+    let fault: crate::edge::rpc::Fault = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::client(400, "invalid-json", "Invalid JSON body", e.to_string()))?;
+    crate::edge::rpc::inject(fault.clone());
+    crate::edge::http::respond::json_ok(&json!(fault))
+}

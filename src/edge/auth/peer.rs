@@ -77,14 +77,13 @@ pub async fn verify(
             .and_then(decode_key)
     })
     .map_err(with_accept_signature)?;
-    if !body.is_empty() {
-        let digest = req
-            .headers()
-            .get("content-digest")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        httpsig::check_content_digest(&digest, &body).map_err(with_accept_signature)?;
+    // A body, or a Content-Digest (which the signature may cover), is
+    // checked, also when the body is empty: a signed digest of a body that
+    // was stripped on the way must not pass (issue 14 item 6).
+    let digest = req.headers().get("content-digest").ok().flatten();
+    if !body.is_empty() || digest.is_some() {
+        httpsig::check_content_digest(&digest.unwrap_or_default(), &body)
+            .map_err(with_accept_signature)?;
     }
     // The nonce is remembered until the signature could no longer be
     // fresh: created + window (plus a second of rounding).

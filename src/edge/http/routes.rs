@@ -62,6 +62,9 @@ enum Route {
     DebugPeerFilters,
     DebugPanic,
     DebugClock,
+    DebugApItems,
+    DebugFilterSubscribers,
+    DebugFaults,
     DebugRoutes,
     DebugBreakdown,
 }
@@ -338,6 +341,12 @@ const ROUTES: &[RouteDef] = &[
         debug_only: true,
     },
     RouteDef {
+        template: "/__debug/filter/subscribers",
+        route: Route::DebugFilterSubscribers,
+        methods: GET,
+        debug_only: true,
+    },
+    RouteDef {
         template: "/__debug/peer-filters",
         route: Route::DebugPeerFilters,
         methods: GET,
@@ -355,6 +364,22 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         template: "/__debug/clock",
         route: Route::DebugClock,
+        methods: POST,
+        debug_only: true,
+    },
+    // The same items handed to an AP's object several times at once (a
+    // shard outbox's redelivery): applied once each.
+    RouteDef {
+        template: "/__debug/ap-items",
+        route: Route::DebugApItems,
+        methods: POST,
+        debug_only: true,
+    },
+    // Fails the next calls of one Durable Object operation (before or
+    // after it took effect): fault injection at the RPC boundary.
+    RouteDef {
+        template: "/__debug/faults",
+        route: Route::DebugFaults,
         methods: POST,
         debug_only: true,
     },
@@ -497,6 +522,9 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
             debug::breakdown(req, env, cfg, &route).await
         }
         Route::DebugClock => debug::clock(req).await,
+        Route::DebugApItems => debug::ap_items(req, env).await,
+        Route::DebugFilterSubscribers => debug::filter_subscribers(env).await,
+        Route::DebugFaults => debug::faults(req).await,
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,

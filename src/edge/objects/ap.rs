@@ -217,6 +217,12 @@ impl ApObject {
                     if self.seen(item.id())? {
                         continue;
                     }
+                    // Issue 14 item 3: an item may arrive twice (a
+                    // redelivery racing this one, or a retry after a lost
+                    // reply). The registry applies it once by its id; what
+                    // this object does itself runs after checking `seen`
+                    // again past the registry's await, with no await until
+                    // `mark_seen`.
                     match &item {
                         ApItem::Event { id, event } => {
                             self.enqueue(id, event, now)?;
@@ -226,10 +232,14 @@ impl ApObject {
                             let op = RegistryOp::AdjustUsers {
                                 id: ap.clone(),
                                 delta: *delta,
+                                item: item.id().to_owned(),
                                 now_ms: now,
                             };
                             if let Ok(stored) = Registry::new(&self.env).apply(&op).await? {
                                 crate::edge::rpc::registry::remember(&stored.record);
+                            }
+                            if self.seen(item.id())? {
+                                continue;
                             }
                             let mut a: Analytics = self.get_kv("analytics")?;
                             if *delta > 0 {
@@ -243,9 +253,14 @@ impl ApObject {
                         ApItem::Strike { strike, .. } => {
                             let op = RegistryOp::Strike {
                                 id: ap.clone(),
+                                item: item.id().to_owned(),
                                 now_ms: now,
                             };
-                            if let Ok(stored) = Registry::new(&self.env).apply(&op).await? {
+                            let applied = Registry::new(&self.env).apply(&op).await?;
+                            if self.seen(item.id())? {
+                                continue;
+                            }
+                            if let Ok(stored) = applied {
                                 let r = &stored.record;
                                 crate::edge::rpc::registry::remember(r);
                                 let data = EventData::from_strike(

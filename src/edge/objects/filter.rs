@@ -86,6 +86,11 @@ impl worker::DurableObject for FilterObject {
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
         let path = req.path();
+        // A snapshot found unreadable while loading is rebuilt at once,
+        // by the alarm (the load itself cannot wait for the shards).
+        if let Err(e) = self.schedule_recovery().await {
+            worker::console_error!("filter recovery: {e:?}");
+        }
         let result = match path.as_str() {
             "/info" => self.info().map(|v| Response::from_json(&v)),
             "/insert" => match req.bytes().await {
@@ -110,6 +115,11 @@ impl worker::DurableObject for FilterObject {
 
     /// Delivers pending additions and rotation notices to subscribers.
     async fn alarm(&self) -> worker::Result<Response> {
+        if let Err(e) = self.recover().await {
+            worker::console_error!("filter rebuild after an unreadable snapshot failed: {e:?}");
+            self.state.storage().set_alarm(5_000i64).await?;
+            return Response::ok("ok");
+        }
         if let Err(e) = self.deliver().await {
             worker::console_error!("filter deliveries failed: {:?}", e);
             // Try again later rather than never.
@@ -117,6 +127,14 @@ impl worker::DurableObject for FilterObject {
         }
         Response::ok("ok")
     }
+}
+
+#[derive(Deserialize)]
+struct RecoveryRow {
+    unreadable_version: i64,
+    since_ms: i64,
+    reason: String,
+    done_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +169,13 @@ const FILTER_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS filter_version (
     CREATE TABLE IF NOT EXISTS filter_snapshot_seq (
     version INTEGER PRIMARY KEY,
     seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS filter_recovery (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    unreadable_version INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    done_ms INTEGER
     );
     CREATE TABLE IF NOT EXISTS subscriber (
     peer TEXT PRIMARY KEY,
@@ -222,16 +247,28 @@ impl FilterObject {
             .collect();
         // Our own bytes failing to decode means corruption or a snapshot
         // written in an older wire format. The filter is derived data (the
-        // mappings are authoritative), so start a fresh version instead of
-        // failing every request; the rebuild repopulates it.
+        // mappings are authoritative), so a fresh version serves at once
+        // and is rebuilt from the shards right away (the alarm, see
+        // `recover`), not at the next scheduled rebuild days later: until
+        // then peers would miss this GP's mappings. `/v1/gp` shows it.
         let filter = match Filter::from_bytes(&bytes) {
             Ok(filter) => filter,
             Err(e) => {
                 worker::console_error!(
-                    "stored filter v{} cannot be read ({e}); starting v{}",
+                    "stored filter v{} cannot be read ({e}); starting v{} and rebuilding it from the mappings",
                     row.version,
                     row.version + 1
                 );
+                self.sql()
+                    .exec(
+                        "INSERT OR REPLACE INTO filter_recovery (id, unreadable_version, since_ms, reason, done_ms) VALUES (1, ?, ?, ?, NULL)",
+                        Some(vec![
+                            row.version.into(),
+                            (crate::edge::clock::now_ms() as i64).into(),
+                            e.to_string().into(),
+                        ]),
+                    )
+                    .internal("record filter recovery")?;
                 return self
                     .create_version(row.version.saturating_add(1) as u64)
                     .map(Some);
@@ -373,10 +410,77 @@ impl FilterObject {
 
     fn info(&self) -> ApiResult<Value> {
         let mut v = self.with_filter(filter_info)?;
+        let recovery = self.recovery()?;
         if let Some(o) = v.as_object_mut() {
             o.insert("seq".into(), json!(self.seq.get()));
+            let rebuilding = recovery.as_ref().is_some_and(|r| r.done_ms.is_none());
+            o.insert(
+                "state".into(),
+                json!(if rebuilding { "rebuilding" } else { "ok" }),
+            );
+            if let Some(r) = recovery {
+                o.insert(
+                    "recovery".into(),
+                    json!({
+                        "unreadable_version": r.unreadable_version,
+                        "since_ms": r.since_ms,
+                        "reason": r.reason,
+                        "done_ms": r.done_ms,
+                    }),
+                );
+            }
         }
         Ok(v)
+    }
+
+    /// The last recovery from an unreadable snapshot, if any.
+    fn recovery(&self) -> ApiResult<Option<RecoveryRow>> {
+        self.ensure_schema()?;
+        let rows: Vec<RecoveryRow> = self
+            .sql()
+            .exec(
+                "SELECT unreadable_version, since_ms, reason, done_ms FROM filter_recovery WHERE id = 1",
+                None,
+            )
+            .internal("select filter recovery")?
+            .to_array()
+            .internal("read filter recovery")?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Whether the filter was found unreadable and not rebuilt since (the
+    /// filter is loaded first: loading is where that is found).
+    fn recovery_pending(&self) -> ApiResult<bool> {
+        self.with_filter(|_| ())?;
+        Ok(self.recovery()?.is_some_and(|r| r.done_ms.is_none()))
+    }
+
+    /// Sets the alarm at once when a recovery waits for its rebuild.
+    async fn schedule_recovery(&self) -> ApiResult<()> {
+        if self.recovery_pending()? {
+            self.state
+                .storage()
+                .set_alarm(0i64)
+                .await
+                .internal("recovery alarm")?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the filter from the shards when a recovery waits for it.
+    async fn recover(&self) -> ApiResult<()> {
+        if !self.recovery_pending()? {
+            return Ok(());
+        }
+        let info = self.rebuild().await?;
+        self.sql()
+            .exec(
+                "UPDATE filter_recovery SET done_ms = ? WHERE id = 1",
+                Some(vec![(crate::edge::clock::now_ms() as i64).into()]),
+            )
+            .internal("filter recovery done")?;
+        worker::console_log!("filter rebuilt after an unreadable snapshot: {info}");
+        Ok(())
     }
 
     /// Inserts a batch of SII digests (concatenated 32-byte SHA-256s);

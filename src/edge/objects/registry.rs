@@ -37,7 +37,12 @@ impl worker::DurableObject for ApRegistry {
                     id TEXT PRIMARY KEY,
                     record TEXT NOT NULL,
                     secret_hash TEXT NOT NULL
-                 )",
+                 );
+                 CREATE TABLE IF NOT EXISTS applied_items (
+                    item TEXT PRIMARY KEY,
+                    at INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS applied_items_at ON applied_items (at);",
             ),
         }
     }
@@ -67,6 +72,46 @@ impl ApRegistry {
 
     fn ensure_schema(&self) -> ApiResult<()> {
         self.schema.ensure(&self.sql())
+    }
+
+    /// Records that `item` (an AP's `ApItem` id) is applied now; false if
+    /// it was before. The check and the change it guards run in one
+    /// synchronous `apply`, so two deliveries of one item (a redelivery
+    /// racing the first, or a retry after a lost reply) change the AP
+    /// once. Ids are kept as long as an `ApObject` keeps its seen ids:
+    /// redeliveries stop long before.
+    fn first_application(&self, ap: &str, item: &str, now_ms: u64) -> ApiResult<bool> {
+        let key = format!("{ap}/{item}");
+        let cutoff = now_ms.saturating_sub(APPLIED_TTL_MS) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM applied_items WHERE at < ?",
+                Some(vec![cutoff.into()]),
+            )
+            .internal("prune applied items")?;
+        #[derive(Deserialize)]
+        struct Found {
+            n: i64,
+        }
+        let found: Vec<Found> = self
+            .sql()
+            .exec(
+                "SELECT COUNT(*) AS n FROM applied_items WHERE item = ?",
+                Some(vec![key.clone().into()]),
+            )
+            .internal("select applied item")?
+            .to_array()
+            .internal("read applied item")?;
+        if found.first().is_some_and(|f| f.n > 0) {
+            return Ok(false);
+        }
+        self.sql()
+            .exec(
+                "INSERT INTO applied_items (item, at) VALUES (?, ?)",
+                Some(vec![key.into(), (now_ms as i64).into()]),
+            )
+            .internal("insert applied item")?;
+        Ok(true)
     }
 
     fn load(&self, id: &str) -> ApiResult<Option<StoredAp>> {
@@ -209,34 +254,49 @@ impl ApRegistry {
                     r.updated_at_ms = now_ms;
                 }),
             ),
-            RegistryOp::AdjustUsers { id, delta, now_ms } => (
+            RegistryOp::AdjustUsers {
                 id,
-                Box::new(move |ap: &mut StoredAp| {
-                    let r = &mut ap.record;
-                    r.enrolled_users = if delta < 0 {
-                        r.enrolled_users.saturating_sub(delta.unsigned_abs())
-                    } else {
-                        r.enrolled_users.saturating_add(delta.unsigned_abs())
-                    };
-                    r.updated_at_ms = now_ms;
-                }),
-            ),
-            RegistryOp::Strike { id, now_ms } => (
-                id,
-                Box::new(move |ap: &mut StoredAp| {
-                    let r = &mut ap.record;
-                    r.strikes = r.strikes.saturating_add(1);
-                    if !r.suspended && is_suspended(&r.rate_params, r.strikes) {
-                        r.suspended = true;
-                        r.suspended_reason = Some(format!(
+                delta,
+                item,
+                now_ms,
+            } => {
+                if self.load(&id)?.is_some() && !self.first_application(&id, &item, now_ms)? {
+                    return self.current(&id);
+                }
+                (
+                    id,
+                    Box::new(move |ap: &mut StoredAp| {
+                        let r = &mut ap.record;
+                        r.enrolled_users = if delta < 0 {
+                            r.enrolled_users.saturating_sub(delta.unsigned_abs())
+                        } else {
+                            r.enrolled_users.saturating_add(delta.unsigned_abs())
+                        };
+                        r.updated_at_ms = now_ms;
+                    }),
+                )
+            }
+            RegistryOp::Strike { id, item, now_ms } => {
+                if self.load(&id)?.is_some() && !self.first_application(&id, &item, now_ms)? {
+                    return self.current(&id);
+                }
+                (
+                    id,
+                    Box::new(move |ap: &mut StoredAp| {
+                        let r = &mut ap.record;
+                        r.strikes = r.strikes.saturating_add(1);
+                        if !r.suspended && is_suspended(&r.rate_params, r.strikes) {
+                            r.suspended = true;
+                            r.suspended_reason = Some(format!(
                             "{} strikes: changes reported as malicious by other providers' users",
                             r.strikes
                         ));
-                        r.generation += 1;
-                    }
-                    r.updated_at_ms = now_ms;
-                }),
-            ),
+                            r.generation += 1;
+                        }
+                        r.updated_at_ms = now_ms;
+                    }),
+                )
+            }
         };
         let Some(mut ap) = self.load(&id)? else {
             return Ok(RegistryReply::NotFound);
@@ -244,6 +304,19 @@ impl ApRegistry {
         change(&mut ap);
         self.store(&ap)?;
         Ok(RegistryReply::Ap { ap })
+    }
+}
+
+/// How long applied item ids are remembered (as long as `ApObject`'s seen ids).
+const APPLIED_TTL_MS: u64 = 7 * 24 * 3_600_000;
+
+impl ApRegistry {
+    /// The AP as stored, unchanged (an item applied before).
+    fn current(&self, id: &str) -> ApiResult<RegistryReply> {
+        Ok(match self.load(id)? {
+            Some(ap) => RegistryReply::Ap { ap },
+            None => RegistryReply::NotFound,
+        })
     }
 }
 

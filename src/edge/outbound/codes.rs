@@ -34,7 +34,7 @@ pub fn channel(sii: &Sii) -> &'static str {
 }
 
 /// The retryable problem every delivery failure becomes. The cause goes to
-/// the log only (it may name the provider's internals).
+/// the log only, and never the recipient (SECURITY.md: SIIs are not logged).
 fn unavailable(cause: String) -> ApiError {
     worker::console_error!("code delivery failed: {cause}");
     ApiError::client(
@@ -120,14 +120,53 @@ async fn post(url: &str, headers: Headers, body: String) -> ApiResult<()> {
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let text: String = resp
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(300)
+    // Providers quote the recipient in their messages ("The 'To' number
+    // +1… is not a valid phone number"): only the status and their error
+    // code are logged.
+    let body = resp.bytes().await.unwrap_or_default();
+    let code = provider_error_code(&body);
+    Err(unavailable(format!(
+        "POST {url} answered {status}, provider error code {}",
+        code.as_deref().unwrap_or("none")
+    )))
+}
+
+/// The provider's error code from its error body, never its message:
+/// Twilio's numeric `code`; for SendGrid, which has none, the `field`s its
+/// errors name (`personalizations.0.to.0.email`), which hold no value.
+fn provider_error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Twilio {
+        code: u32,
+    }
+    #[derive(serde::Deserialize)]
+    struct SendGrid {
+        errors: Vec<SendGridError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SendGridError {
+        field: Option<String>,
+    }
+    if let Ok(t) = serde_json::from_slice::<Twilio>(body) {
+        return Some(t.code.to_string());
+    }
+    let fields: Vec<String> = serde_json::from_slice::<SendGrid>(body)
+        .ok()?
+        .errors
+        .into_iter()
+        .filter_map(|e| e.field)
+        // A field name is a path of identifiers and indices, not a value.
+        .filter(|f| {
+            f.len() <= 64
+                && f.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+        })
         .collect();
-    Err(unavailable(format!("POST {url} answered {status}: {text}")))
+    Some(if fields.is_empty() {
+        "sendgrid".into()
+    } else {
+        format!("sendgrid {}", fields.join(","))
+    })
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value (and of the

@@ -23,7 +23,7 @@ use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::stats;
 use js_sys::futures::JsFuture;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::fmt;
 use wasm_bindgen::prelude::*;
@@ -56,6 +56,8 @@ pub enum RpcError {
         op: &'static str,
         got: String,
     },
+    /// A fault the local-only test route `POST /__debug/faults` injected.
+    Injected { object: String, op: String },
 }
 
 impl fmt::Display for RpcError {
@@ -73,6 +75,7 @@ impl fmt::Display for RpcError {
             RpcError::Unexpected { object, op, got } => {
                 write!(f, "{object} answered {op} with an unexpected reply: {got}")
             }
+            RpcError::Injected { object, op } => write!(f, "{object}: {op}: injected fault"),
         }
     }
 }
@@ -158,6 +161,10 @@ impl Object {
             object: self.label(),
             detail: e.to_string(),
         })?;
+        let fault = injected(self.binding, body.as_bytes());
+        if fault == Some(FaultMode::Lost) {
+            return Err(self.injected(body.as_bytes()));
+        }
         let transport = |e: JsValue| RpcError::Transport {
             object: self.label(),
             detail: js_detail(&e),
@@ -180,8 +187,90 @@ impl Object {
             .map_err(transport)?
             .as_string()
             .unwrap_or_default();
-        decode_text(&self.label(), resp.status(), text)
+        let reply = decode_text(&self.label(), resp.status(), text);
+        if fault == Some(FaultMode::LostReply) {
+            return Err(self.injected(body.as_bytes()));
+        }
+        reply
     }
+
+    fn injected(&self, body: &[u8]) -> RpcError {
+        RpcError::Injected {
+            object: self.label(),
+            op: op_name(body),
+        }
+    }
+}
+
+// ------------------------------------------------------- fault injection
+
+/// How an injected fault fails a call: the request never reaches the
+/// object (`Lost`), or the object applies it and its answer is lost
+/// (`LostReply`), as when a connection drops at the wrong moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultMode {
+    Lost,
+    LostReply,
+}
+
+/// A fault for `times` calls of operation `op` to objects of `binding`,
+/// made from this isolate, after letting the next `after` through (`POST
+/// /__debug/faults`, local runs only). Nothing sets one on a deployed GP:
+/// the list stays empty and each call checks only that.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fault {
+    pub binding: String,
+    pub op: String,
+    pub mode: FaultMode,
+    pub times: u32,
+    #[serde(default)]
+    pub after: u32,
+}
+
+thread_local! {
+    static FAULTS: RefCell<Vec<Fault>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Arms a fault in this isolate.
+pub fn inject(fault: Fault) {
+    FAULTS.with(|f| f.borrow_mut().push(fault));
+}
+
+/// The `op` tag of an encoded operation.
+fn op_name(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Tag {
+        op: Option<String>,
+    }
+    serde_json::from_slice::<Tag>(body)
+        .ok()
+        .and_then(|t| t.op)
+        .unwrap_or_default()
+}
+
+/// Takes one armed fault matching this call, if any.
+fn injected(binding: &str, body: &[u8]) -> Option<FaultMode> {
+    if FAULTS.with(|f| f.borrow().is_empty()) {
+        return None;
+    }
+    let op = op_name(body);
+    FAULTS.with(|f| {
+        let mut f = f.borrow_mut();
+        let i = f
+            .iter()
+            .position(|x| x.binding == binding && x.op == op && x.times > 0)?;
+        if f[i].after > 0 {
+            f[i].after -= 1;
+            return None;
+        }
+        let mode = f[i].mode;
+        f[i].times -= 1;
+        if f[i].times == 0 {
+            f.remove(i);
+        }
+        Some(mode)
+    })
 }
 
 #[wasm_bindgen]

@@ -95,15 +95,19 @@ pub enum RegistryOp {
     },
     /// Enrolled users changed (mapping lifecycle: creations, bulk uploads,
     /// deletions, replacements).
+    /// Applied once per `item` (the `ApItem` id): a redelivered item or a
+    /// retry after a lost reply changes nothing.
     AdjustUsers {
         id: String,
         delta: i64,
+        item: String,
         now_ms: u64,
     },
     /// One more strike (draft §8.2.1); suspends at the AP's threshold
-    /// (draft §11.2, `RateParams::suspend_after_strikes`).
+    /// (draft §11.2, `RateParams::suspend_after_strikes`). Once per `item`.
     Strike {
         id: String,
+        item: String,
         now_ms: u64,
     },
 }

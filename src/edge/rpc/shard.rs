@@ -47,11 +47,32 @@ pub enum ShardOp {
         previous: Option<String>,
         now_ms: u64,
     },
-    /// Check a code; on a match store the mapping.
-    Confirm {
+    /// Remember the holder on a peer GP found after the code was sent
+    /// (`Begin` answers it to repeated requests).
+    NoteHolder {
+        salt: String,
+        ap: String,
+        holder: Party,
+    },
+    /// Check a code and keep the verification as verified, without storing
+    /// the mapping yet: the caller looks for a holder on a peer GP only
+    /// for a verification whose code was right, then sends `Confirm`
+    /// without a code (issue 14 item 7: no peer query for a wrong code or
+    /// a used-up handle).
+    Verify {
         salt: String,
         ap: String,
         code: String,
+        pepper: String,
+        now_ms: u64,
+    },
+    /// Store the mapping of a verification: checks `code` first, or, with
+    /// none, requires one that `Verify` verified.
+    Confirm {
+        salt: String,
+        ap: String,
+        #[serde(default)]
+        code: Option<String>,
         pepper: String,
         /// The preferred holder of the SII on a peer GP, if any: the new
         /// mapping is then not preferred until the AP's choice (§8.2.1).
@@ -59,9 +80,6 @@ pub enum ShardOp {
         remote: Option<Candidate>,
         now_ms: u64,
     },
-    /// The SII of `ap`'s pending verification `salt` (none for another AP's
-    /// handle), so the caller can look for a holder on a peer GP first.
-    PendingSii { salt: String, ap: String },
     Choose {
         sii: String,
         ap: String,
@@ -185,8 +203,8 @@ pub enum ShardReply {
         mapping: MappingView,
         existing: Option<Party>,
     },
-    PendingSii {
-        sii: Option<String>,
+    Verified {
+        sii: String,
     },
     Done {
         notified: Vec<String>,
@@ -436,13 +454,14 @@ impl<'e> Shard<'e> {
         self.send(&op).await.map(|_| ())
     }
 
-    /// Checks a code; on a match the mapping is stored. A refusal is
-    /// returned as such (the caller counts wrong codes).
+    /// Checks a code (`Some`: on a match the mapping is stored) or stores
+    /// the mapping of a verification `verify` verified (`None`). A refusal
+    /// is returned as such (the caller counts wrong codes).
     pub async fn confirm(
         &self,
         salt: String,
         ap: &str,
-        code: String,
+        code: Option<String>,
         pepper: String,
         remote: Option<Candidate>,
         now_ms: u64,
@@ -462,16 +481,41 @@ impl<'e> Shard<'e> {
         }
     }
 
-    /// The SII of `ap`'s pending verification `salt`, if it is `ap`'s.
-    pub async fn pending_sii(&self, salt: String, ap: &str) -> ApiResult<Option<String>> {
-        let op = ShardOp::PendingSii {
+    /// Checks a code and keeps the verification verified (the mapping is
+    /// stored by a `confirm` without a code): its SII, or the refusal.
+    pub async fn verify(
+        &self,
+        salt: String,
+        ap: &str,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    ) -> ApiResult<Result<Sii, Refusal>> {
+        let op = ShardOp::Verify {
             salt,
             ap: ap.to_owned(),
+            code,
+            pepper,
+            now_ms,
         };
-        match self.send(&op).await? {
-            ShardReply::PendingSii { sii } => Ok(sii),
-            other => Err(unexpected(&self.obj, "pending_sii", other).into()),
+        match self.obj.call(self.env, &op).await? {
+            ShardReply::Verified { sii } => Sii::parse(&sii)
+                .map(Ok)
+                .map_err(|e| ApiError::Internal(format!("shard verified a bad sii: {e}"))),
+            ShardReply::Refused(r) => Ok(Err(r)),
+            other => Err(unexpected(&self.obj, "verify", other).into()),
         }
+    }
+
+    /// Remembers the holder on a peer GP for a verification (best effort
+    /// for the caller: only repeated requests read it).
+    pub async fn note_holder(&self, salt: String, ap: &str, holder: Party) -> ApiResult<()> {
+        let op = ShardOp::NoteHolder {
+            salt,
+            ap: ap.to_owned(),
+            holder,
+        };
+        self.send(&op).await.map(|_| ())
     }
 
     /// A change of one SII's mappings (choice, remedies, report, delete,

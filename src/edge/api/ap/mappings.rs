@@ -12,7 +12,7 @@
 use crate::core::encoding::hex_encode;
 use crate::edge::api::codes::{self, Start};
 use crate::edge::rpc::ap::ApClient;
-use crate::edge::rpc::registry::Registry;
+use crate::edge::rpc::registry::current_ap;
 use crate::edge::rpc::shard::Confirmed;
 use crate::edge::rpc::shard::Refusal;
 use crate::edge::rpc::shard::Shard;
@@ -71,48 +71,27 @@ async fn remote(env: &Env, cfg: &GpConfig, sii: &Sii) -> Remote {
     }
 }
 
-/// draft §8.2.1 across GPs, at confirmation: the preferred holder of the
-/// pending SII on a peer GP. With one, the new mapping is stored without
-/// preference and the answer names that holder, so the AP renders the
-/// user's choice instead of silently taking over (a mapping confirmed here
-/// must not outrank the peer's before the user chose). An SII whose holder
-/// opted out at a peer meanwhile is refused (beyond GLADOS-00).
-async fn remote_candidate(
-    env: &Env,
-    cfg: &GpConfig,
-    handle: &Handle,
-    ap: &str,
-) -> ApiResult<Option<Candidate>> {
-    if cfg.peers.is_empty() {
-        return Ok(None);
-    }
-    let pending = Shard::at(env, cfg, handle.shard)
-        .pending_sii(hex_encode(&handle.salt), ap)
-        .await?;
-    // Unknown handle: the confirmation itself answers that.
-    let Some(sii) = pending else {
-        return Ok(None);
-    };
-    let r = remote(env, cfg, &parse_sii(&sii)?).await;
-    if r.opted_out {
-        return Err(MappingError::OptedOut.into());
-    }
-    Ok(r.holder)
-}
-
-async fn party_json(env: &Env, p: &Option<Party>) -> ApiResult<Value> {
+/// `{provider, name, gp}` for the holder named in §8.2.1 answers (draft:
+/// "include that provider ID and name"). Best effort: it runs after the
+/// change was stored, so a failing registry read costs the holder's display
+/// name, never the answer (the AP would retry a stored change and find it
+/// gone; issue 14 item 2).
+async fn party_json(env: &Env, cfg: &GpConfig, p: &Option<Party>) -> Value {
     let Some(p) = p else {
-        return Ok(Value::Null);
+        return Value::Null;
     };
     let name = if p.gp.is_none() {
-        Registry::new(env)
-            .get(p.ap.as_str())
-            .await?
-            .map(|ap| ap.record.name)
+        match current_ap(env, cfg.ap_cache_secs, p.ap.as_str(), 0).await {
+            Ok(ap) => ap.map(|ap| ap.name.clone()),
+            Err(e) => {
+                worker::console_error!("holder name of {}: {e:?}", p.ap.as_str());
+                None
+            }
+        }
     } else {
         None
     };
-    Ok(json!({ "provider": p.ap.as_str(), "name": name, "gp": p.gp }))
+    json!({ "provider": p.ap.as_str(), "name": name, "gp": p.gp })
 }
 
 fn mapping_json(ap: &str, m: &MappingView) -> Value {
@@ -153,13 +132,6 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
     let meta = MappingMeta::parse(body.tags.as_deref(), body.label.as_deref())?;
     let ap_id = ap.record.id.clone();
     let now = crate::edge::clock::now_ms();
-    // draft §8.2.1 "Mapping Exists on Other AP", across GPs: a holder on a
-    // peer GP found through the query path; and beyond GLADOS-00, an SII
-    // whose holder opted out there gets no code at all.
-    let remote = remote(env, cfg, &sii).await;
-    if remote.opted_out {
-        return Err(MappingError::OptedOut.into());
-    }
     let app = ap.record.name.clone();
     let started = codes::start(
         env,
@@ -171,12 +143,23 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
             meta,
         },
         |code, ttl_ms| code_message(&app, &cfg.name, code, ttl_ms),
+        // draft §8.2.1 "Mapping Exists on Other AP", across GPs: a holder
+        // on a peer GP found through the query path; and beyond GLADOS-00,
+        // an SII whose holder opted out there gets no code at all. Only
+        // once the send limits passed (issue 14 item 7: codes::start).
+        || async {
+            let remote = remote(env, cfg, &sii).await;
+            if remote.opted_out {
+                return Err(MappingError::OptedOut.into());
+            }
+            Ok(remote.holder.map(|c| Party {
+                ap: c.ssi.provider().clone(),
+                gp: Some(c.gp),
+            }))
+        },
     )
     .await?;
-    let existing = started.existing.or(remote.holder.map(|c| Party {
-        ap: c.ssi.provider().clone(),
-        gp: Some(c.gp),
-    }));
+    let existing = started.existing;
     let expires_at_ms = started.expires_at_ms;
     respond(
         &json!({
@@ -185,7 +168,7 @@ pub async fn create(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Re
             "expires_at": rfc3339_ms(expires_at_ms),
             "expires_in": expires_at_ms.saturating_sub(now) / 1000,
             "sent": started.sent,
-            "existing": party_json(env, &existing).await?,
+            "existing": party_json(env, cfg, &existing).await,
         }),
         202,
     )
@@ -206,34 +189,62 @@ pub async fn confirm(
     handle: &str,
 ) -> ApiResult<Response> {
     let ap = auth::authenticate(&req, env, cfg).await?;
-    let handle = Handle::parse(handle)?;
+    let handle = Handle::parse(handle, cfg.mapping_shards)?;
     let body: ConfirmBody = read_json(&mut req, false).await?;
     let ap_id = ap.record.id.clone();
-    let remote = remote_candidate(env, cfg, &handle, &ap_id).await?;
-    let reply = Shard::at(env, cfg, handle.shard)
-        .confirm(
-            hex_encode(&handle.salt),
-            &ap_id,
-            body.code,
-            hex_encode(&crate::edge::api::codes::pepper(env)?),
-            remote,
-            crate::edge::clock::now_ms(),
-        )
-        .await?;
+    let shard = Shard::at(env, cfg, handle.shard);
+    let salt = hex_encode(&handle.salt);
+    let pepper = hex_encode(&crate::edge::api::codes::pepper(env)?);
+    let now = crate::edge::clock::now_ms();
+    let reply = if cfg.peers.is_empty() {
+        shard
+            .confirm(salt, &ap_id, Some(body.code), pepper, None, now)
+            .await?
+    } else {
+        // draft §8.2.1 across GPs, at confirmation: the preferred holder on
+        // a peer GP. With one, the new mapping is stored without preference
+        // and the answer names that holder, so the AP renders the user's
+        // choice instead of silently taking over; an SII whose holder opted
+        // out at a peer meanwhile is refused (beyond GLADOS-00). The peers
+        // are asked only after the code proved right (a wrong code or a
+        // used-up handle asks nobody: issue 14 item 7); then the verified
+        // mapping is stored.
+        match shard
+            .verify(salt.clone(), &ap_id, body.code, pepper.clone(), now)
+            .await?
+        {
+            Err(r) => Err(r),
+            Ok(sii) => {
+                let r = remote(env, cfg, &sii).await;
+                if r.opted_out {
+                    return Err(MappingError::OptedOut.into());
+                }
+                shard
+                    .confirm(salt, &ap_id, None, pepper, r.holder, now)
+                    .await?
+            }
+        }
+    };
     match reply {
         Ok(Confirmed { mapping, existing }) => {
-            ApClient::new(env, &ap_id).note_verify(true).await?;
+            // Stored: from here on nothing may fail the answer (analytics
+            // is best effort).
+            if let Err(e) = ApClient::new(env, &ap_id).note_verify(true).await {
+                worker::console_error!("analytics of {ap_id}: {e:?}");
+            }
             respond(
                 &json!({
                     "mapping": mapping_json(&ap_id, &mapping),
-                    "existing": party_json(env, &existing).await?,
+                    "existing": party_json(env, cfg, &existing).await,
                 }),
                 201,
             )
         }
         Err(r) => {
             if matches!(r, Refusal::WrongCode { .. }) {
-                ApClient::new(env, &ap_id).note_verify(false).await?;
+                if let Err(e) = ApClient::new(env, &ap_id).note_verify(false).await {
+                    worker::console_error!("analytics of {ap_id}: {e:?}");
+                }
             }
             Err(r.into_api())
         }
@@ -327,7 +338,7 @@ pub async fn action(
             return respond(
                 &json!({
                     "mapping": mapping.as_ref().map(|m| mapping_json(&ap_id, m)),
-                    "preferred_elsewhere": party_json(env, &preferred_elsewhere).await?,
+                    "preferred_elsewhere": party_json(env, cfg, &preferred_elsewhere).await,
                 }),
                 200,
             );

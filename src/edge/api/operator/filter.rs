@@ -7,5 +7,8 @@ use worker::{Env, Request, Response};
 /// `POST /admin/v1/filter/rebuild`: starts a new filter version now.
 pub async fn rebuild(req: Request, env: &Env) -> ApiResult<Response> {
     crate::edge::auth::operator::check_admin(&req, env)?;
-    FilterClient::new(env).rebuild().await
+    let resp = FilterClient::new(env).rebuild().await;
+    // This isolate shows the new version at once.
+    crate::edge::api::public::info::forget_filter_info();
+    resp
 }

@@ -38,7 +38,7 @@ use crate::edge::rpc::ap::Limited;
 use crate::edge::rpc::registry::Registry;
 use crate::edge::rpc::shard::Shard;
 
-use crate::core::mapping::StrikeNotice;
+use crate::core::mapping::{keep_strike_slot, StrikeNotice, StrikeOutcome};
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
@@ -98,30 +98,24 @@ pub async fn serve(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
             .with_header("Retry-After", secs.to_string()));
         }
     };
-    let release = || async {
-        if fresh {
-            objects.release_peer_strike(&peer, &notice.id).await
-        } else {
-            Ok(())
-        }
-    };
-    match Shard::of(env, cfg, &notice.sii)
+    // The slot stays only with an applied strike (core::mapping::
+    // keep_strike_slot): a failed shard call or a refusal gives it back.
+    let reply = Shard::of(env, cfg, &notice.sii)
         .apply_peer_strike(notice.clone(), now)
-        .await?
-    {
-        Ok(applied) => {
-            if !applied {
-                release().await?;
-            }
-            crate::edge::http::respond::json_ok(&json!({
-                "id": notice.id,
-                "applied": applied,
-                "duplicate": !applied,
-            }))
-        }
-        Err(r) => {
-            release().await?;
-            Err(r.into_api())
-        }
+        .await;
+    let outcome = match &reply {
+        Ok(Ok(true)) => StrikeOutcome::Applied,
+        Ok(Ok(false)) => StrikeOutcome::Duplicate,
+        Ok(Err(_)) => StrikeOutcome::Refused,
+        Err(_) => StrikeOutcome::Failed,
+    };
+    if !keep_strike_slot(outcome, fresh) {
+        objects.release_peer_strike(&peer, &notice.id).await?;
     }
+    let applied = reply?.map_err(|r| r.into_api())?;
+    crate::edge::http::respond::json_ok(&json!({
+        "id": notice.id,
+        "applied": applied,
+        "duplicate": !applied,
+    }))
 }

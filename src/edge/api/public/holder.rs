@@ -63,9 +63,13 @@ pub async fn codes(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
         user: "",
         meta: MappingMeta::default(),
     };
-    let started = codes::start(env, cfg, start, |code, ttl_ms| {
-        holder::code_message(&cfg.name, code, ttl_ms)
-    })
+    let started = codes::start(
+        env,
+        cfg,
+        start,
+        |code, ttl_ms| holder::code_message(&cfg.name, code, ttl_ms),
+        || async { Ok(None) },
+    )
     .await?;
     json_status(
         &json!({
@@ -83,12 +87,9 @@ pub async fn codes(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Res
 /// holder token for the SII (15 minutes).
 pub async fn verify(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let b: VerifyBody = read_json(&mut req, false).await?;
-    let handle = Handle::parse(&b.handle)?;
     // A handle naming a shard this GP does not have is not one it issued
     // (and must not make an unauthenticated caller create objects).
-    if handle.shard >= cfg.mapping_shards {
-        return Err(crate::core::creation::BadHandle.into());
-    }
+    let handle = Handle::parse(&b.handle, cfg.mapping_shards)?;
     let now = crate::edge::clock::now_ms();
     let pepper = hex_encode(&codes::pepper(env)?);
     let sii = Shard::at(env, cfg, handle.shard)

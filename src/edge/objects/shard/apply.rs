@@ -16,7 +16,9 @@ use crate::core::mapping::{
 use crate::core::sii::{Sii, SiiKind};
 use crate::core::ssi::{ProviderId, Ssi, UserId};
 use crate::core::tags::MappingMeta;
-use crate::core::verification::{CodePolicy, PendingVerification, SendLimit, VerifyError};
+use crate::core::verification::{
+    CodePolicy, PendingState, PendingVerification, SendLimit, VerifyError,
+};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::objects::dec;
 use crate::edge::objects::enc;
@@ -123,7 +125,14 @@ impl MappingShard {
                 remote,
                 now_ms,
             } => self.confirm(salt, ap, code, pepper, remote, now_ms),
-            ShardOp::PendingSii { salt, ap } => self.pending_sii(salt, ap),
+            ShardOp::Verify {
+                salt,
+                ap,
+                code,
+                pepper,
+                now_ms,
+            } => self.verify(salt, ap, code, pepper, now_ms),
+            ShardOp::NoteHolder { salt, ap, holder } => self.note_holder(salt, ap, holder),
             ShardOp::Choose {
                 sii,
                 ap,
@@ -202,12 +211,40 @@ impl MappingShard {
         Ok((ShardReply::Done { notified: vec![] }, false))
     }
 
-    pub(super) fn pending_sii(&self, salt: String, ap: String) -> ApiResult<Applied> {
-        let sii = self
-            .pending_by_salt(&salt)?
-            .filter(|p| p.ap == ap)
-            .map(|p| p.sii);
-        Ok((ShardReply::PendingSii { sii }, false))
+    /// Checks the code of `ap`'s verification `salt`; on a match keeps it
+    /// as verified (attempts counted as for `confirm`). A verification
+    /// already verified is accepted again with its right code (the caller's
+    /// retry after a failure between `verify` and `confirm`).
+    pub(super) fn verify(
+        &self,
+        salt: String,
+        ap: String,
+        code: String,
+        pepper: String,
+        now_ms: u64,
+    ) -> ApiResult<Applied> {
+        match self.check_code(&salt, &ap, Some(&code), &pepper, now_ms)? {
+            Ok((p, data)) => {
+                self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &enc(&data)?)?;
+                Ok((ShardReply::Verified { sii: p.sii }, false))
+            }
+            Err(refused) => Ok((ShardReply::Refused(refused), false)),
+        }
+    }
+
+    /// Stores the holder found on a peer GP with `ap`'s verification.
+    pub(super) fn note_holder(
+        &self,
+        salt: String,
+        ap: String,
+        holder: Party,
+    ) -> ApiResult<Applied> {
+        if let Some(p) = self.pending_by_salt(&salt)?.filter(|p| p.ap == ap) {
+            let mut data: PendingData = dec(&p.row)?;
+            data.pv.holder = Some(holder);
+            self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &enc(&data)?)?;
+        }
+        Ok((ShardReply::Done { notified: vec![] }, false))
     }
 
     pub(super) fn choose(
@@ -529,7 +566,8 @@ impl MappingShard {
                     reused: true,
                     salt: p.salt.clone(),
                     expires_at_ms: pv.expires_at_ms,
-                    existing,
+                    // The holder on a peer GP found when the code was sent.
+                    existing: existing.or_else(|| pv.holder.clone()),
                     previous: None,
                 },
                 false,
@@ -569,7 +607,8 @@ impl MappingShard {
             expires_at_ms: now_ms.saturating_add(ttl_ms),
             attempts,
             max_attempts: policy.max_attempts(),
-            state: crate::core::verification::PendingState::Open,
+            state: PendingState::Open,
+            holder: None,
         };
         let previous = match &open {
             Some(p) => {
@@ -600,16 +639,18 @@ impl MappingShard {
     }
 
     /// Checks a presented code against `ap`'s pending verification `salt`
-    /// (a wrong code counts against its attempts); on a match the row and
-    /// what the AP attached to it.
+    /// (a wrong code counts against its attempts; a verification verified
+    /// before passes again with its right code, issue 14 item 7), or, with
+    /// no code, that `verify` verified it and it is still current; on a
+    /// match the row and its data (state verified, not stored).
     fn check_code(
         &self,
         salt: &str,
         ap: &str,
-        code: &str,
+        code: Option<&str>,
         pepper: &str,
         now_ms: u64,
-    ) -> ApiResult<Result<(PendingRow, MappingMeta), Refusal>> {
+    ) -> ApiResult<Result<(PendingRow, PendingData), Refusal>> {
         let Some(p) = self.pending_by_salt(salt)? else {
             return Ok(Err(Refusal::NoSuchVerification));
         };
@@ -618,16 +659,25 @@ impl MappingShard {
             return Ok(Err(Refusal::NoSuchVerification));
         }
         let PendingData { mut pv, meta } = dec(&p.row)?;
+        let Some(code) = code else {
+            return Ok(match pv.state {
+                PendingState::Verified if now_ms < pv.expires_at_ms => {
+                    Ok((p, PendingData { pv, meta }))
+                }
+                PendingState::Verified => Err(Refusal::verify(VerifyError::Expired)),
+                PendingState::Open => Err(Refusal::NoSuchVerification),
+            });
+        };
         let pepper = hex_decode(pepper).map_err(|_| ApiError::Internal("bad pepper".into()))?;
         let policy = CodePolicy::default();
-        if let Err(e) = pv.attempt(&policy, &pepper, code, now_ms) {
+        if let Err(e) = pv.attempt_again(&policy, &pepper, code, now_ms) {
             if matches!(e, VerifyError::WrongCode { .. }) {
                 let row = enc(&PendingData { pv, meta })?;
                 self.put_pending(&p.salt, &p.sii, &p.ap, &p.user, &row)?;
             }
             return Ok(Err(Refusal::verify(e)));
         }
-        Ok(Ok((p, meta)))
+        Ok(Ok((p, PendingData { pv, meta })))
     }
 
     /// The SII holder's code (beyond GLADOS-00): used up on a match.
@@ -638,7 +688,7 @@ impl MappingShard {
         pepper: String,
         now_ms: u64,
     ) -> ApiResult<Applied> {
-        match self.check_code(&salt, HOLDER, &code, &pepper, now_ms)? {
+        match self.check_code(&salt, HOLDER, Some(&code), &pepper, now_ms)? {
             Ok((p, _)) => {
                 self.delete_pending(&p.salt)?;
                 Ok((ShardReply::HolderConfirmed { sii: p.sii }, false))
@@ -710,15 +760,16 @@ impl MappingShard {
         &self,
         salt: String,
         ap: String,
-        code: String,
+        code: Option<String>,
         pepper: String,
         remote: Option<Candidate>,
         now_ms: u64,
     ) -> ApiResult<Applied> {
-        let (p, meta) = match self.check_code(&salt, &ap, &code, &pepper, now_ms)? {
-            Ok(found) => found,
-            Err(refused) => return Ok((ShardReply::Refused(refused), false)),
-        };
+        let (p, PendingData { meta, .. }) =
+            match self.check_code(&salt, &ap, code.as_deref(), &pepper, now_ms)? {
+                Ok(found) => found,
+                Err(refused) => return Ok((ShardReply::Refused(refused), false)),
+            };
         let sii = parse_sii(&p.sii)?;
         let caller = parse_ap(&p.ap)?;
         let user = UserId::parse(&p.user)
