@@ -29,10 +29,29 @@ const aps = {};
 
 /** A loopback proxy in front of `target` (Host header kept: the peer signature covers @authority). */
 async function startProxy(targetPort) {
-  const ctl = { mode: 'pass', delayMs: 0 };
+  const ctl = { mode: 'pass', delayMs: 0, sent: 0 };
   const server = await serve((req, res) => {
     const isQuery = req.url.startsWith('/peer/v1/query');
     if (isQuery && ctl.mode === 'down') { req.socket.destroy(); return; }
+    if (isQuery && ctl.mode === 'huge') {
+      // An answer that never ends (no Content-Length), as fast as the
+      // reader takes it; ctl.sent counts what it took.
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      ctl.sent = 0;
+      const chunk = Buffer.alloc(64 << 10, 0x20);
+      let open = true;
+      res.on('close', () => { open = false; });
+      const pump = () => {
+        while (open && ctl.sent < (1 << 30)) {
+          ctl.sent += chunk.length;
+          if (!res.write(chunk)) { res.once('drain', pump); return; }
+        }
+        res.end();
+      };
+      pump();
+      return;
+    }
     if (isQuery && ctl.mode === 'garbage') {
       req.resume();
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -328,6 +347,47 @@ test('creating and confirming a mapping ask peer GPs only after the limits: once
   }
 });
 
+test('a bulk upload meets mappings held on peer GPs as a code confirmation does: stored without preference, each holder named, one batched check per peer', async () => {
+  const [a, b] = [fed['gp-a'], fed['gp-b']];
+  const held = phone();
+  await register(b, aps['gp-b'], held, 'held-b');
+  await reaches(a, 'gp-b', held);
+  const local = phone();
+  await register(a, aps['gp-a'], local, 'held-a');
+  const fresh = phone();
+  const bulkAp = await enrollAp(a, 'q-bulk-holders', { rate_params: FAST, bulk_allowed: true });
+  const before = await stats(b);
+  const body = [[held, 'x1'], [fresh, 'x2'], [local, 'x3']].map(([sii, user]) => JSON.stringify({ sii, user })).join('\n') + '\n';
+  const r = await call(a, 'POST', '/v1/mappings/bulk', {
+    token: bulkAp.token, body, headers: { 'content-type': 'application/x-ndjson', 'idempotency-key': 'q-bulk-holders' },
+  });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.created, 3);
+  assert.equal(r.body.existing, 2);
+  assert.deepEqual(r.body.holders, [
+    { line: 1, provider: aps['gp-b'].id, gp: 'gp-b' },
+    { line: 3, provider: aps['gp-a'].id },
+  ]);
+  const after = await stats(b);
+  assert.equal(after.peer_holder_batches_received - before.peer_holder_batches_received, 1, 'one batched check, not one per line');
+  assert.equal(after.peer_queries_received - before.peer_queries_received, 0);
+  // Nothing outranked silently: every GP still answers gp-b's mapping for
+  // the SII it held, and gp-a's own holder for the local one.
+  await reaches(b, 'gp-a', held);
+  await reaches(fed['gp-c'], 'gp-a', held);
+  for (const env of ['gp-a', 'gp-b', 'gp-c']) {
+    const q = await query(fed[env], aps[env], held);
+    assert.equal(q.body.gp, 'gp-b', `${env}: ${q.text}`);
+    assert.equal(q.body.ssi.user, 'held-b');
+  }
+  assert.equal((await query(a, aps['gp-a'], local)).body.ssi.user, 'held-a');
+  assert.equal((await query(a, aps['gp-a'], fresh)).body.ssi.user, 'x2');
+  // The bulk AP's user can still choose it (draft §8.2.1), as after a confirmation.
+  const chose = await call(a, 'POST', '/v1/mappings/choice', { token: bulkAp.token, json: { sii: held, choice: 'prefer' } });
+  assert.equal(chose.status, 200, chose.text);
+  assert.equal((await query(b, aps['gp-b'], held)).body.ssi.user, 'x1');
+});
+
 test('a peer that is slow, answers garbage or is down makes the answer incomplete, never an error', async () => {
   const a = fed['gp-a'];
   const c = fed['gp-c'];
@@ -341,7 +401,7 @@ test('a peer that is slow, answers garbage or is down makes the answer incomplet
   let r = await query(a, aps['gp-a'], sii);
   assert.equal(r.body.incomplete, false, r.text);
   assert.equal(r.body.peers_queried, 1);
-  for (const [mode, delayMs] of [['slow', 4000], ['garbage', 0], ['down', 0]]) {
+  for (const [mode, delayMs] of [['slow', 4000], ['garbage', 0], ['down', 0], ['huge', 0]]) {
     proxy.ctl.mode = mode;
     proxy.ctl.delayMs = delayMs;
     const t0 = performance.now();
@@ -353,6 +413,14 @@ test('a peer that is slow, answers garbage or is down makes the answer incomplet
     assert.equal(r.body.incomplete, true, mode);
     assert.deepEqual(r.body.failed_peers.map((f) => f.gp), ['gp-c'], mode);
     if (mode === 'slow') assert.ok(ms < 3000, `the per-peer timeout bounds a slow peer (${ms.toFixed(0)} ms)`);
+    // An endless answer is read only up to the cap (1 MiB) as it streams,
+    // then dropped: what the proxy got to send is the cap plus what the
+    // sockets buffer, not what 1.5 s of loopback carries (hundreds of MB).
+    if (mode === 'huge') {
+      await new Promise((res) => setTimeout(res, 200));
+      assert.ok(proxy.ctl.sent < 32 << 20, `gp-a read ${(proxy.ctl.sent / 2 ** 20).toFixed(1)} MiB of an endless answer`);
+      assert.match(r.body.failed_peers[0].reason ?? JSON.stringify(r.body.failed_peers[0]), /longer than|1048576/);
+    }
   }
   proxy.ctl.mode = 'pass';
 });

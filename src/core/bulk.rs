@@ -456,6 +456,27 @@ pub struct BulkSummary {
     pub failed: u32,
     /// The first [`MAX_REPORTED_ERRORS`] refused lines.
     pub errors: Vec<LineError>,
+    /// Lines whose SII another AP already held, preferred, on this GP or a
+    /// peer GP: stored without preference (draft §8.2.1), as a code
+    /// confirmation is, until the user chooses (`/v1/mappings/choice`).
+    #[serde(default)]
+    pub existing: u32,
+    /// The first [`MAX_REPORTED_ERRORS`] of them, with the holder.
+    #[serde(default)]
+    pub holders: Vec<LineHolder>,
+}
+
+/// A bulk line that met a preferred mapping of another AP (draft §8.2.1:
+/// "include that provider ID").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineHolder {
+    /// 1-based line number.
+    pub line: u32,
+    /// The AP holding the preferred mapping.
+    pub provider: String,
+    /// Its GP, when it is another GP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gp: Option<String>,
 }
 
 impl BulkSummary {
@@ -467,6 +488,15 @@ impl BulkSummary {
             LineEffect::Unchanged => &mut self.unchanged,
         };
         *slot = slot.saturating_add(1);
+    }
+
+    /// Counts an applied line that met another AP's preferred mapping,
+    /// listing it if there is room.
+    pub fn met(&mut self, h: LineHolder) {
+        self.existing = self.existing.saturating_add(1);
+        if self.holders.len() < MAX_REPORTED_ERRORS {
+            self.holders.push(h);
+        }
     }
 
     /// Counts a refused line, listing it if there is room.

@@ -26,11 +26,12 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     Ok(body::finish_request(&raw, resp).await)
 }
 
-/// Cron trigger (wrangler.toml `[triggers]`): periodic maintenance.
-/// draft §9: "On a periodic basis, every night or every week perhaps, the
-/// GP constructs a fresh bloom filter from its mappings." The rebuild lands
-/// with the federation work; for now the tick only makes sure the GP's
-/// filter object exists, so a fresh deployment has a filter to publish.
+/// Cron trigger (wrangler.toml `[triggers]`, every 15 min): makes sure the
+/// GP's filter object exists (a fresh deployment has a filter to publish),
+/// rebuilds the filter when it is older than `FILTER_REBUILD_HOURS` (draft
+/// §9: "On a periodic basis, every night or every week perhaps, the GP
+/// constructs a fresh bloom filter from its mappings") and resubscribes to
+/// every peer from its cursor (`routing::sync::cron`).
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     match FilterClient::new(&env).info().await {

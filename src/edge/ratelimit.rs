@@ -2,7 +2,7 @@
 use crate::edge::rpc::ap::ApClient;
 use crate::edge::rpc::ap::Grant;
 
-use crate::core::ratelimit::{allowed_rate, Lease, Rate, RateLimited};
+use crate::core::ratelimit::{allowed_rate, Admission, Granted, LeaseHolder, Rate, RateLimited};
 use crate::edge::auth::ap::AuthedAp;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::stats;
@@ -10,29 +10,17 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use worker::Env;
 
-/// An isolate leases about this much of the AP's rate at a time.
+/// An isolate leases about this much of the AP's rate at a time; a lease
+/// lives as long as the bucket takes to earn it (`Rate::lease_ttl_ms`),
+/// so all isolates together stay within `burst + rate × window + one
+/// lease` (`core::ratelimit`'s property tests). A strike does not wait for
+/// it: a lease taken at another rate is dropped as soon as the isolate
+/// sees the new rate (registry cache, AP_CACHE_SECONDS).
 const LEASE_PERIOD_MS: u64 = 1_000;
 
-/// Unspent leased tokens lapse after this (they are lost, never reused:
-/// the limit can only be under-spent). A strike does not wait for it: a
-/// lease taken at another rate is dropped as soon as the isolate sees the
-/// new rate (registry cache, AP_CACHE_SECONDS).
-const LEASE_TTL_MS: u64 = 10_000;
-
 thread_local! {
-    static LEASES: RefCell<HashMap<String, Held>> = RefCell::new(HashMap::new());
-}
-
-/// A lease and the bucket level the limiter reported with it.
-struct Held {
-    lease: Lease,
-    available: u64,
-    /// The rate the lease was taken at.
-    rate: Rate,
-    /// The limiter last refused this isolate a lease: until then (when
-    /// its next token accrues) the AP's queries are refused here, without
-    /// asking it again.
-    empty_until_ms: u64,
+    /// This isolate's hold on each AP's bucket.
+    static LEASES: RefCell<HashMap<String, LeaseHolder>> = RefCell::new(HashMap::new());
 }
 
 /// What the rate-limit headers report.
@@ -62,98 +50,53 @@ impl RateInfo {
 }
 
 /// Spends one query token of the AP, leasing more from its `ApObject` when
-/// this isolate's lease is used up or lapsed. Exact under concurrency: a
-/// leased token was already taken from the AP's one bucket.
+/// this isolate's lease is used up or lapsed (the decisions are
+/// `core::ratelimit::LeaseHolder`'s). Exact under concurrency: a leased
+/// token was already taken from the AP's one bucket.
 pub async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
     let r = &ap.record;
     // draft §11.2: "rate limited based on the number of enrolled users".
     let rate = allowed_rate(&r.rate_params, r.enrolled_users, r.strikes);
     let id = r.id.to_string();
-    let now = crate::edge::clock::now_ms();
-    let spend_local = || {
-        LEASES.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.get(&id).is_some_and(|h| h.rate != rate) {
-                m.remove(&id);
-            }
-            let held = m.get_mut(&id)?;
-            held.lease
-                .spend(now)
-                .then(|| held.lease.remaining() + held.available)
-        })
-    };
-    if let Some(remaining) = spend_local() {
-        return Ok(RateInfo { rate, remaining });
-    }
-    // An AP far over its rate would otherwise cost a limiter request for
-    // every refused query, and a flood of them starved the other APs'
-    // queries (wasm-tests/concurrency: others' p50 x40). The limiter said
-    // when its next token accrues; until then nothing can be granted.
-    let refused_until = LEASES.with(|m| {
-        m.borrow()
-            .get(&id)
-            .filter(|h| h.rate == rate && h.empty_until_ms > now)
-            .map(|h| h.empty_until_ms)
+    let started = crate::edge::clock::now_ms();
+    let decision = LEASES.with(|m| {
+        m.borrow_mut()
+            .entry(id.clone())
+            .or_insert_with(|| LeaseHolder::new(rate))
+            .admit(rate, started, LEASE_PERIOD_MS)
     });
-    if let Some(until) = refused_until {
-        return Err(rate_limited(rate, Some(until - now)));
-    }
+    let want = match decision {
+        Admission::Spent { remaining } => return Ok(RateInfo { rate, remaining }),
+        // An AP far over its rate would otherwise cost a limiter request
+        // for every refused query, and a flood of them starved the other
+        // APs' queries (wasm-tests/concurrency: others' p50 x40).
+        Admission::Refused { retry_after_ms } => {
+            return Err(rate_limited(rate, Some(retry_after_ms)))
+        }
+        Admission::Lease { want } => want,
+    };
     stats::count(|s| s.lease_requests += 1);
-    let want = rate.lease_size(LEASE_PERIOD_MS);
     let Grant {
         granted,
         available,
         retry_after_ms,
     } = ApClient::new(env, &id).lease(want, rate).await?;
-    if granted == 0 {
-        // Concurrent requests of this isolate may have leased meanwhile.
-        if let Some(remaining) = spend_local() {
-            return Ok(RateInfo { rate, remaining });
-        }
-        if let Some(ms) = retry_after_ms {
-            LEASES.with(|m| {
-                let mut m = m.borrow_mut();
-                let held = m.entry(id).or_insert_with(|| Held {
-                    lease: Lease::new(0, now),
-                    available: 0,
-                    rate,
-                    empty_until_ms: 0,
-                });
-                if held.rate == rate {
-                    held.available = 0;
-                    held.empty_until_ms =
-                        now.saturating_add(rate.refusal_hold_ms(ms, LEASE_PERIOD_MS));
-                }
-            });
-        }
-        return Err(rate_limited(rate, retry_after_ms));
-    }
-    // One token for this request; the rest joins what concurrent requests
-    // of this isolate leased at the same time (none of it is wasted).
-    let expires = now.saturating_add(LEASE_TTL_MS);
-    let remaining = LEASES.with(|m| {
-        let mut m = m.borrow_mut();
-        let left = granted - 1;
-        let held = m.entry(id).or_insert_with(|| Held {
-            lease: Lease::new(0, expires),
-            available,
-            rate,
-            empty_until_ms: 0,
-        });
-        let total = if held.rate == rate {
-            held.lease.remaining() + left
-        } else {
-            left
-        };
-        *held = Held {
-            lease: Lease::new(total, expires),
-            available,
-            rate,
-            empty_until_ms: 0,
-        };
-        total + available
+    let g = Granted {
+        granted,
+        available,
+        retry_after_ms,
+    };
+    let now = crate::edge::clock::now_ms();
+    let outcome = LEASES.with(|m| {
+        m.borrow_mut()
+            .entry(id)
+            .or_insert_with(|| LeaseHolder::new(rate))
+            .granted(rate, g, started, now, LEASE_PERIOD_MS)
     });
-    Ok(RateInfo { rate, remaining })
+    match outcome {
+        Ok(remaining) => Ok(RateInfo { rate, remaining }),
+        Err(retry_after_ms) => Err(rate_limited(rate, retry_after_ms)),
+    }
 }
 
 /// The 429 for a query over the AP's rate (draft §11.2).

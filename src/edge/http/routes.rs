@@ -51,6 +51,7 @@ enum Route {
     PeerQuery,
     PeerClaims,
     PeerStrikes,
+    PeerHolders,
     DebugQueryStats,
     PublicFilter,
     PeerFilter,
@@ -287,6 +288,13 @@ const ROUTES: &[RouteDef] = &[
         methods: POST,
         debug_only: false,
     },
+    // draft §8.2.1/§8.3: a peer GP's batched check before a bulk upload.
+    RouteDef {
+        template: "/peer/v1/holders",
+        route: Route::PeerHolders,
+        methods: POST,
+        debug_only: false,
+    },
     // draft §8.2.1: a peer GP forwards a strike against one of our APs.
     RouteDef {
         template: "/peer/v1/strikes",
@@ -507,6 +515,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::PeerClaims => peer::claims::serve(req, env, cfg).await,
         Route::PeerStrikes => peer::strikes::serve(req, env, cfg).await,
         Route::PeerHolderClaims => peer::claims::serve_holder(req, env, cfg).await,
+        Route::PeerHolders => peer::holders::serve(req, env, cfg).await,
         Route::PeerFilter => peer::filter::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => peer::filter::serve_additions(req, env, cfg).await,
         Route::PeerFilterSubscriptions => peer::filter::subscribe(req, env, cfg).await,

@@ -376,22 +376,12 @@ impl ApObject {
                 let mut bucket = self
                     .get_kv::<Option<TokenBucket>>("query_bucket")?
                     .unwrap_or_else(|| TokenBucket::new(rate, now));
-                let granted = bucket.lease(want, now, rate);
-                let retry_after_ms = if granted == 0 {
-                    bucket
-                        .clone()
-                        .take(1, now, rate)
-                        .err()
-                        .and_then(|e| e.retry_after_ms)
-                } else {
-                    None
-                };
-                let available = bucket.available(now, rate);
+                let g = bucket.grant(want, now, rate);
                 self.put_kv("query_bucket", &Some(bucket))?;
                 Ok(ApReply::Lease {
-                    granted,
-                    available,
-                    retry_after_ms,
+                    granted: g.granted,
+                    available: g.available,
+                    retry_after_ms: g.retry_after_ms,
                 })
             }
             ApOp::ReservePeerStrike {

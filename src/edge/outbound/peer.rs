@@ -54,8 +54,13 @@ pub struct PeerResponse {
     pub body: Vec<u8>,
 }
 
-/// Sends one signed request to a peer with a timeout. Errors are strings
-/// for logs and "incomplete" reports: a failing peer is never our 5xx.
+/// Most bytes read of a peer's answer by [`signed_fetch`]: query answers,
+/// claim and strike receipts and subscription answers are a few KiB.
+pub const MAX_PEER_ANSWER: usize = 1 << 20;
+
+/// Sends one signed request to a peer with a timeout; reads at most
+/// [`MAX_PEER_ANSWER`] bytes of the answer. Errors are strings for logs and
+/// "incomplete" reports: a failing peer is never our 5xx.
 pub async fn signed_fetch(
     signer: &Signer,
     method: Method,
@@ -63,6 +68,33 @@ pub async fn signed_fetch(
     body: Option<(&[u8], &str)>,
     extra: &[(&str, &str)],
     timeout_ms: u32,
+) -> Result<PeerResponse, String> {
+    signed_fetch_capped(
+        signer,
+        method,
+        url,
+        body,
+        extra,
+        timeout_ms,
+        MAX_PEER_ANSWER,
+    )
+    .await
+}
+
+/// [`signed_fetch`] reading at most `max_body` bytes of the answer: the
+/// body is read as it streams and the read stops (the stream cancelled)
+/// as soon as it would pass the cap, so a broken or hostile peer cannot
+/// make this isolate buffer more (issue 14 item 10; an isolate has
+/// 128 MB).
+#[allow(clippy::too_many_arguments)]
+pub async fn signed_fetch_capped(
+    signer: &Signer,
+    method: Method,
+    url: &str,
+    body: Option<(&[u8], &str)>,
+    extra: &[(&str, &str)],
+    timeout_ms: u32,
+    max_body: usize,
 ) -> Result<PeerResponse, String> {
     let parsed = worker::Url::parse(url).map_err(|e| format!("bad peer url {url}: {e}"))?;
     let host = parsed.host_str().unwrap_or("").to_ascii_lowercase();
@@ -120,8 +152,7 @@ pub async fn signed_fetch(
         .await
         .map_err(|e| format!("fetch {url}: {e}"))?;
     let status = resp.status_code();
-    let body = resp
-        .bytes()
+    let body = read_capped_body(&mut resp, max_body)
         .await
         .map_err(|e| format!("reading {url}: {e}"))?;
     Ok(PeerResponse {
@@ -129,4 +160,39 @@ pub async fn signed_fetch(
         headers: resp.headers().clone(),
         body,
     })
+}
+
+/// A response body of at most `max` bytes, read as it streams: refused by
+/// its declared `Content-Length` before any byte is read, else when the
+/// bytes read pass `max` (the rest is never read: the stream is
+/// cancelled when dropped).
+pub async fn read_capped_body(resp: &mut worker::Response, max: usize) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt;
+    let declared = resp
+        .headers()
+        .get("Content-Length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(format!(
+            "the answer declares {} bytes, more than the {max} accepted",
+            declared.unwrap_or(0)
+        ));
+    }
+    let Ok(mut stream) = resp.stream() else {
+        // No body.
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        if out.len() + chunk.len() > max {
+            return Err(format!(
+                "the answer is longer than the {max} bytes accepted"
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

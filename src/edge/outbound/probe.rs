@@ -72,6 +72,11 @@ async fn fetch_json(url: &str) -> Result<(u16, Option<serde_json::Value>), Strin
         .await
         .map_err(|e| format!("fetch {url}: {e}"))?;
     let status = resp.status_code();
-    let body = resp.json::<serde_json::Value>().await.ok();
+    // A peer's `/v1/gp` is a few hundred bytes; read no more than 64 KiB
+    // of whatever answers there.
+    let body = crate::edge::outbound::peer::read_capped_body(&mut resp, 64 << 10)
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     Ok((status, body))
 }

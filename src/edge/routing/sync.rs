@@ -18,13 +18,15 @@ pub async fn resync(env: &Env, cfg: &GpConfig, peer: &Peer) -> Result<PeerMeta, 
     // Twice: a rotation between the fetch and the subscribe means fetch again.
     for _ in 0..2 {
         let url = format!("{}/peer/v1/filter", peer.url.trim_end_matches('/'));
-        let r = crate::edge::outbound::peer::signed_fetch(
+        // Read at most MAX_SNAPSHOT bytes, as they stream (issue 14 item 10).
+        let r = crate::edge::outbound::peer::signed_fetch_capped(
             &signer,
             Method::Get,
             &url,
             None,
             &[],
             PEER_TIMEOUT_MS,
+            MAX_SNAPSHOT,
         )
         .await?;
         if r.status != 200 {

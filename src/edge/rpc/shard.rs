@@ -139,8 +139,15 @@ pub enum ShardOp {
     Bulk {
         ap: String,
         lines: Vec<(String, String)>,
+        /// Per line, the preferred holder on a peer GP (draft §8.2.1 across
+        /// GPs): the line's mapping then waits for the user's choice.
+        #[serde(default)]
+        remote: Vec<Option<Candidate>>,
         now_ms: u64,
     },
+    /// Each SII's preferred mapping here (a peer GP's batched §8.2.1 check
+    /// before a bulk upload, `/peer/v1/holders`).
+    Preferred { siis: Vec<String> },
     /// draft §8.1 query: this GP's preferred mapping for the SII, or
     /// (`all`, beyond GLADOS-00) every mapping, preferred first (no AP
     /// scoping: the caller is a rate-limited query or a signed peer).
@@ -216,6 +223,12 @@ pub enum ShardReply {
     },
     Bulk {
         effects: Vec<Result<LineEffect, String>>,
+        /// Per line, another AP's preferred mapping the line met.
+        #[serde(default)]
+        existing: Vec<Option<Party>>,
+    },
+    Preferred {
+        mappings: Vec<Option<Mapping>>,
     },
     Lookup {
         #[serde(default)]
@@ -360,6 +373,10 @@ pub struct Status {
     pub mapping: Option<MappingView>,
     pub preferred_elsewhere: Option<Party>,
 }
+
+/// One bulk line's effect (or why it was refused) and another AP's
+/// preferred mapping it met.
+pub type BulkLineResult = (Result<LineEffect, String>, Option<Party>);
 
 /// The typed client of one mapping shard.
 pub struct Shard<'e> {
@@ -646,20 +663,42 @@ impl<'e> Shard<'e> {
     }
 
     /// draft §8.3: bulk lines of one AP that fall into this shard.
+    /// Bulk lines of one AP, each with the holder found on a peer GP:
+    /// per line its effect and the other AP's preferred mapping it met.
     pub async fn bulk(
         &self,
         ap: &str,
         lines: Vec<(String, String)>,
+        remote: Vec<Option<Candidate>>,
         now_ms: u64,
-    ) -> ApiResult<Vec<Result<LineEffect, String>>> {
+    ) -> ApiResult<Vec<BulkLineResult>> {
+        let n = lines.len();
         let op = ShardOp::Bulk {
             ap: ap.to_owned(),
             lines,
+            remote,
             now_ms,
         };
         match self.send(&op).await? {
-            ShardReply::Bulk { effects } => Ok(effects),
+            ShardReply::Bulk {
+                effects,
+                mut existing,
+            } => {
+                existing.resize(n, None);
+                Ok(effects.into_iter().zip(existing).collect())
+            }
             other => Err(unexpected(&self.obj, "bulk", other).into()),
+        }
+    }
+
+    /// Each SII's preferred mapping on this GP, in order.
+    pub async fn preferred(&self, siis: &[Sii]) -> ApiResult<Vec<Option<Mapping>>> {
+        let op = ShardOp::Preferred {
+            siis: siis.iter().map(|s| s.to_string()).collect(),
+        };
+        match self.send(&op).await? {
+            ShardReply::Preferred { mappings } => Ok(mappings),
+            other => Err(unexpected(&self.obj, "preferred", other).into()),
         }
     }
 

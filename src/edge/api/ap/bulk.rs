@@ -4,9 +4,11 @@ use crate::edge::rpc::shard::Shard;
 
 use crate::core::bulk::{
     decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
-    KeyRecord, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD, MAX_UPLOAD_BYTES,
+    KeyRecord, LineHolder, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD,
+    MAX_UPLOAD_BYTES,
 };
 use crate::core::shard::shard_of;
+use crate::core::Sii;
 use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::media_type;
@@ -129,17 +131,37 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             batches.push((shard, chunk.to_vec()));
         }
     }
-    let work = futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
-        let ap_id = ap_id.clone();
-        async move {
-            let lines = chunk
-                .iter()
-                .map(|(_, s, u)| (s.clone(), u.clone()))
-                .collect();
-            let reply = Shard::at(env, cfg, shard).bulk(&ap_id, lines, now).await;
-            (chunk, reply)
-        }
-    }));
+    let work = async {
+        // draft §8.2.1 across GPs, as for a code confirmation: a line whose
+        // SII is preferred on a peer GP is stored without preference and
+        // names that holder. The peers whose filters match are asked in
+        // batches (routing::holders), before anything is written.
+        let siis: Vec<Sii> = batches
+            .iter()
+            .flat_map(|(_, chunk)| chunk.iter())
+            .filter_map(|(_, s, _)| Sii::parse(s).ok())
+            .collect();
+        let remote = crate::edge::routing::holders::remote_holders(env, cfg, &siis).await;
+        let remote = &remote;
+        futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
+            let ap_id = ap_id.clone();
+            async move {
+                let lines = chunk
+                    .iter()
+                    .map(|(_, s, u)| (s.clone(), u.clone()))
+                    .collect();
+                let holders = chunk
+                    .iter()
+                    .map(|(_, s, _)| remote.get(s).cloned())
+                    .collect();
+                let reply = Shard::at(env, cfg, shard)
+                    .bulk(&ap_id, lines, holders, now)
+                    .await;
+                (chunk, reply)
+            }
+        }))
+        .await
+    };
     // The key's lease is renewed while the shards write, so it stays held
     // for as long as this upload runs and no longer: a GP killed mid-upload
     // frees it within IDEMPOTENCY_LEASE_MS for the client's retry (it was a
@@ -176,7 +198,14 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         futures_util::future::Either::Right(((), work)) => work.await,
     };
     for (chunk, reply) in results {
-        for ((n, _, _), effect) in chunk.iter().zip(reply?) {
+        for ((n, _, _), (effect, met)) in chunk.iter().zip(reply?) {
+            if let Some(p) = met {
+                summary.met(LineHolder {
+                    line: *n,
+                    provider: p.ap.to_string(),
+                    gp: p.gp,
+                });
+            }
             match effect {
                 Ok(e) => summary.applied(e),
                 Err(detail) => summary.refused(crate::core::bulk::LineError {
@@ -188,6 +217,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         }
     }
     summary.errors.sort_by_key(|e| e.line);
+    summary.holders.sort_by_key(|h| h.line);
     ap_object
         .idem_put(
             &idem_key,

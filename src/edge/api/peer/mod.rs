@@ -2,6 +2,7 @@
 
 pub mod claims;
 pub mod filter;
+pub mod holders;
 pub mod query;
 pub mod strikes;
 

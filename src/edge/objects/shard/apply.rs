@@ -163,7 +163,13 @@ impl MappingShard {
             } => self.report(sii, ap, gp, now_ms),
             ShardOp::Delete { sii, ap, now_ms } => self.delete(sii, ap, now_ms),
             ShardOp::Status { sii, ap } => self.status(sii, ap),
-            ShardOp::Bulk { ap, lines, now_ms } => self.bulk(ap, lines, now_ms),
+            ShardOp::Bulk {
+                ap,
+                lines,
+                remote,
+                now_ms,
+            } => self.bulk(ap, lines, remote, now_ms),
+            ShardOp::Preferred { siis } => self.preferred(siis),
             ShardOp::ApplyClaim { claim, now_ms } => self.apply_claim(claim, now_ms),
             ShardOp::ApplyPeerStrike { notice, now_ms } => self.apply_peer_strike(notice, now_ms),
             ShardOp::Lookup { sii, all } => self.lookup(sii, all),
@@ -824,29 +830,45 @@ impl MappingShard {
         ))
     }
 
+    /// draft §8.3 bulk lines of one AP, by the §8.2.1 rule of a code
+    /// confirmation: a new mapping is preferred only if nobody else holds
+    /// the SII, here or (`remote`, found by the caller's batched peer
+    /// check) on a peer GP; otherwise it waits for the user's choice and
+    /// the line names the holder (issue 14 item 1: it used to outrank a
+    /// peer's mapping at once, silently).
     pub(super) fn bulk(
         &self,
         ap: String,
         lines: Vec<(String, String)>,
+        remote: Vec<Option<Candidate>>,
         now_ms: u64,
     ) -> ApiResult<Applied> {
         let caller = parse_ap(&ap)?;
         let mut effects = Vec::with_capacity(lines.len());
+        let mut existing = Vec::with_capacity(lines.len());
         let mut created = 0i64;
         let mut overlap = 0u32;
+        let mut remote = remote.into_iter();
         for (sii, user) in lines {
+            let remote = remote.next().flatten();
             let (Ok(sii), Ok(user)) = (Sii::parse(&sii), UserId::parse(&user)) else {
                 effects.push(Err("invalid line".to_owned()));
+                existing.push(None);
                 continue;
             };
             let ssi = Ssi::new(caller.clone(), user);
             let mut r = self.load_record(&sii)?;
             let effect = line_effect(r.mapping_of(&caller), &ssi);
+            let mut met = None;
             if effect != LineEffect::Unchanged {
                 let others = r.mappings().iter().any(|m| m.ap() != &caller);
-                if let Err(e) = r.create_verified(&caller, ssi, VerifiedBy::Bulk, None, now_ms) {
-                    effects.push(Err(e.to_string()));
-                    continue;
+                match r.create_verified(&caller, ssi, VerifiedBy::Bulk, remote.as_ref(), now_ms) {
+                    Ok(c) => met = c.existing,
+                    Err(e) => {
+                        effects.push(Err(e.to_string()));
+                        existing.push(None);
+                        continue;
+                    }
                 }
                 self.store_record(&r)?;
                 if effect == LineEffect::Created {
@@ -856,6 +878,7 @@ impl MappingShard {
                 }
             }
             effects.push(Ok(effect));
+            existing.push(met);
         }
         let wrote = created > 0;
         if wrote {
@@ -868,6 +891,16 @@ impl MappingShard {
                 },
             )?;
         }
-        Ok((ShardReply::Bulk { effects }, wrote))
+        Ok((ShardReply::Bulk { effects, existing }, wrote))
+    }
+
+    /// Each SII's preferred mapping here (read-only).
+    pub(super) fn preferred(&self, siis: Vec<String>) -> ApiResult<Applied> {
+        let mut mappings = Vec::with_capacity(siis.len());
+        for s in siis {
+            let sii = parse_sii(&s)?;
+            mappings.push(self.load_record(&sii)?.preferred().cloned());
+        }
+        Ok((ShardReply::Preferred { mappings }, false))
     }
 }
