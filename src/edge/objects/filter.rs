@@ -856,6 +856,7 @@ impl FilterObject {
                 Some((body.as_bytes(), "application/json")),
                 &[],
                 DELIVERY_TIMEOUT_MS,
+                crate::edge::outbound::peer::MAX_PEER_ANSWER,
             )
         });
         let results = futures_util::future::join_all(sends).await;

@@ -54,40 +54,18 @@ pub struct PeerResponse {
     pub body: Vec<u8>,
 }
 
-/// Most bytes read of a peer's answer by [`signed_fetch`]: query answers,
-/// claim and strike receipts and subscription answers are a few KiB.
+/// Most bytes read of most peers' answers: query answers, claim and
+/// strike receipts and subscription answers are a few KiB.
 pub const MAX_PEER_ANSWER: usize = 1 << 20;
 
-/// Sends one signed request to a peer with a timeout; reads at most
-/// [`MAX_PEER_ANSWER`] bytes of the answer. Errors are strings for logs and
-/// "incomplete" reports: a failing peer is never our 5xx.
-pub async fn signed_fetch(
-    signer: &Signer,
-    method: Method,
-    url: &str,
-    body: Option<(&[u8], &str)>,
-    extra: &[(&str, &str)],
-    timeout_ms: u32,
-) -> Result<PeerResponse, String> {
-    signed_fetch_capped(
-        signer,
-        method,
-        url,
-        body,
-        extra,
-        timeout_ms,
-        MAX_PEER_ANSWER,
-    )
-    .await
-}
-
-/// [`signed_fetch`] reading at most `max_body` bytes of the answer: the
-/// body is read as it streams and the read stops (the stream cancelled)
-/// as soon as it would pass the cap, so a broken or hostile peer cannot
-/// make this isolate buffer more (issue 14 item 10; an isolate has
-/// 128 MB).
+/// Sends one signed request to a peer with a timeout and reads at most
+/// `max_body` bytes of the answer, as it streams: the read stops (the
+/// stream cancelled) as soon as it would pass the cap, so a broken or
+/// hostile peer cannot make this isolate buffer more (issue 14 item 10; an
+/// isolate has 128 MB). Errors are strings for logs and "incomplete"
+/// reports: a failing peer is never our 5xx.
 #[allow(clippy::too_many_arguments)]
-pub async fn signed_fetch_capped(
+pub async fn signed_fetch(
     signer: &Signer,
     method: Method,
     url: &str,

@@ -72,6 +72,7 @@ async fn ask_peer(signer: Option<&Signer>, peer: &Peer, query: &Query, body: &[u
         Some((body, "application/json")),
         &[],
         PEER_QUERY_TIMEOUT_MS,
+        crate::edge::outbound::peer::MAX_PEER_ANSWER,
     )
     .await
     {

@@ -9,7 +9,7 @@ use crate::core::mapping::{select_preferred, Candidate};
 use crate::core::Sii;
 use crate::edge::api::peer::holders::{HoldersAnswer, HoldersAsk, HOLDERS_PATH, MAX_HOLDER_SIIS};
 use crate::edge::config::GpConfig;
-use crate::edge::outbound::peer::{signed_fetch_capped, Signer};
+use crate::edge::outbound::peer::{signed_fetch, Signer};
 use crate::edge::routing::fanout::matching_peers;
 use crate::edge::stats;
 use std::collections::HashMap;
@@ -86,7 +86,7 @@ async fn ask(
     })
     .map_err(|e| e.to_string())?;
     let url = format!("{}{HOLDERS_PATH}", peer.url.trim_end_matches('/'));
-    let r = signed_fetch_capped(
+    let r = signed_fetch(
         signer,
         Method::Post,
         &url,

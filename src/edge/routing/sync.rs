@@ -19,7 +19,7 @@ pub async fn resync(env: &Env, cfg: &GpConfig, peer: &Peer) -> Result<PeerMeta, 
     for _ in 0..2 {
         let url = format!("{}/peer/v1/filter", peer.url.trim_end_matches('/'));
         // Read at most MAX_SNAPSHOT bytes, as they stream (issue 14 item 10).
-        let r = crate::edge::outbound::peer::signed_fetch_capped(
+        let r = crate::edge::outbound::peer::signed_fetch(
             &signer,
             Method::Get,
             &url,
@@ -82,6 +82,7 @@ async fn subscribe_to(
         Some((body.as_bytes(), "application/json")),
         &[],
         PEER_TIMEOUT_MS,
+        crate::edge::outbound::peer::MAX_PEER_ANSWER,
     )
     .await?;
     if (200..300).contains(&r.status) {

@@ -280,6 +280,7 @@ impl MappingShard {
                 Some((body.as_bytes(), "application/json")),
                 &[],
                 CLAIM_TIMEOUT_MS,
+                crate::edge::outbound::peer::MAX_PEER_ANSWER,
             )
             .await
             {
