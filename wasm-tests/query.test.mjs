@@ -364,12 +364,12 @@ test('a bulk upload meets mappings held on peer GPs as a code confirmation does:
   assert.equal(r.status, 200, r.text);
   assert.equal(r.body.created, 3);
   assert.equal(r.body.existing, 2);
-  assert.deepEqual(r.body.holders, [
+  assert.deepEqual(r.body.existing_lines, [
     { line: 1, provider: aps['gp-b'].id, gp: 'gp-b' },
     { line: 3, provider: aps['gp-a'].id },
   ]);
   const after = await stats(b);
-  assert.equal(after.peer_holder_batches_received - before.peer_holder_batches_received, 1, 'one batched check, not one per line');
+  assert.equal(after.peer_preferred_batches_received - before.peer_preferred_batches_received, 1, 'one batched check, not one per line');
   assert.equal(after.peer_queries_received - before.peer_queries_received, 0);
   // Nothing outranked silently: every GP still answers gp-b's mapping for
   // the SII it held, and gp-a's own holder for the local one.

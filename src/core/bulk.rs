@@ -463,13 +463,13 @@ pub struct BulkSummary {
     pub existing: u32,
     /// The first [`MAX_REPORTED_ERRORS`] of them, with the holder.
     #[serde(default)]
-    pub holders: Vec<LineHolder>,
+    pub existing_lines: Vec<LineExisting>,
 }
 
 /// A bulk line that met a preferred mapping of another AP (draft §8.2.1:
 /// "include that provider ID").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineHolder {
+pub struct LineExisting {
     /// 1-based line number.
     pub line: u32,
     /// The AP holding the preferred mapping.
@@ -492,10 +492,10 @@ impl BulkSummary {
 
     /// Counts an applied line that met another AP's preferred mapping,
     /// listing it if there is room.
-    pub fn met(&mut self, h: LineHolder) {
+    pub fn met(&mut self, h: LineExisting) {
         self.existing = self.existing.saturating_add(1);
-        if self.holders.len() < MAX_REPORTED_ERRORS {
-            self.holders.push(h);
+        if self.existing_lines.len() < MAX_REPORTED_ERRORS {
+            self.existing_lines.push(h);
         }
     }
 

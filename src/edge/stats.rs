@@ -26,9 +26,9 @@ pub struct Stats {
     /// `GET /v1/gp` reads of the filter object, `GET /v1/peers` probe rounds.
     pub filter_info_reads: u64,
     pub peer_probe_rounds: u64,
-    /// Batched §8.2.1 checks of bulk uploads (`/peer/v1/holders`).
-    pub peer_holder_batches_sent: u64,
-    pub peer_holder_batches_received: u64,
+    /// Batched §8.2.1 checks of bulk uploads (`/peer/v1/preferred`).
+    pub peer_preferred_batches_sent: u64,
+    pub peer_preferred_batches_received: u64,
 }
 
 pub fn count(f: impl FnOnce(&mut Stats)) {

@@ -51,7 +51,7 @@ enum Route {
     PeerQuery,
     PeerClaims,
     PeerStrikes,
-    PeerHolders,
+    PeerPreferred,
     DebugQueryStats,
     PublicFilter,
     PeerFilter,
@@ -290,8 +290,8 @@ const ROUTES: &[RouteDef] = &[
     },
     // draft §8.2.1/§8.3: a peer GP's batched check before a bulk upload.
     RouteDef {
-        template: "/peer/v1/holders",
-        route: Route::PeerHolders,
+        template: "/peer/v1/preferred",
+        route: Route::PeerPreferred,
         methods: POST,
         debug_only: false,
     },
@@ -515,7 +515,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::PeerClaims => peer::claims::serve(req, env, cfg).await,
         Route::PeerStrikes => peer::strikes::serve(req, env, cfg).await,
         Route::PeerHolderClaims => peer::claims::serve_holder(req, env, cfg).await,
-        Route::PeerHolders => peer::holders::serve(req, env, cfg).await,
+        Route::PeerPreferred => peer::preferred::serve(req, env, cfg).await,
         Route::PeerFilter => peer::filter::serve_snapshot(req, env, cfg).await,
         Route::PeerFilterAdditions => peer::filter::serve_additions(req, env, cfg).await,
         Route::PeerFilterSubscriptions => peer::filter::subscribe(req, env, cfg).await,

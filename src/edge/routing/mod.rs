@@ -2,5 +2,5 @@
 
 pub mod copies;
 pub mod fanout;
-pub mod holders;
+pub mod preferred;
 pub mod sync;

@@ -146,7 +146,7 @@ pub enum ShardOp {
         now_ms: u64,
     },
     /// Each SII's preferred mapping here (a peer GP's batched §8.2.1 check
-    /// before a bulk upload, `/peer/v1/holders`).
+    /// before a bulk upload, `/peer/v1/preferred`).
     Preferred { siis: Vec<String> },
     /// draft §8.1 query: this GP's preferred mapping for the SII, or
     /// (`all`, beyond GLADOS-00) every mapping, preferred first (no AP

@@ -4,7 +4,7 @@ use crate::edge::rpc::shard::Shard;
 
 use crate::core::bulk::{
     decide_key, lease_left_ms, parse_line, BulkError, BulkSummary, IdempotencyKey, KeyDecision,
-    KeyRecord, LineHolder, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD,
+    KeyRecord, LineExisting, LineSplitter, IDEMPOTENCY_RENEW_MS, MAX_LINES_PER_UPLOAD,
     MAX_UPLOAD_BYTES,
 };
 use crate::core::shard::shard_of;
@@ -135,13 +135,13 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         // draft §8.2.1 across GPs, as for a code confirmation: a line whose
         // SII is preferred on a peer GP is stored without preference and
         // names that holder. The peers whose filters match are asked in
-        // batches (routing::holders), before anything is written.
+        // batches (routing::preferred), before anything is written.
         let siis: Vec<Sii> = batches
             .iter()
             .flat_map(|(_, chunk)| chunk.iter())
             .filter_map(|(_, s, _)| Sii::parse(s).ok())
             .collect();
-        let remote = crate::edge::routing::holders::remote_holders(env, cfg, &siis).await;
+        let remote = crate::edge::routing::preferred::preferred_on_peers(env, cfg, &siis).await;
         let remote = &remote;
         futures_util::future::join_all(batches.into_iter().map(|(shard, chunk)| {
             let ap_id = ap_id.clone();
@@ -200,7 +200,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     for (chunk, reply) in results {
         for ((n, _, _), (effect, met)) in chunk.iter().zip(reply?) {
             if let Some(p) = met {
-                summary.met(LineHolder {
+                summary.met(LineExisting {
                     line: *n,
                     provider: p.ap.to_string(),
                     gp: p.gp,
@@ -217,7 +217,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         }
     }
     summary.errors.sort_by_key(|e| e.line);
-    summary.holders.sort_by_key(|h| h.line);
+    summary.existing_lines.sort_by_key(|h| h.line);
     ap_object
         .idem_put(
             &idem_key,

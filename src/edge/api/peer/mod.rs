@@ -2,7 +2,7 @@
 
 pub mod claims;
 pub mod filter;
-pub mod holders;
+pub mod preferred;
 pub mod query;
 pub mod strikes;
 
