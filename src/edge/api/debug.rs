@@ -64,56 +64,43 @@ pub async fn peer_filters(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<
     crate::edge::http::respond::json_ok(&json!({ "gp": cfg.id, "peers": out }))
 }
 
-/// One stage of the query path and its cost in this isolate.
-#[derive(serde::Serialize)]
-struct Stage {
-    stage: &'static str,
-    /// Median over 3 rounds of the wall time per call, in µs.
-    us: f64,
-    /// Calls per round.
-    calls: u32,
-}
+/// The stages of a local hit that `POST /__debug/breakdown` can repeat.
+const STAGES: &[(&str, &str)] = &[
+    ("routing", "routing (route table)"),
+    ("config", "configuration (per-isolate cache)"),
+    (
+        "config_uncached",
+        "configuration read and validated from env (every request, before)",
+    ),
+    ("token", "auth: token MAC and claims"),
+    (
+        "auth",
+        "auth: whole (header, token, mTLS binding, AP cache)",
+    ),
+    ("lease", "rate-limit lease (local spend)"),
+    ("body", "body JSON parse"),
+    ("sii", "SII normalization"),
+    ("hash", "SII hashing and shard choice"),
+    ("peers", "peer filter check (isolate memory)"),
+    ("shard", "shard DO call (both sides: worker and object)"),
+    ("statement", "mapping statement (Ed25519 signature)"),
+    ("answer", "answer document (JSON tree and text)"),
+    (
+        "response",
+        "response wrapping (JSON response, headers, to JS)",
+    ),
+    ("handler", "whole query handler (on a fresh request)"),
+];
 
-/// Median µs per call of `f` over 3 rounds; each round repeats it until
-/// it took at least [`ROUND_MS`] (`Date.now()` counts whole ms; local
-/// workerd advances it during computation, production does not).
-async fn time<F, Fut>(mut f: F) -> (f64, u32)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    const ROUND_MS: u64 = 40;
-    let mut n = 1u32;
-    // Size the round: double until one takes ROUND_MS (or n is large).
-    loop {
-        let t0 = crate::edge::clock::now_ms();
-        for _ in 0..n {
-            f().await;
-        }
-        if crate::edge::clock::now_ms() - t0 >= ROUND_MS || n >= 1 << 20 {
-            break;
-        }
-        n *= 2;
-    }
-    let mut rounds = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let t0 = crate::edge::clock::now_ms();
-        for _ in 0..n {
-            f().await;
-        }
-        rounds.push((crate::edge::clock::now_ms() - t0) as f64 * 1000.0 / f64::from(n));
-    }
-    rounds.sort_by(f64::total_cmp);
-    (rounds[1], n)
-}
-
-/// `POST /__debug/breakdown` with a query's headers and body: where a
-/// local hit's time goes inside the worker, stage by stage, each stage run
-/// repeatedly with the product's own functions against this GP's real
-/// bindings (the shard call is a real Durable Object round trip, so it
-/// includes the object's work). The benchmark (`scripts/bench-query-wrk.sh`)
-/// prints it beside the floors' CPU per request, which cover what cannot
-/// be repeated from inside a request: the runtime and the workers-rs entry.
+/// `POST /__debug/breakdown?stage=S&n=N` with a query's headers and body:
+/// runs one stage of a local hit N times (0: only the set-up) with the product's own functions
+/// against this GP's real bindings (the shard call is a real Durable
+/// Object round trip) and answers the wall time. The benchmark
+/// (`scripts/bench-query-wrk.sh`) reads the GP process's CPU time around
+/// each call, so a stage's cost is CPU per call, comparable with the
+/// floors' CPU per request, whatever else the machine runs; the runtime and
+/// the workers-rs entry, which cannot be repeated from inside a request,
+/// are what the floors measure. Without `stage`: the stages.
 /// `route` resolves the query's route once (the route table is the router's).
 pub async fn breakdown(
     mut req: Request,
@@ -121,153 +108,131 @@ pub async fn breakdown(
     cfg: &GpConfig,
     route: &dyn Fn(),
 ) -> ApiResult<Response> {
-    use crate::core::query::QueryBody;
-    use crate::edge::auth::ap::authenticate;
+    use crate::core::query::{Query, QueryBody};
+    use crate::edge::auth::ap::{authenticate, authorization};
     use crate::edge::http::body::parse_json;
     use crate::edge::routing::fanout;
+    use std::hint::black_box;
     let url = req.url().internal("url")?;
+    let param = |k: &str| {
+        url.query_pairs()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.into_owned())
+    };
+    let Some(stage) = param("stage") else {
+        let list: Vec<_> = STAGES
+            .iter()
+            .map(|(k, d)| json!({ "stage": k, "what": d }))
+            .collect();
+        return crate::edge::http::respond::json_ok(&json!({ "stages": list }));
+    };
+    let n: u32 = param("n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .min(10_000_000);
     let bytes = read_capped(&mut req, 1 << 16).await?;
     let query = parse_json::<QueryBody>(&bytes, true)?.into_query()?;
     let sii = query.sii.clone();
-    let raw_sii = sii.as_str().to_owned();
     let ap = authenticate(&req, env, cfg).await?;
-    let token = crate::edge::auth::ap::authorization(&req, "Bearer").unwrap_or_default();
+    let token = authorization(&req, "Bearer").unwrap_or_default();
     let keys = crate::edge::config::token_keys(env)?;
-    let mut stages = Vec::new();
-    let mut push = |stage, (us, calls)| stages.push(Stage { stage, us, calls });
-
-    push("routing (route table)", time(|| async { route() }).await);
-    push(
-        "config (per-isolate cache)",
-        time(|| async {
-            let _ = GpConfig::cached(env);
-        })
-        .await,
-    );
-    push(
-        "config (read and validated from env: every request, before)",
-        time(|| async {
-            let _ = GpConfig::from_env(env);
-        })
-        .await,
-    );
-    push(
-        "auth: token MAC and claims",
-        time(|| async {
-            let _ = crate::core::token::verify(&keys, &token, crate::edge::clock::now_ms() / 1000);
-        })
-        .await,
-    );
-    push(
-        "auth: whole (header, token, mTLS binding, AP cache)",
-        time(|| async {
-            let _ = authenticate(&req, env, cfg).await;
-        })
-        .await,
-    );
-    push(
-        "rate-limit lease (local spend)",
-        time(|| async {
-            let _ = crate::edge::ratelimit::admit(env, &ap).await;
-        })
-        .await,
-    );
-    push(
-        "body JSON parse",
-        time(|| async {
-            let _ = parse_json::<QueryBody>(&bytes, true);
-        })
-        .await,
-    );
-    push(
-        "SII normalization",
-        time(|| async {
-            let _ = Sii::parse(&raw_sii);
-        })
-        .await,
-    );
-    push(
-        "SII hashing and shard choice",
-        time(|| async {
-            let _ = crate::core::shard::shard_of(&sii, cfg.mapping_shards);
-        })
-        .await,
-    );
-    push(
-        "peer filter check (isolate memory)",
-        time(|| async {
-            let _ = fanout::matching_peers(env, cfg, &sii).await;
-        })
-        .await,
-    );
-    let plain = crate::core::query::Query::plain(sii.clone());
-    push(
-        "shard DO call (round trip with the object's work)",
-        time(|| async {
-            let _ = fanout::lookup(env, cfg, &plain).await;
-        })
-        .await,
-    );
+    let plain = Query::plain(sii.clone());
     let held = crate::edge::rpc::shard::Shard::of(env, cfg, &sii)
         .lookup(&sii, false)
         .await?;
-    if let Some(m) = held.mappings.first() {
-        push(
-            "mapping statement (Ed25519 signature)",
-            time(|| async {
-                let _ = crate::edge::statements::sign(env, cfg, &sii, m, query.nonce.as_deref());
-            })
-            .await,
-        );
-    }
     let result = fanout::resolve(env, cfg, &query).await?;
     let answer = || crate::edge::api::ap::query::answer(&query, &result, &cfg.id);
-    push(
-        "answer document (JSON tree and text)",
-        time(|| async {
-            let _ = serde_json::to_vec(&answer());
-        })
-        .await,
-    );
-    push(
-        "response wrapping (JSON response, headers, to JS)",
-        time(|| async {
-            if let Ok(mut resp) = crate::edge::http::respond::json_ok(&answer()) {
-                for (k, v) in [("RateLimit-Limit", "1"), ("RateLimit-Remaining", "1")] {
-                    let _ = resp.headers_mut().set(k, v);
-                }
-                let _ = web_sys::Response::from(resp);
-            }
-        })
-        .await,
-    );
-    // The whole handler, on a fresh request each time (building that
-    // request is included; the runtime's entry and the workers-rs
-    // conversions are not).
-    let auth_header = format!("Bearer {token}");
-    let body_text = String::from_utf8_lossy(&bytes).into_owned();
     let query_url = format!(
         "{}://{}/v1/query",
         url.scheme(),
         url.host_str().unwrap_or("gp")
     );
-    push(
-        "whole query handler (fresh request each time)",
-        time(|| async {
-            let mut init = worker::RequestInit::new();
-            init.with_method(worker::Method::Post)
-                .with_body(Some(wasm_bindgen::JsValue::from_str(&body_text)));
-            let headers = worker::Headers::new();
-            let _ = headers.set("Authorization", &auth_header);
-            let _ = headers.set("Content-Type", "application/json");
-            init.with_headers(headers);
-            if let Ok(r) = Request::new_with_init(&query_url, &init) {
-                let _ = crate::edge::api::ap::query::query(r, env, cfg).await;
+    let auth_header = format!("Bearer {token}");
+    let body_text = String::from_utf8_lossy(&bytes).into_owned();
+    let t0 = crate::edge::clock::now_ms();
+    for _ in 0..n {
+        match stage.as_str() {
+            "routing" => route(),
+            "config" => {
+                let _ = black_box(GpConfig::cached(env));
             }
-        })
-        .await,
-    );
-    crate::edge::http::respond::json_ok(&json!({ "gp": cfg.id, "stages": stages }))
+            "config_uncached" => {
+                let _ = black_box(GpConfig::from_env(env));
+            }
+            "token" => {
+                let _ = black_box(crate::core::token::verify(
+                    &keys,
+                    &token,
+                    crate::edge::clock::now_ms() / 1000,
+                ));
+            }
+            "auth" => {
+                let _ = black_box(authenticate(&req, env, cfg).await);
+            }
+            "lease" => {
+                let _ = black_box(crate::edge::ratelimit::admit(env, &ap).await);
+            }
+            "body" => {
+                let _ = black_box(parse_json::<QueryBody>(&bytes, true));
+            }
+            "sii" => {
+                let _ = black_box(Sii::parse(sii.as_str()));
+            }
+            "hash" => {
+                let _ = black_box(crate::core::shard::shard_of(&sii, cfg.mapping_shards));
+            }
+            "peers" => {
+                let _ = black_box(fanout::matching_peers(env, cfg, &sii).await);
+            }
+            "shard" => {
+                let _ = black_box(fanout::lookup(env, cfg, &plain).await);
+            }
+            "statement" => {
+                if let Some(m) = held.mappings.first() {
+                    let _ = black_box(crate::edge::statements::sign(
+                        env,
+                        cfg,
+                        &sii,
+                        m,
+                        query.nonce.as_deref(),
+                    ));
+                }
+            }
+            "answer" => {
+                let _ = black_box(serde_json::to_vec(&answer()));
+            }
+            "response" => {
+                if let Ok(mut resp) = crate::edge::http::respond::json_ok(&answer()) {
+                    for (k, v) in [("RateLimit-Limit", "1"), ("RateLimit-Remaining", "1")] {
+                        let _ = resp.headers_mut().set(k, v);
+                    }
+                    let _ = black_box(web_sys::Response::from(resp));
+                }
+            }
+            "handler" => {
+                let mut init = worker::RequestInit::new();
+                init.with_method(worker::Method::Post)
+                    .with_body(Some(wasm_bindgen::JsValue::from_str(&body_text)));
+                let headers = worker::Headers::new();
+                let _ = headers.set("Authorization", &auth_header);
+                let _ = headers.set("Content-Type", "application/json");
+                init.with_headers(headers);
+                if let Ok(r) = Request::new_with_init(&query_url, &init) {
+                    let _ = black_box(crate::edge::api::ap::query::query(r, env, cfg).await);
+                }
+            }
+            other => {
+                return Err(ApiError::client(
+                    400,
+                    "invalid-request",
+                    "Unknown stage",
+                    format!("no stage {other:?}; GET the stages without ?stage="),
+                ))
+            }
+        }
+    }
+    let wall_ms = crate::edge::clock::now_ms() - t0;
+    crate::edge::http::respond::json_ok(&json!({ "stage": stage, "n": n, "wall_ms": wall_ms }))
 }
 
 /// `POST /__debug/clock` `{"advance_ms": n}`: moves this isolate's clock

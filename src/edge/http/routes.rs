@@ -403,7 +403,7 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         template: "/__debug/breakdown",
         route: Route::DebugBreakdown,
-        methods: POST,
+        methods: &[Method::Get, Method::Post],
         debug_only: true,
     },
     // The route table itself, for the OpenAPI completeness test.
@@ -417,6 +417,10 @@ const ROUTES: &[RouteDef] = &[
 
 /// Matches `path` against a template; returns the `{…}` segment, if any.
 fn match_template<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
+    // Most templates are plain paths: one comparison, no splitting.
+    if !template.contains('{') {
+        return (template == path).then_some(None);
+    }
     let mut param = None;
     let mut t = template.split('/');
     let mut p = path.split('/');
