@@ -18,8 +18,8 @@
 // runtime: HTTP, Miniflare's entry worker, isolate entry), the Rust floor
 // worker (benches/floor-worker: workers-rs built by the same pipeline as
 // the GP, in its own workerd): GET /hello (the workers-rs entry, no DO)
-// and GET / (exactly one SQLite Durable Object call per request, nothing
-// authenticated), and GLADOS's cheapest route (GET /healthz: the wasm
+// and the local hit's exact request (body read, exactly one SQLite
+// Durable Object call, nothing authenticated), and GLADOS's cheapest route (GET /healthz: the wasm
 // router and configuration, no DO, no auth). Also counted: wrk's socket
 // errors, the connections open both 1 s into a run and 1 s before its end
 // (keep-alive: all of them), the rate-limit leases gp-a took from the
@@ -43,7 +43,7 @@
 //
 //   node wasm-tests/bench-query-wrk.mjs [--seconds 10] [--runs 3]
 //        [--connections 16 | --connections 1,4,16] [--threads N (default: = connections)] [--mappings 2000] [--one-sii]
-//        [--scenarios hello,ahello,rhello,floor,trivial,local,remote,miss] [--delay-ms N] [--no-paced]
+//        [--scenarios hello,ahello,rhello,floor,trivial,bare,local,remote,miss] [--delay-ms N] [--no-paced]
 //
 // --delay-ms N: each connection waits N ms between its requests (wrk's
 // delay(); an offered rate below saturation), e.g. 16 connections at 40 ms
@@ -58,7 +58,7 @@ import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { Miniflare } from 'miniflare';
 import { unstable_getMiniflareWorkerOptions } from 'wrangler';
-import { startFederation, freePort, ROOT } from './lib/federation.mjs';
+import { Gp, startFederation, freePort, ROOT } from './lib/federation.mjs';
 import { tempState, gpSecrets } from './lib/util.mjs';
 import { accessToken } from './lib/ap.mjs';
 import { enrollBenchAp, numbers, bulk, queryStats as stats, waitForPeerCopy, median } from './lib/bench.mjs';
@@ -70,7 +70,7 @@ const { values: opt } = parseArgs({
     connections: { type: 'string', default: '16' },
     threads: { type: 'string' },
     mappings: { type: 'string', default: '2000' },
-    scenarios: { type: 'string', default: 'hello,ahello,rhello,floor,trivial,local,remote,miss' },
+    scenarios: { type: 'string', default: 'hello,ahello,rhello,floor,trivial,bare,local,remote,miss' },
     'one-sii': { type: 'boolean', default: false },
     'delay-ms': { type: 'string' },
     'no-paced': { type: 'boolean', default: false },
@@ -88,6 +88,14 @@ const wanted = opt.scenarios.split(',');
 const exec = promisify(execFile);
 const LUA = path.join(ROOT, 'scripts', 'bench-query-wrk.lua');
 const HZ = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+// Cloudflare Workers Paid list prices, USD per million units beyond the
+// monthly inclusions (read 2026-12 from developers.cloudflare.com:
+// /workers/platform/pricing/ (requests, CPU ms), /durable-objects/platform/pricing/
+// (DO requests, duration at 128 MB, SQLite rows read), /kv/platform/pricing/ (reads)).
+// Subrequests are not billed; a peer's request is, to the peer.
+const PRICES = { request: 0.30, cpu_ms: 0.02, do_request: 0.15, do_gb_s: 12.50, rows_read: 0.001, kv_read: 0.50 };
+const DO_GB = 0.128;
 
 const SECRETS = gpSecrets('bench');
 const { ADMIN_TOKEN } = SECRETS;
@@ -171,6 +179,16 @@ const helloAssets = new Miniflare({
   assets: floorOptions.assets,
 });
 await helloAssets.ready;
+// A diagnostic, not the deployed configuration: gp-a's worker without the
+// local static-assets router in front (production routes API paths to the
+// Worker itself), to show the worker's own cost per request next to the
+// bare JS hello world.
+class BareGp extends Gp {
+  options() { const o = super.options(); delete o.assets; return o; }
+}
+const bare = wanted.includes('bare')
+  ? await new BareGp({ env: 'gp-a', port: await freePort(), stateDir: path.join(floorState.dir, 'bare'), bindings: { ...SECRETS, PEERS: '[]' } }).start()
+  : null;
 
 try {
   const home = fed['gp-a'];
@@ -178,6 +196,7 @@ try {
   pids.hello = workerdPid(helloPort, 'hello');
   pids.floor = workerdPid(floorPort, 'floor');
   pids.helloAssets = workerdPid(helloAssetsPort, 'hello-assets');
+  if (bare) pids.bare = workerdPid(bare.port, 'bare gp-a');
   for (const gp of fed.gps) await gp.cron();
   const tokenA = await enroll(home, 'bench-a', {});
   const bulkA = await (await enroll(home, 'bench-bulk-a', { bulk_allowed: true }))();
@@ -187,6 +206,9 @@ try {
   await bulk(home, bulkA, local, 'bench-local');
   await bulk(fed['gp-b'], bulkB, remote, 'bench-remote');
   await waitForPeerCopy(home, 'gp-b', remote[remote.length - 1], 15_000);
+  // The floor reads rows as a local hit does: store its SIIs first.
+  const seeded = await fetch(`http://127.0.0.1:${floorPort}/seed`, { method: 'POST', body: local.join('\n') });
+  if (seeded.status !== 200) throw new Error(`floor seed: ${seeded.status} ${await seeded.text()}`);
   const files = {
     local: path.join(state.dir, 'local.txt'),
     remote: path.join(state.dir, 'remote.txt'),
@@ -201,8 +223,10 @@ try {
     ['hello', 'JS hello world (runtime floor)', `http://127.0.0.1:${helloPort}`, ['--get', '/'], false],
     ['ahello', 'JS hello world behind the assets router', `http://127.0.0.1:${helloAssetsPort}`, ['--get', '/hello'], false],
     ['rhello', 'Rust hello world (workers-rs entry)', `http://127.0.0.1:${floorPort}`, ['--get', '/hello'], false],
-    ['floor', 'Rust one-DO-call floor', `http://127.0.0.1:${floorPort}`, ['--get', '/'], false],
+    // The local hit's exact request (its token goes unchecked).
+    ['floor', 'Rust one-DO-call floor', `http://127.0.0.1:${floorPort}`, ['unchecked', files.local], false],
     ['trivial', 'GLADOS cheapest route (GET /healthz)', home.url, ['--get', '/healthz'], false],
+    ['bare', 'GLADOS cheapest route, no local assets router (diagnostic)', bare?.url, ['--get', '/healthz'], false],
     ['local', 'local hit', home.url, [files.local], true],
     ['remote', 'remote hit', home.url, [files.remote], true],
     // A block nobody mapped; a filter false positive still asks that peer.
@@ -213,7 +237,7 @@ try {
   await wrk(home.url, [await tokenA(), files.local], 3);
   await wrk(home.url, [await tokenA(), files.remote], 2);
   await wrk(`http://127.0.0.1:${helloPort}`, ['--get', '/'], 1);
-  await wrk(`http://127.0.0.1:${floorPort}`, ['--get', '/'], 2);
+  await wrk(`http://127.0.0.1:${floorPort}`, ['unchecked', files.local], 2);
 
   const load0 = readFileSync('/proc/loadavg', 'utf8').trim();
   console.log(`load before: ${load0}; wrk -t${opt.threads ?? '(= connections)'} -c${connList.join(',')} -d${seconds}s${opt['delay-ms'] ? ` with ${opt['delay-ms']} ms between a connection's requests` : ''}, ${runs} runs, ${mappings} mappings per GP${one ? ', one SII per scenario' : ''}; workerd pids ${JSON.stringify(pids)}`);
@@ -250,7 +274,7 @@ try {
       // Queries: gp-a's counter (includes the ones in flight when wrk stopped); GETs: wrk's count.
       const q = isQuery ? s1[0].queries - s0[0].queries : w.requests;
       const cpu = (k) => (c1[k] - c0[k] - idleRate[k] * wall) / q;
-      const target = { hello: 'hello', ahello: 'helloAssets', rhello: 'floor', floor: 'floor' }[key] ?? 'gp-a';
+      const target = { hello: 'hello', ahello: 'helloAssets', rhello: 'floor', floor: 'floor', bare: 'bare' }[key] ?? 'gp-a';
       const per = (k, i) => (isQuery ? (s1[i][k] - s0[i][k]) / q : 0);
       rows.push({
         run,
@@ -268,6 +292,8 @@ try {
         'wrk p50 ms': w.p50_us / 1000,
         'wrk p99 ms': w.p99_us / 1000,
         errors: w.connect_errors + w.read_errors + w.write_errors + w.status_errors + w.timeouts,
+        // Which: connect, read, write, non-2xx status, timeout.
+        'error kinds': `c${w.connect_errors} r${w.read_errors} w${w.write_errors} s${w.status_errors} t${w.timeouts}`,
         'conns kept': kept,
         leases: s1[0].lease_requests - s0[0].lease_requests,
         'peer subreq/q': per('peer_queries_sent', 0),
@@ -276,6 +302,8 @@ try {
         'DO req/q': per('do_requests', 0),
         'peer DO req/q': per('do_requests', 1) + per('do_requests', 2),
         'KV reads/q': per('kv_reads', 0),
+        // The rate limiter's share: limiter (ApObject) requests per query.
+        'leases/q': per('lease_requests', 0),
         'CPU ms/q': cpu(target),
         'gp-b CPU ms/q': cpu('gp-b'),
         'gp-c CPU ms/q': cpu('gp-c'),
@@ -284,7 +312,7 @@ try {
     }
   }
   const fmt = (x, d) => (typeof x === 'number' ? Number(x.toFixed(d)) : x);
-  const digits = (k) => (k.includes('CPU') || k.includes('/q') ? 3 : k === 'q/s' ? 0 : 2);
+  const digits = (k) => (k === 'leases/q' ? 4 : k.includes('CPU') || k.includes('/q') ? 3 : k === 'q/s' ? 0 : 2);
   if (runs > 1) {
     console.log('\nper run:');
     console.table(rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, fmt(v, digits(k))]))));
@@ -293,7 +321,9 @@ try {
     const rs = rows.filter((r) => r.scenario === name && r.conns === connections);
     const out = { scenario: name, conns: connections };
     for (const k of Object.keys(rs[0]).filter((k) => !['run', 'scenario', 'conns'].includes(k))) {
-      out[k] = ['errors', 'leases'].includes(k) ? rs.reduce((n, r) => n + r[k], 0) : fmt(median(rs.map((r) => r[k])), digits(k));
+      out[k] = ['errors', 'leases'].includes(k) ? rs.reduce((n, r) => n + r[k], 0)
+        : k === 'error kinds' ? rs.map((r) => r[k]).join(' ')
+        : fmt(median(rs.map((r) => r[k])), digits(k));
     }
     return out;
   }));
@@ -317,7 +347,7 @@ try {
     for (let run = 1; run <= runs; run++) {
       for (const [key, url, args] of [
         ['local', home.url, [await tokenA(), files.local]],
-        ['floor', `http://127.0.0.1:${floorPort}`, ['--get', '/']],
+        ['floor', `http://127.0.0.1:${floorPort}`, ['unchecked', files.local]],
         ['hello', `http://127.0.0.1:${helloPort}`, ['--get', '/']],
       ]) {
         const w = await wrk(url, args, seconds, connections, pacedDelay);
@@ -333,47 +363,116 @@ try {
     console.table(paced);
   }
 
-  // Where a local hit's time goes inside the worker (repeated stages), next
-  // to what the floors measured outside it.
+  // Where a local hit's time goes inside the worker: each stage repeated n
+  // times in one request (POST /__debug/breakdown), gp-a's process CPU read
+  // around it, minus the same request with n = 0 (its set-up) and the
+  // process's idle CPU; median of 3. CPU, not wall time: comparable with
+  // the floors' CPU per request whatever else the machine runs.
   let breakdown = null;
-  if (row('local')) {
-    const r = await home.fetch('/__debug/breakdown', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${await tokenA()}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ sii: local[0] }),
-    });
-    if (r.status !== 200) throw new Error(`breakdown: ${r.status} ${await r.text()}`);
-    breakdown = (await r.json()).stages;
+  // (A build from before the breakdown existed answers 404: no breakdown.)
+  const listed = row('local') ? await home.getJson('/__debug/breakdown') : null;
+  if (listed?.status === 200) {
+    const tok = await tokenA();
+    const call = async (stage, n) => {
+      const r = await home.fetch(`/__debug/breakdown?stage=${stage}&n=${n}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${tok}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ sii: local[0] }),
+      });
+      if (r.status !== 200) throw new Error(`breakdown ${stage}: ${r.status} ${await r.text()}`);
+      return r.json();
+    };
+    const i0 = cpuMs(pids['gp-a']);
+    const it0 = performance.now();
+    await sleep(2000);
+    const idlePerMs = (cpuMs(pids['gp-a']) - i0) / (performance.now() - it0);
+    /** gp-a's CPU ms for one breakdown call (idle CPU subtracted). */
+    const cpuOf = async (stage, n) => {
+      const c0 = cpuMs(pids['gp-a']);
+      const t0 = performance.now();
+      await call(stage, n);
+      return cpuMs(pids['gp-a']) - c0 - idlePerMs * (performance.now() - t0);
+    };
+    const list = listed.body.stages;
+    // The set-up alone (n = 0), over 20 calls: one is below the CPU clock's tick.
+    const setup = [];
+    for (let i = 0; i < 3; i++) {
+      let ms = 0;
+      for (let j = 0; j < 20; j++) ms += await cpuOf(list[0].stage, 0);
+      setup.push(ms / 20);
+    }
+    const setupMs = median(setup);
+    breakdown = [];
+    for (const { stage, what } of list) {
+      // Size n so that one call runs ~400 ms (the CPU clock ticks every 10 ms).
+      let n = 1;
+      for (;;) {
+        const { wall_ms: wall } = await call(stage, n);
+        if (wall >= 40 || n >= 1 << 22) { n = Math.max(1, Math.round((n * 400) / Math.max(wall, 1))); break; }
+        n *= 4;
+      }
+      const us = [];
+      for (let i = 0; i < 3; i++) us.push(((await cpuOf(stage, n)) - setupMs) * 1000 / n);
+      breakdown.push({ stage, what, us: median(us), n });
+    }
     const cpu = (key) => row(key)?.['CPU ms/q'];
-    console.log('\nlocal hit, per stage (inside the worker: each stage repeated, median of 3 rounds, µs wall time per call on this loaded machine):');
-    console.table(breakdown.map((b) => ({ stage: b.stage, 'µs': fmt(b.us, 1), calls: b.calls })));
-    const floorsLine = [['JS hello world', 'hello'], ['JS hello world behind the assets router', 'ahello'], ['Rust hello world', 'rhello'], ['Rust one-DO-call floor', 'floor'], ['GLADOS cheapest route', 'trivial'], ['local hit', 'local'], ['miss', 'miss']]
+    console.log(`\nlocal hit, per stage (inside the worker, each stage repeated n times in one request; gp-a's CPU µs per call, median of 3; a call's set-up, ${setupMs.toFixed(1)} ms, subtracted):`);
+    console.table(breakdown.map((b) => ({ stage: b.what, 'CPU µs': fmt(b.us, 1), n: b.n })));
+    const floorsLine = [['JS hello world', 'hello'], ['JS hello world behind the assets router', 'ahello'], ['Rust hello world', 'rhello'], ['Rust one-DO-call floor', 'floor'], ['GLADOS cheapest route', 'trivial'], ['the same without the assets router', 'bare'], ['local hit', 'local'], ['miss', 'miss']]
       .filter(([, k]) => cpu(k) !== undefined).map(([n, k]) => `${n} ${(cpu(k) * 1000).toFixed(0)} µs`).join(', ');
-    console.log(`and outside it (CPU per request of the whole workerd process, medians above): ${floorsLine}`);
+    console.log(`and per request outside it (whole workerd process, the medians above): ${floorsLine}`);
   }
 
   const scenarioCost = (key) => {
     const m = row(key);
     if (!m) return undefined;
-    return { 'q/s': m['q/s'], cpu_ms: m['CPU ms/q'], peer_cpu_ms: key === 'remote' ? m['gp-b CPU ms/q'] : undefined, p50_ms: m['p50 ms'], p99_ms: m['p99 ms'], do_requests: m['DO req/q'], peer_do_requests: m['peer DO req/q'], subrequests: m['peer subreq/q'], kv_reads: m['KV reads/q'], errors: m.errors };
+    return { 'q/s': m['q/s'], cpu_ms: m['CPU ms/q'], peer_cpu_ms: key === 'remote' ? m['gp-b CPU ms/q'] : undefined, p50_ms: m['p50 ms'], p99_ms: m['p99 ms'], do_requests: m['DO req/q'], limiter_do_requests: m['leases/q'], peer_do_requests: m['peer DO req/q'], subrequests: m['peer subreq/q'], kv_reads: m['KV reads/q'], errors: m.errors };
   };
+  // $ per million queries: every counted resource at list price. Upper
+  // bounds: the CPU is the whole workerd process's (worker, its objects,
+  // local KV, the local assets router), and each object is taken to be
+  // billed for the whole CPU time of the shard call as its active duration.
+  const shardUs = breakdown?.find((b) => b.stage === 'shard')?.us;
+  const usd = (key) => {
+    const m = row(key);
+    if (!m) return undefined;
+    const doDuration = shardUs === undefined ? 0 : (shardUs / 1e6) * DO_GB * (m['DO req/q'] + m['peer DO req/q']);
+    const parts = {
+      requests: PRICES.request * (1 + m['peer subreq/q']),
+      cpu: PRICES.cpu_ms * (m['CPU ms/q'] + (key === 'remote' ? m['gp-b CPU ms/q'] : 0)),
+      do_requests: PRICES.do_request * (m['DO req/q'] + m['peer DO req/q']),
+      do_duration: PRICES.do_gb_s * doDuration,
+      sqlite_rows_read: PRICES.rows_read * (1 + m['peer subreq/q']),
+      kv_reads: PRICES.kv_read * (m['KV reads/q'] || 0),
+    };
+    return { total: fmt(Object.values(parts).reduce((a, b) => a + b, 0), 3), ...Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, fmt(v, 4)])) };
+  };
+  const usdPerMillion = Object.fromEntries(['local', 'miss', 'remote'].map((k) => [k, usd(k)]).filter(([, v]) => v));
+  if (Object.keys(usdPerMillion).length) {
+    console.log('\n$ per million queries at Workers Paid list prices (beyond the monthly inclusions; upper bounds, see the script):');
+    console.table(Object.entries(usdPerMillion).map(([k, v]) => ({ scenario: k, ...v })));
+  }
   const cost = {
     load: { before: load0, after: readFileSync('/proc/loadavg', 'utf8').trim() },
     runs, seconds, connections: connList[0],
     scenarios: Object.fromEntries(['local', 'miss', 'remote'].map((k) => [k, scenarioCost(k)]).filter(([, v]) => v)),
-    floors: Object.fromEntries(['hello', 'ahello', 'rhello', 'floor', 'trivial'].map((k) => [k, scenarioCost(k)]).filter(([, v]) => v)),
+    floors: Object.fromEntries(['hello', 'ahello', 'rhello', 'floor', 'trivial', 'bare'].map((k) => [k, scenarioCost(k)]).filter(([, v]) => v)),
     paced: paced.length ? { delay_ms: pacedDelay, ...Object.fromEntries(paced.map(({ key, ...p }) => [key, p])) } : undefined,
     ratios: row('local') && row('hello') && row('floor') && row('trivial') ? {
       cheapest_cpu_vs_js_hello: fmt(row('trivial')['CPU ms/q'] / row('hello')['CPU ms/q'], 2),
       cheapest_cpu_vs_js_hello_behind_assets_router: row('ahello') ? fmt(row('trivial')['CPU ms/q'] / row('ahello')['CPU ms/q'], 2) : undefined,
       cheapest_cpu_vs_rust_hello: row('rhello') ? fmt(row('trivial')['CPU ms/q'] / row('rhello')['CPU ms/q'], 2) : undefined,
+      cheapest_without_assets_router_cpu_vs_js_hello: row('bare') ? fmt(row('bare')['CPU ms/q'] / row('hello')['CPU ms/q'], 2) : undefined,
       local_qps_vs_rust_floor: fmt(row('local')['q/s'] / row('floor')['q/s'], 2),
       local_cpu_vs_rust_floor: fmt(row('local')['CPU ms/q'] / row('floor')['CPU ms/q'], 2),
     } : undefined,
-    breakdown_us: breakdown ? Object.fromEntries(breakdown.map((b) => [b.stage, fmt(b.us, 1)])) : undefined,
+    usd_per_million: usdPerMillion,
+    prices_usd_per_million: PRICES,
+    breakdown_cpu_us: breakdown ? Object.fromEntries(breakdown.map((b) => [b.stage, fmt(b.us, 1)])) : undefined,
   };
   console.log(`\nQUERY_COST: ${JSON.stringify(cost)}`);
 } finally {
+  await bare?.stop();
   await helloAssets.dispose();
   await floor.dispose();
   floorState.cleanup();
