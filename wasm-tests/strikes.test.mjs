@@ -317,6 +317,39 @@ test(`one GP delivers at most PEER_STRIKES_PER_AP_PER_DAY (${PER_DAY}) strikes p
   assert.equal((await r.json()).duplicate, true);
 });
 
+test(`a strike slot taken for a notice whose shard call fails is given back: ${PER_DAY} failed notices do not use up the day's ${PER_DAY} slots`, async () => {
+  // Issue 14 item 6: gp-b reserves one of gp-a's strike slots for s-v,
+  // then the SII's mapping shard call fails (the request never reaches the
+  // object). Had the slots been kept, the PER_DAY failed notices would
+  // leave none for gp-a's real report, refused 429 for a strike never applied.
+  aps.v = await enrollAp(fed['gp-b'], 's-v', { rate_params: { ...RATE, suspend_after_strikes: 0 } });
+  const b = fed['gp-b'];
+  const arm = await b.fetch('/__debug/faults', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ binding: 'MAPPING_SHARD', op: 'apply_peer_strike', mode: 'lost', times: PER_DAY }),
+  });
+  assert.equal(arm.status, 200, await arm.text());
+  for (let i = 0; i < PER_DAY; i++) {
+    const now = Date.now();
+    const notice = { id: `lost-${i}-${randomBytes(6).toString('hex')}`, from_gp: 'gp-a', against: 's-v', reported_by: 's-x', sii: phone(), at_ms: now, claim_at_ms: now - 1000 };
+    const r = await sendStrike(fed['gp-a'], notice);
+    const text = await r.text();
+    assert.ok(r.status >= 500 && r.status < 600, `a failed shard call is a 5xx the sender retries, got ${r.status} ${text}`);
+    assert.match(JSON.parse(text).type, /^\/problems\//, text);
+  }
+  // gp-a's real report against s-v: a slot is free, so it is applied at once.
+  const sii = phone();
+  await displace(aps.x, aps.v, sii);
+  assert.equal((await act(aps.x, 'report', { sii })).status, 200);
+  const delivered = await eventually(() => proxy.seen.find((e) => JSON.parse(e.body).sii === sii && e.status), { what: 'the real notice delivered' });
+  assert.equal(delivered.status, 200, delivered.answer);
+  const notice = JSON.parse(delivered.body);
+  assert.deepEqual(JSON.parse(delivered.answer), { id: notice.id, applied: true, duplicate: false });
+  const rec = await eventually(async () => { const r = await record(aps.v); return r.strikes === 1 ? r : null; }, { what: 'one strike against s-v' });
+  assert.equal(rec.rate.per_sec, 32);
+});
+
 test('prefer-back and re-establish at gp-a tell the displacing AP on gp-b, which may report them in turn', async () => {
   const a = fed['gp-a'];
   const b = fed['gp-b'];
