@@ -267,6 +267,33 @@ test('bulk: 200,000 lines killed mid-way and resumed: every line stored once, th
   assert.match(u1.stdout, /→ cli-bulk:u,1 \(verified by bulk/);
 });
 
+test('bulk: the summary counts the lines whose SII another AP already holds ("existing elsewhere")', async () => {
+  const holder = await enroll('cli-holder', { bulk_allowed: true });
+  const later = await enroll('cli-later', { bulk_allowed: true });
+  const dir = home('existing');
+  const sii = (i) => `+4916${String(300000000 + i)}`;
+  // The holder has SIIs 0, 2, 4 (preferred: nobody held them before).
+  const held = [0, 2, 4].map((i) => `{"sii":"${sii(i)}","user":"h${i}"}`).join('\n') + '\n';
+  const h = await glados(['bulk', '-', '--json'], { dir, env: apEnv(holder), input: held });
+  assert.equal(h.code, 0, h.stderr);
+  assert.deepEqual([JSON.parse(h.stdout).created, JSON.parse(h.stdout).existing_elsewhere], [3, 0]);
+  // The later AP uploads 0..5: three of them met the holder's mapping.
+  const mine = [0, 1, 2, 3, 4, 5].map((i) => `{"sii":"${sii(i)}","user":"l${i}"}`).join('\n') + '\n';
+  const r = await glados(['bulk', '-', '--json'], { dir, env: apEnv(later), input: mine });
+  assert.equal(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout);
+  assert.deepEqual([s.created, s.unchanged, s.existing_elsewhere, s.refused], [6, 0, 3, 0]);
+  assert.match(r.stderr, /existing elsewhere +3 +\(another AP holds the SII, preferred: stored without preference/);
+  // What the count says is so: the holder's mapping is still the one a query finds.
+  const q = await glados(['query', sii(2)], { dir, env: apEnv(later) });
+  assert.equal(q.stdout, `${sii(2)} → cli-holder:h2 (gp gp-a, this GP)\n`);
+  const q1 = await glados(['query', sii(1)], { dir, env: apEnv(later) });
+  assert.equal(q1.stdout, `${sii(1)} → cli-later:l1 (gp gp-a, this GP)\n`);
+  // Re-run: the journal gives the same count without sending anything.
+  const again = JSON.parse((await glados(['bulk', '-', '--json'], { dir, env: apEnv(later), input: mine })).stdout);
+  assert.deepEqual([again.resumed, again.existing_elsewhere], [1, 3]);
+});
+
 /** A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl. */
 function certificates(dir) {
   mkdirSync(dir, { recursive: true });

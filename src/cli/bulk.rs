@@ -386,6 +386,10 @@ struct Totals {
     created: u64,
     updated: u64,
     unchanged: u64,
+    /// Of the lines applied, those whose SII another AP already held,
+    /// preferred, on this GP or a peer (draft §8.2.1): stored without
+    /// preference until the user chooses.
+    existing_elsewhere: u64,
     refused: u64,
     refused_locally: u64,
     /// Refused lines by problem slug.
@@ -407,6 +411,7 @@ impl Totals {
         self.created += u64::from(s.created);
         self.updated += u64::from(s.updated);
         self.unchanged += u64::from(s.unchanged);
+        self.existing_elsewhere += u64::from(s.existing);
         for e in &s.errors {
             self.refuse(&e.problem);
         }
@@ -428,6 +433,14 @@ impl Totals {
             eprintln!("  created    {:>12}", self.created);
             eprintln!("  updated    {:>12}", self.updated);
             eprintln!("  unchanged  {:>12}", self.unchanged);
+            if self.existing_elsewhere > 0 {
+                eprintln!(
+                    "  existing elsewhere {:>4}   (another AP holds the SII, preferred: stored without preference until the user chooses)",
+                    self.existing_elsewhere
+                );
+            } else {
+                eprintln!("  existing elsewhere {:>4}", 0);
+            }
         }
         let reasons: Vec<String> = self
             .refused_by_reason
