@@ -31,6 +31,7 @@ before(async () => {
   aps.q = await three.enroll('gp-a', 'all-q');
   aps.tiny = await three.enroll('gp-a', 'all-tiny', { rate_params: TINY });
   aps.tiny2 = await three.enroll('gp-a', 'all-tiny2', { rate_params: TINY });
+  aps.bulk = await three.enroll('gp-b', 'all-bulk', { bulk_allowed: true });
 });
 
 after(async () => {
@@ -157,4 +158,58 @@ test('all costs one query of the AP\'s rate per mapping returned', async () => {
   assert.deepEqual([miss.body.found, miss.body.mappings], [false, []]);
   assert.equal(miss.headers.get('ratelimit-remaining'), '0');
   assert.equal((await q(aps.tiny2, {})).status, 429);
+});
+
+test('bulk lines carry tags and a label too: stored, signed, shown in all; a line without them leaves them as they are', async () => {
+  let n = 0;
+  const upload = async (lines) => {
+    const r = validated('POST', '/v1/mappings/bulk', await call(aps.bulk.gp, 'POST', '/v1/mappings/bulk', {
+      token: aps.bulk.token,
+      body: lines.map((l) => (typeof l === 'string' ? l : JSON.stringify(l))).join('\n') + '\n',
+      headers: { 'content-type': 'application/x-ndjson', 'idempotency-key': `all-bulk-${++n}-${Date.now()}` },
+    }));
+    assert.equal(r.status, 200, r.text);
+    return r.body;
+  };
+  const [Y, Z] = [phone(), phone()];
+  const first = await upload([
+    { sii: Y, user: 'by', tags: ['work', 'business'], label: 'Desk' },
+    { sii: Z, user: 'bz' },
+    { sii: phone(), user: 'bad', tags: ['vip'] },
+    { sii: phone(), user: 'bad2', label: '' },
+  ]);
+  assert.deepEqual([first.created, first.updated, first.unchanged, first.failed], [2, 0, 0, 2]);
+  // Refused with the same slugs and words as POST /v1/mappings.
+  const api = await post(aps.bulk, '/v1/mappings', { sii: phone(), user: 'u', tags: ['vip'] });
+  assert.equal(api.status, 400);
+  assert.deepEqual(first.errors.map((e) => [e.line, e.problem]), [[3, 'invalid-tags'], [4, 'invalid-label']]);
+  assert.equal(first.errors[0].detail, api.body.detail);
+
+  const nonce = Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString('base64url');
+  const allOf = async (sii) => {
+    const r = await eventually(async () => {
+      const a = validated('POST', '/v1/query', await post(aps.q, '/v1/query', { sii, all: true, nonce }));
+      return a.body.mappings?.length === 1 ? a : null;
+    }, { what: `the bulk mapping of ${sii} found from gp-a` });
+    return r.body.mappings[0];
+  };
+  const y = await allOf(Y);
+  assert.deepEqual([y.gp, y.ssi.provider, y.tags, y.label], ['gp-b', 'all-bulk', ['business', 'work'], 'Desk']);
+  const c = await verifyStatement(y.statement, { jwks: await keys(), sii: Y, nonce });
+  assert.deepEqual([c.tags, c.label, c.verified], [['business', 'work'], 'Desk', { ap: 'all-bulk', method: 'bulk' }]);
+  assert.equal((await allOf(Z)).tags, undefined);
+
+  // Again without tags: unchanged, the tags stay. With other tags: updated,
+  // the mapping keeps its creation time. "tags": [] clears them.
+  const again = await upload([{ sii: Y, user: 'by' }, { sii: Z, user: 'bz', tags: ['personal'] }]);
+  assert.deepEqual([again.created, again.updated, again.unchanged], [0, 1, 1]);
+  const y2 = await allOf(Y);
+  assert.equal(typeof y.created_at_ms, 'number', JSON.stringify(y));
+  assert.deepEqual([y2.tags, y2.label, y2.created_at_ms], [['business', 'work'], 'Desk', y.created_at_ms]);
+  const z2 = await eventually(async () => { const m = await allOf(Z); return m.tags ? m : null; }, { what: 'Z tagged' });
+  assert.deepEqual(z2.tags, ['personal']);
+  const cleared = await upload([{ sii: Y, user: 'by', tags: [] }]);
+  assert.deepEqual([cleared.updated, cleared.unchanged], [1, 0]);
+  const y3 = await allOf(Y);
+  assert.deepEqual([y3.tags, y3.label], [undefined, undefined]);
 });

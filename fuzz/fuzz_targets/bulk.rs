@@ -27,7 +27,13 @@ fn split(data: &[u8], cut: usize) -> Vec<(u32, Result<Vec<u8>, String>)> {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(line)) = parse_line(data) {
-        let json = serde_json::json!({ "sii": line.sii.as_str(), "user": line.user.as_str() });
+        let mut json = serde_json::json!({ "sii": line.sii.as_str(), "user": line.user.as_str() });
+        if let Some(meta) = &line.meta {
+            json["tags"] = serde_json::json!(meta.tags);
+            if let Some(label) = &meta.label {
+                json["label"] = serde_json::json!(label);
+            }
+        }
         let again = parse_line(json.to_string().as_bytes());
         assert_eq!(again.as_ref().ok().and_then(Option::as_ref), Some(&line));
     }

@@ -46,6 +46,7 @@ use crate::core::bulk::{
     MAX_UPLOAD_BYTES,
 };
 use crate::core::encoding::hex_encode;
+use crate::core::tags::MappingMeta;
 
 /// Input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,19 +99,32 @@ enum Item<'a> {
     Refused(LineError, &'a [u8]),
 }
 
-/// The normalized NDJSON line the GP is sent for a valid mapping.
-fn canonical(sii: &str, user: &str) -> Result<String, Failure> {
-    let enc = |s: &str| {
-        serde_json::to_string(s).map_err(|e| Failure::Usage(format!("cannot encode a line: {e}")))
-    };
-    Ok(format!("{{\"sii\":{},\"user\":{}}}", enc(sii)?, enc(user)?))
+/// The normalized NDJSON line the GP is sent for a valid mapping; tags and
+/// label only when the input line had them (`"tags":[]` clears them at
+/// the GP, their absence leaves them as they are).
+fn canonical(sii: &str, user: &str, meta: Option<&MappingMeta>) -> Result<String, Failure> {
+    fn enc<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, Failure> {
+        serde_json::to_string(v).map_err(|e| Failure::Usage(format!("cannot encode a line: {e}")))
+    }
+    let mut out = format!("{{\"sii\":{},\"user\":{}", enc(sii)?, enc(user)?);
+    if let Some(m) = meta {
+        out.push_str(&format!(",\"tags\":{}", enc(&m.tags)?));
+        if let Some(label) = &m.label {
+            out.push_str(&format!(",\"label\":{}", enc(label)?));
+        }
+    }
+    out.push('}');
+    Ok(out)
 }
 
 /// Checks one NDJSON line as the GP does.
 fn check(n: u32, line: Result<&[u8], LineProblem>) -> Result<Option<Item<'_>>, Failure> {
     let raw = line.as_ref().map_or(&b""[..], |l| *l);
     Ok(match line.and_then(parse_line) {
-        Ok(Some(l)) => Some(Item::Valid(n, canonical(l.sii.as_str(), l.user.as_str())?)),
+        Ok(Some(l)) => Some(Item::Valid(
+            n,
+            canonical(l.sii.as_str(), l.user.as_str(), l.meta.as_ref())?,
+        )),
         Ok(None) => None,
         Err(p) => Some(Item::Refused(p.at(n), raw)),
     })
@@ -187,7 +201,7 @@ fn scan(
                 let item = match fields.as_slice() {
                     [sii, user] => match (std::str::from_utf8(sii), std::str::from_utf8(user)) {
                         (Ok(sii), Ok(user)) => {
-                            check(n, Ok(canonical(sii, user)?.as_bytes()))?.map(|i| match i {
+                            check(n, Ok(canonical(sii, user, None)?.as_bytes()))?.map(|i| match i {
                                 Item::Valid(n, c) => Item::Valid(n, c),
                                 Item::Refused(e, _) => Item::Refused(e, &raw),
                             })
@@ -965,6 +979,35 @@ mod tests {
             idempotency_key("ap", 0, b"y")
         );
         assert!(crate::core::bulk::IdempotencyKey::parse(&a[0].key).is_ok());
+    }
+
+    #[test]
+    fn the_line_sent_keeps_tags_and_label_and_reads_back_the_same() {
+        for line in [
+            r#"{"user":"u1","sii":"+1 415 555 0100","label":"Büro \"2\"","tags":["work","personal"]}"#,
+            r#"{"sii":"+14155550100","user":"u1","tags":[]}"#,
+            r#"{"sii":"+14155550100","user":"u1"}"#,
+        ] {
+            let parsed = parse_line(line.as_bytes())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| unreachable!());
+            let sent = canonical(
+                parsed.sii.as_str(),
+                parsed.user.as_str(),
+                parsed.meta.as_ref(),
+            )
+            .ok()
+            .unwrap_or_else(|| unreachable!());
+            let back = parse_line(sent.as_bytes()).ok().flatten();
+            assert_eq!(back.as_ref(), Some(&parsed), "{sent}");
+        }
+        // Without tags or label the line is what it always was (journals and
+        // idempotency keys of earlier runs stay valid).
+        assert_eq!(
+            canonical("+14155550100", "u1", None).ok().as_deref(),
+            Some(r#"{"sii":"+14155550100","user":"u1"}"#)
+        );
     }
 
     #[test]

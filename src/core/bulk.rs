@@ -20,8 +20,16 @@
 //!   while swapped CSV columns would pass) and leave room for new fields.
 //!
 //! The parser here is a small strict one for exactly that object shape
-//! (core carries no JSON library): members `sii` and `user`, strings only,
-//! no duplicates, nothing else. Blank lines are skipped; `\r\n` is accepted.
+//! (core carries no JSON library): members `sii` and `user` (strings), and,
+//! beyond GLADOS-00 (issue 16), optionally `tags` (an array of registered
+//! tag names) and `label` (a string), as a code-verified creation takes
+//! them; no duplicates, nothing else. Blank lines are skipped; `\r\n` is
+//! accepted.
+//!
+//! A line without `tags` and `label` leaves the tags and label of the AP's
+//! existing mapping as they are (an AP re-uploading its user base does not
+//! wipe the labels its users typed); a line with either sets both to what
+//! it says (`"tags": []` clears them).
 //!
 //! # Idempotency
 //!
@@ -43,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use super::mapping::Mapping;
 use super::sii::Sii;
 use super::ssi::{Ssi, UserId};
+use super::tags::MappingMeta;
 use super::Problem;
 
 /// Longest accepted line in bytes, newline excluded. An SII is at most 512
@@ -76,6 +85,8 @@ pub struct BulkLine {
     pub sii: Sii,
     /// The AP's user id (the SSI is built with the caller's provider id).
     pub user: UserId,
+    /// Tags and label, when the line has a `tags` or `label` member.
+    pub meta: Option<MappingMeta>,
 }
 
 /// Why one line was refused; the others are still applied.
@@ -101,7 +112,7 @@ pub enum LineProblem {
     Json(String),
     /// A required member is absent.
     Missing(&'static str),
-    /// A member other than `sii` and `user`.
+    /// A member other than `sii`, `user`, `tags` and `label`.
     Unknown(String),
     /// A member given twice.
     Duplicate(&'static str),
@@ -149,7 +160,7 @@ impl fmt::Display for LineProblem {
                 let shown: String = k.chars().take(32).collect();
                 write!(
                     f,
-                    "unknown member \"{shown}\"; only \"sii\" and \"user\" are allowed"
+                    "unknown member \"{shown}\"; only \"sii\", \"user\", \"tags\" and \"label\" are allowed"
                 )
             }
             LineProblem::Duplicate(k) => write!(f, "member \"{k}\" appears twice"),
@@ -169,7 +180,12 @@ pub fn parse_line(line: &[u8]) -> Result<Option<BulkLine>, LineProblem> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let (sii, user) = parse_object(text)?;
+    let Members {
+        sii,
+        user,
+        tags,
+        label,
+    } = parse_object(text)?;
     let sii = Sii::parse(&sii).map_err(|e| LineProblem::Field {
         slug: e.slug(),
         detail: format!("sii: {e}"),
@@ -178,10 +194,30 @@ pub fn parse_line(line: &[u8]) -> Result<Option<BulkLine>, LineProblem> {
         slug: e.slug(),
         detail: format!("user: {e}"),
     })?;
-    Ok(Some(BulkLine { sii, user }))
+    let meta = if tags.is_none() && label.is_none() {
+        None
+    } else {
+        let m = MappingMeta::parse(tags.as_deref(), label.as_deref()).map_err(|e| {
+            LineProblem::Field {
+                slug: e.slug(),
+                detail: e.to_string(),
+            }
+        })?;
+        Some(m)
+    };
+    Ok(Some(BulkLine { sii, user, meta }))
 }
 
-/// A strict reader for `{"sii": "<string>", "user": "<string>"}` with any
+/// The members of one line's object, as strings.
+struct Members {
+    sii: String,
+    user: String,
+    tags: Option<Vec<String>>,
+    label: Option<String>,
+}
+
+/// A strict reader for `{"sii": "<string>", "user": "<string>"}` (plus the
+/// optional `"tags": ["<string>", …]` and `"label": "<string>"`) with any
 /// JSON whitespace and members in any order.
 struct Reader<'a> {
     s: &'a [u8],
@@ -226,6 +262,37 @@ impl Reader<'_> {
             self.i += 1;
         }
         Ok(v)
+    }
+
+    /// `["<string>", …]`, at most [`MAX_LIST`] items (the tag set is small).
+    fn string_array(&mut self) -> Result<Vec<String>, LineProblem> {
+        const MAX_LIST: usize = 16;
+        self.expect(b'[', "expected '['")?;
+        let mut out = Vec::new();
+        self.ws();
+        if self.s.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(out);
+        }
+        loop {
+            self.ws();
+            if self.s.get(self.i) != Some(&b'"') {
+                return self.err("member \"tags\" must be an array of strings");
+            }
+            if out.len() == MAX_LIST {
+                return self.err("member \"tags\" has too many items");
+            }
+            out.push(self.string()?);
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(out);
+                }
+                _ => return self.err("expected ',' or ']'"),
+            }
+        }
     }
 
     fn string(&mut self) -> Result<String, LineProblem> {
@@ -295,13 +362,15 @@ impl Reader<'_> {
     }
 }
 
-fn parse_object(text: &str) -> Result<(String, String), LineProblem> {
+fn parse_object(text: &str) -> Result<Members, LineProblem> {
     let mut r = Reader {
         s: text.as_bytes(),
         i: 0,
     };
     let mut sii = None;
     let mut user = None;
+    let mut tags: Option<Vec<String>> = None;
+    let mut label = None;
     r.expect(b'{', "expected '{'")?;
     r.ws();
     if r.s.get(r.i) == Some(&b'}') {
@@ -311,20 +380,31 @@ fn parse_object(text: &str) -> Result<(String, String), LineProblem> {
             let key = r.string()?;
             r.expect(b':', "expected ':'")?;
             r.ws();
-            if r.s.get(r.i) != Some(&b'"') {
-                return r.err(&format!(
-                    "member \"{}\" must be a string",
-                    key.chars().take(32).collect::<String>()
-                ));
-            }
-            let value = r.string()?;
-            let (slot, name) = match key.as_str() {
-                "sii" => (&mut sii, "sii"),
-                "user" => (&mut user, "user"),
-                _ => return Err(LineProblem::Unknown(key)),
-            };
-            if slot.replace(value).is_some() {
-                return Err(LineProblem::Duplicate(name));
+            if key == "tags" {
+                if r.s.get(r.i) != Some(&b'[') {
+                    return r.err("member \"tags\" must be an array of strings");
+                }
+                let list = r.string_array()?;
+                if tags.replace(list).is_some() {
+                    return Err(LineProblem::Duplicate("tags"));
+                }
+            } else {
+                if r.s.get(r.i) != Some(&b'"') {
+                    return r.err(&format!(
+                        "member \"{}\" must be a string",
+                        key.chars().take(32).collect::<String>()
+                    ));
+                }
+                let value = r.string()?;
+                let (slot, name) = match key.as_str() {
+                    "sii" => (&mut sii, "sii"),
+                    "user" => (&mut user, "user"),
+                    "label" => (&mut label, "label"),
+                    _ => return Err(LineProblem::Unknown(key)),
+                };
+                if slot.replace(value).is_some() {
+                    return Err(LineProblem::Duplicate(name));
+                }
             }
             r.ws();
             match r.s.get(r.i) {
@@ -342,7 +422,12 @@ fn parse_object(text: &str) -> Result<(String, String), LineProblem> {
         return r.err("trailing characters after the object");
     }
     match (sii, user) {
-        (Some(s), Some(u)) => Ok((s, u)),
+        (Some(sii), Some(user)) => Ok(Members {
+            sii,
+            user,
+            tags,
+            label,
+        }),
         (None, _) => Err(LineProblem::Missing("sii")),
         (_, None) => Err(LineProblem::Missing("user")),
     }
@@ -424,7 +509,8 @@ impl LineSplitter {
 pub enum LineEffect {
     /// A new mapping for this AP (its enrolled-user count grows by one).
     Created,
-    /// The AP's mapping now points at another of its users.
+    /// The AP's mapping now points at another of its users, or has other
+    /// tags or another label.
     Updated,
     /// The AP already had exactly this mapping: nothing is written (this is
     /// what makes re-running an upload harmless; a mapping verified by code
@@ -432,11 +518,16 @@ pub enum LineEffect {
     Unchanged,
 }
 
-/// Decides a line's effect from the AP's current mapping for the SII.
-pub fn line_effect(existing: Option<&Mapping>, ssi: &Ssi) -> LineEffect {
+/// Decides a line's effect from the AP's current mapping for the SII and
+/// the line's tags and label (`None`: the line leaves them as they are).
+pub fn line_effect(
+    existing: Option<&Mapping>,
+    ssi: &Ssi,
+    meta: Option<&MappingMeta>,
+) -> LineEffect {
     match existing {
         None => LineEffect::Created,
-        Some(m) if &m.ssi == ssi => LineEffect::Unchanged,
+        Some(m) if &m.ssi == ssi && meta.is_none_or(|t| t == &m.meta) => LineEffect::Unchanged,
         Some(_) => LineEffect::Updated,
     }
 }
@@ -806,9 +897,77 @@ mod tests {
             preferred_at_ms: Some(1),
             meta: Default::default(),
         };
-        assert_eq!(line_effect(None, &ssi("u1")), LineEffect::Created);
-        assert_eq!(line_effect(Some(&m), &ssi("u1")), LineEffect::Unchanged);
-        assert_eq!(line_effect(Some(&m), &ssi("u2")), LineEffect::Updated);
+        assert_eq!(line_effect(None, &ssi("u1"), None), LineEffect::Created);
+        assert_eq!(
+            line_effect(Some(&m), &ssi("u1"), None),
+            LineEffect::Unchanged
+        );
+        assert_eq!(line_effect(Some(&m), &ssi("u2"), None), LineEffect::Updated);
+        // Tags: the same ones again change nothing; other ones update; a
+        // line without tags or label leaves the mapping's as they are.
+        let work = MappingMeta::parse(Some(&["work"]), None).unwrap();
+        let tagged = Mapping {
+            meta: work.clone(),
+            ..m.clone()
+        };
+        assert_eq!(
+            line_effect(Some(&tagged), &ssi("u1"), Some(&work)),
+            LineEffect::Unchanged
+        );
+        assert_eq!(
+            line_effect(Some(&tagged), &ssi("u1"), None),
+            LineEffect::Unchanged
+        );
+        assert_eq!(
+            line_effect(Some(&tagged), &ssi("u1"), Some(&MappingMeta::default())),
+            LineEffect::Updated
+        );
+        assert_eq!(
+            line_effect(Some(&m), &ssi("u1"), Some(&work)),
+            LineEffect::Updated
+        );
+    }
+
+    #[test]
+    fn tags_and_label_are_read_and_checked_like_a_creation() {
+        let a =
+            ok(r#"{"sii":"+14155550100","user":"u1","tags":["work","personal"],"label":"Büro"}"#);
+        let meta = a.meta.unwrap();
+        assert_eq!(
+            meta,
+            MappingMeta::parse(Some(&["personal", "work"]), Some("Büro")).unwrap()
+        );
+        assert_eq!(ok(r#"{"sii":"+14155550100","user":"u1"}"#).meta, None);
+        let cleared = ok(r#"{"sii":"+14155550100","user":"u1","tags":[ ]}"#);
+        assert_eq!(cleared.meta, Some(MappingMeta::default()));
+        assert_eq!(
+            ok(r#"{"label":"x","sii":"+14155550100","user":"u1"}"#).meta,
+            Some(MappingMeta::parse::<&str>(None, Some("x")).unwrap())
+        );
+        // The same problems, slugs and messages as POST /v1/mappings.
+        let e = bad(r#"{"sii":"+14155550100","user":"u1","tags":["vip"]}"#);
+        let api = MappingMeta::parse(Some(&["vip"]), None).unwrap_err();
+        assert_eq!((e.slug(), e.to_string()), (api.slug(), api.to_string()));
+        assert_eq!(e.slug(), "invalid-tags");
+        let e = bad(r#"{"sii":"+14155550100","user":"u1","label":""}"#);
+        assert_eq!(e.slug(), "invalid-label");
+        assert_eq!(
+            bad(r#"{"sii":"+14155550100","user":"u1","tags":[],"tags":[]}"#),
+            LineProblem::Duplicate("tags")
+        );
+        for line in [
+            r#"{"sii":"+14155550100","user":"u1","tags":"work"}"#,
+            r#"{"sii":"+14155550100","user":"u1","tags":[1]}"#,
+            r#"{"sii":"+14155550100","user":"u1","tags":["work"}"#,
+            r#"{"sii":"+14155550100","user":"u1","label":["x"]}"#,
+        ] {
+            assert_eq!(bad(line).slug(), "invalid-json", "{line}");
+        }
+        let many = format!(
+            r#"{{"sii":"+14155550100","user":"u1","tags":[{}]}}"#,
+            vec!["\"work\""; 17].join(",")
+        );
+        assert_eq!(bad(&many).slug(), "invalid-json");
     }
 
     #[test]

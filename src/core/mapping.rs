@@ -697,6 +697,19 @@ impl SiiRecord {
         self.mappings.iter().find(|m| m.ap() == ap)
     }
 
+    /// Replaces the tags and label of the AP's mapping (a bulk line for the
+    /// same user with other tags): its verification and precedence stay as
+    /// they are. `false` when the AP has no mapping of this SII.
+    pub fn set_meta(&mut self, ap: &ProviderId, meta: MappingMeta) -> bool {
+        match self.mappings.iter_mut().find(|m| m.ap() == ap) {
+            Some(m) => {
+                m.meta = meta;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// This GP's preferred mapping (same order as [`select_preferred`]).
     pub fn preferred(&self) -> Option<&Mapping> {
         self.mappings

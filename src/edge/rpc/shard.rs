@@ -143,6 +143,11 @@ pub enum ShardOp {
         /// GPs): the line's mapping then waits for the user's choice.
         #[serde(default)]
         remote: Vec<Option<Candidate>>,
+        /// Per line, its tags and label (`None`: the line has neither and
+        /// leaves the mapping's as they are; beyond GLADOS-00). A separate
+        /// list so that an object of the previous version reads the op.
+        #[serde(default)]
+        metas: Vec<Option<MappingMeta>>,
         now_ms: u64,
     },
     /// Each SII's preferred mapping here (a peer GP's batched §8.2.1 check
@@ -670,6 +675,7 @@ impl<'e> Shard<'e> {
         ap: &str,
         lines: Vec<(String, String)>,
         remote: Vec<Option<Candidate>>,
+        metas: Vec<Option<MappingMeta>>,
         now_ms: u64,
     ) -> ApiResult<Vec<BulkLineResult>> {
         let n = lines.len();
@@ -677,6 +683,7 @@ impl<'e> Shard<'e> {
             ap: ap.to_owned(),
             lines,
             remote,
+            metas,
             now_ms,
         };
         match self.send(&op).await? {

@@ -1,4 +1,5 @@
 //! `POST /v1/mappings/bulk` (draft §8.3): an authorised AP uploads mappings it verified itself, as NDJSON, idempotently.
+use crate::core::tags::MappingMeta;
 use crate::edge::rpc::ap::ApClient;
 use crate::edge::rpc::shard::Shard;
 
@@ -60,8 +61,8 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
     // read, so size limits and the key decision come before any write.
     let count = cfg.mapping_shards;
     let mut summary = BulkSummary::default();
-    let mut per_shard: std::collections::BTreeMap<u32, Vec<(u32, String, String)>> =
-        Default::default();
+    type Line = (u32, String, String, Option<MappingMeta>);
+    let mut per_shard: std::collections::BTreeMap<u32, Vec<Line>> = Default::default();
     let mut splitter = LineSplitter::new();
     let mut hasher = Sha256::new();
     let mut read = 0usize;
@@ -72,6 +73,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             n,
             l.sii.to_string(),
             l.user.to_string(),
+            l.meta,
         )),
         Ok(None) => {}
         Err(p) => summary.refused(p.at(n)),
@@ -139,7 +141,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         let siis: Vec<Sii> = batches
             .iter()
             .flat_map(|(_, chunk)| chunk.iter())
-            .filter_map(|(_, s, _)| Sii::parse(s).ok())
+            .filter_map(|(_, s, _, _)| Sii::parse(s).ok())
             .collect();
         let remote = crate::edge::routing::preferred::preferred_on_peers(env, cfg, &siis).await;
         let remote = &remote;
@@ -148,14 +150,15 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
             async move {
                 let lines = chunk
                     .iter()
-                    .map(|(_, s, u)| (s.clone(), u.clone()))
+                    .map(|(_, s, u, _)| (s.clone(), u.clone()))
                     .collect();
                 let holders = chunk
                     .iter()
-                    .map(|(_, s, _)| remote.get(s).cloned())
+                    .map(|(_, s, _, _)| remote.get(s).cloned())
                     .collect();
+                let metas = chunk.iter().map(|(_, _, _, m)| m.clone()).collect();
                 let reply = Shard::at(env, cfg, shard)
-                    .bulk(&ap_id, lines, holders, now)
+                    .bulk(&ap_id, lines, holders, metas, now)
                     .await;
                 (chunk, reply)
             }
@@ -198,7 +201,7 @@ pub async fn bulk(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Resp
         futures_util::future::Either::Right(((), work)) => work.await,
     };
     for (chunk, reply) in results {
-        for ((n, _, _), (effect, met)) in chunk.iter().zip(reply?) {
+        for ((n, _, _, _), (effect, met)) in chunk.iter().zip(reply?) {
             if let Some(p) = met {
                 summary.met(LineExisting {
                     line: *n,

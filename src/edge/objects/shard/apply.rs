@@ -167,8 +167,9 @@ impl MappingShard {
                 ap,
                 lines,
                 remote,
+                metas,
                 now_ms,
-            } => self.bulk(ap, lines, remote, now_ms),
+            } => self.bulk(ap, lines, remote, metas, now_ms),
             ShardOp::Preferred { siis } => self.preferred(siis),
             ShardOp::ApplyClaim { claim, now_ms } => self.apply_claim(claim, now_ms),
             ShardOp::ApplyPeerStrike { notice, now_ms } => self.apply_peer_strike(notice, now_ms),
@@ -841,9 +842,11 @@ impl MappingShard {
         ap: String,
         lines: Vec<(String, String)>,
         remote: Vec<Option<Candidate>>,
+        metas: Vec<Option<MappingMeta>>,
         now_ms: u64,
     ) -> ApiResult<Applied> {
         let caller = parse_ap(&ap)?;
+        let mut metas = metas.into_iter();
         let mut effects = Vec::with_capacity(lines.len());
         let mut existing = Vec::with_capacity(lines.len());
         let mut created = 0i64;
@@ -851,6 +854,7 @@ impl MappingShard {
         let mut remote = remote.into_iter();
         for (sii, user) in lines {
             let remote = remote.next().flatten();
+            let meta = metas.next().flatten();
             let (Ok(sii), Ok(user)) = (Sii::parse(&sii), UserId::parse(&user)) else {
                 effects.push(Err("invalid line".to_owned()));
                 existing.push(None);
@@ -858,11 +862,25 @@ impl MappingShard {
             };
             let ssi = Ssi::new(caller.clone(), user);
             let mut r = self.load_record(&sii)?;
-            let effect = line_effect(r.mapping_of(&caller), &ssi);
+            let mine = r.mapping_of(&caller);
+            let effect = line_effect(mine, &ssi, meta.as_ref());
             let mut met = None;
-            if effect != LineEffect::Unchanged {
+            if effect == LineEffect::Updated && mine.is_some_and(|m| m.ssi == ssi) {
+                // Only the tags or label changed: the mapping keeps its
+                // verification and its place in precedence.
+                r.set_meta(&caller, meta.unwrap_or_default());
+                self.store_record(&r)?;
+            } else if effect != LineEffect::Unchanged {
                 let others = r.mappings().iter().any(|m| m.ap() != &caller);
-                match r.create_verified(&caller, ssi, VerifiedBy::Bulk, remote.as_ref(), now_ms) {
+                let meta = meta.unwrap_or_default();
+                match r.create_verified_with(
+                    &caller,
+                    ssi,
+                    VerifiedBy::Bulk,
+                    meta,
+                    remote.as_ref(),
+                    now_ms,
+                ) {
                     Ok(c) => met = c.existing,
                     Err(e) => {
                         effects.push(Err(e.to_string()));
