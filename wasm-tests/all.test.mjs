@@ -208,6 +208,9 @@ test('bulk lines carry tags and a label too: stored, signed, shown in all; a lin
   assert.deepEqual([y2.tags, y2.label, y2.created_at_ms], [['business', 'work'], 'Desk', y.created_at_ms]);
   const z2 = await eventually(async () => { const m = await allOf(Z); return m.tags ? m : null; }, { what: 'Z tagged' });
   assert.deepEqual(z2.tags, ['personal']);
+  // The statement says the new tags too (signed for what is stored now).
+  const cz = await verifyStatement(z2.statement, { jwks: await keys(), sii: Z, nonce });
+  assert.deepEqual([cz.tags, cz.verified.method], [['personal'], 'bulk']);
   const cleared = await upload([{ sii: Y, user: 'by', tags: [] }]);
   assert.deepEqual([cleared.updated, cleared.unchanged], [1, 0]);
   const y3 = await allOf(Y);
