@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { generateKeyPairSync, sign as edSign } from 'node:crypto';
 import { gpSigningKeys } from './lib/federation.mjs';
 import { startThreeGps } from './lib/util.mjs';
-import { call, registerMapping } from './lib/ap.mjs';
+import { call, registerMapping, accessToken } from './lib/ap.mjs';
 import { readmeVerifier, claimsOf, headerOf, thumbprint } from './lib/verifier.mjs';
 
 let fed;
@@ -216,4 +216,55 @@ test('statement keys rotate: the old key stays published as retired and its stat
   ]);
   await verifyStatement(after1.body.statement, { jwks, sii });
   await refusedWith(before.body.statement, { jwks, sii }, /publishes no key/);
+});
+
+test('without a nonce, the holding GP answers the statement it keeps until the mapping changes or half its lifetime passes', async () => {
+  const sii = phone();
+  await register(aps['gp-b'], sii, 'keeper');
+  const signed = async () => (await fed['gp-b'].getJson('/__debug/query-stats')).body.statements_signed;
+  const before = await signed();
+  const first = await queryFound(aps['gp-b'], { sii });
+  const again = await query(aps['gp-b'], { sii });
+  // Byte for byte the same statement, signed once; through gp-a too.
+  assert.equal(again.body.statement, first.body.statement);
+  const viaA = await queryFound(aps['gp-a'], { sii });
+  assert.equal(viaA.body.statement, first.body.statement);
+  assert.equal(await signed(), before + 1, 'one signature for three answers');
+  let jwks = await allKeys();
+  const c1 = await verifyStatement(first.body.statement, { jwks, sii });
+  assert.equal(c1.preferred_at_ms, first.body.preferred_at_ms);
+  // A nonce still gets a statement of its own.
+  const n = nonce();
+  const own = await query(aps['gp-b'], { sii, nonce: n });
+  assert.notEqual(own.body.statement, first.body.statement);
+  assert.equal((await verifyStatement(own.body.statement, { jwks, sii, nonce: n })).nonce, n);
+  // Another AP on gp-b maps the SII and takes the preference: the answer
+  // is its mapping, with a statement of it; the first mapping's kept
+  // statement is still the one answered for it (`all`).
+  const other = await three.enroll('gp-b', 'st-b2');
+  await register(other, sii, 'keeper2');
+  const ch = await call(other.gp, 'POST', '/v1/mappings/choice', { token: other.token, json: { sii, choice: 'prefer' } });
+  assert.equal(ch.status, 200, ch.text);
+  const moved = await query(aps['gp-b'], { sii });
+  assert.deepEqual(moved.body.ssi, { provider: 'st-b2', user: 'keeper2' });
+  const c2 = await verifyStatement(moved.body.statement, { jwks, sii });
+  assert.deepEqual(c2.ssi, moved.body.ssi);
+  assert.equal(c2.preferred_at_ms, moved.body.preferred_at_ms);
+  const all = await query(aps['gp-b'], { sii, all: true });
+  const by = Object.fromEntries(all.body.mappings.map((m) => [m.ssi.provider, m.statement]));
+  assert.equal(by['st-b'], first.body.statement);
+  assert.equal(by['st-b2'], moved.body.statement);
+  // Half a lifetime later gp-b signs it again, valid for another day.
+  const r = await fed['gp-b'].fetch('/__debug/clock', { method: 'POST', body: JSON.stringify({ advance_ms: 43_200_000 }) });
+  assert.equal(r.status, 200);
+  // (The AP's token expired meanwhile: it takes a new one.)
+  const ap = aps['gp-b'];
+  const later = await query({ ...ap, token: await accessToken(ap.gp, ap.id, ap.secret) }, { sii });
+  assert.equal(later.status, 200, later.text);
+  assert.notEqual(later.body.statement, moved.body.statement);
+  jwks = await allKeys();
+  const c3 = await verifyStatement(later.body.statement, { jwks, sii, nowS: c2.iat + 43_200 });
+  assert.ok(c3.iat >= c2.iat + 43_200, `${c3.iat} ${c2.iat}`);
+  assert.equal(c3.exp - c3.iat, 86_400);
+  assert.notEqual(c3.sii_salt, c2.sii_salt);
 });

@@ -69,6 +69,7 @@ pub const SALT_BYTES: usize = 16;
 pub const NONCE_LEN: core::ops::RangeInclusive<usize> = 16..=64;
 
 const DIGEST_DOMAIN: &[u8] = b"glados/statement-sii/v1\0";
+const BASIS_DOMAIN: &[u8] = b"glados/statement-basis/v1\0";
 
 /// The SII digest a statement carries: SHA-256(domain ‖ salt ‖ SII).
 pub fn sii_digest(salt: &[u8], sii: &Sii) -> [u8; 32] {
@@ -234,6 +235,46 @@ impl StatementKey {
         let sig = self.signing.sign(input.as_bytes());
         Ok(format!("{input}.{}", b64url_encode(&sig.to_bytes())))
     }
+}
+
+/// What a kept statement was signed over and with: the signing key, the
+/// issuer, the lifetime and every claim of the mapping (SSI, how it was
+/// verified, times, tags, label) for this SII — everything a statement
+/// says but its salt, time and nonce. The holding GP keeps a statement
+/// signed without a nonce beside its mapping and answers it again while
+/// its basis is the current one and [`reusable`] says it is fresh enough
+/// (ARCHITECTURE.md, "Signed mapping statements"): a changed mapping, a
+/// rotated key, another lifetime or issuer all change the basis.
+pub fn basis(
+    kid: &str,
+    gp: &str,
+    sii: &Sii,
+    mapping: &Mapping,
+    ttl_s: u64,
+) -> Result<String, StatementError> {
+    let claims = Claims::issue(Issue {
+        gp,
+        sii,
+        mapping,
+        salt: [0; SALT_BYTES],
+        now_s: 0,
+        ttl_s,
+        nonce: None,
+    });
+    let mut h = Sha256::new();
+    h.update(BASIS_DOMAIN);
+    h.update(kid.as_bytes());
+    h.update([0]);
+    h.update(canonical(&claims)?);
+    Ok(b64url_encode(&h.finalize()))
+}
+
+/// Whether a kept statement signed at `iat_s` with lifetime `ttl_s` may
+/// answer a query at `now_s`: only in the first half of its lifetime, so
+/// an AP always gets one valid for at least half a lifetime, and never
+/// one dated ahead of the clock.
+pub fn reusable(iat_s: u64, ttl_s: u64, now_s: u64) -> bool {
+    iat_s <= now_s.saturating_add(CLOCK_SKEW_S) && now_s < iat_s.saturating_add(ttl_s / 2)
 }
 
 /// RFC 7638 thumbprint of an Ed25519 public key: base64url SHA-256 of
@@ -574,6 +615,46 @@ mod tests {
             nonce: None,
             max_age_s: None,
         }
+    }
+
+    #[test]
+    fn a_kept_statement_is_answered_again_only_while_its_basis_holds_and_it_is_fresh() {
+        let s = sii();
+        let m = mapping();
+        let b = |kid: &str, gp: &str, m: &Mapping, ttl: u64| basis(kid, gp, &s, m, ttl).unwrap();
+        let base = b("k1", "gp-b", &m, DEFAULT_TTL_S);
+        assert_eq!(base, b("k1", "gp-b", &m, DEFAULT_TTL_S), "deterministic");
+        // Another key, issuer or lifetime: signed again.
+        assert_ne!(base, b("k2", "gp-b", &m, DEFAULT_TTL_S));
+        assert_ne!(base, b("k1", "gp-c", &m, DEFAULT_TTL_S));
+        assert_ne!(base, b("k1", "gp-b", &m, 3_600));
+        // Any claim of the mapping changed: signed again.
+        let mut preferred = m.clone();
+        preferred.preferred_at_ms = Some(1_700_000_900_000);
+        let mut created = m.clone();
+        created.created_at_ms += 1;
+        let mut untagged = m.clone();
+        untagged.meta = MappingMeta::default();
+        let mut sms = m.clone();
+        sms.verified_by = VerifiedBy::Sms;
+        let mut user = m.clone();
+        user.ssi = Ssi::parse("ap-b:bobby").unwrap();
+        for changed in [&preferred, &created, &untagged, &sms, &user] {
+            assert_ne!(base, b("k1", "gp-b", changed, DEFAULT_TTL_S));
+        }
+        // Another SII: another basis.
+        let other = Sii::parse("+1 415 555 0101").unwrap();
+        assert_ne!(
+            base,
+            basis("k1", "gp-b", &other, &m, DEFAULT_TTL_S).unwrap()
+        );
+        // Fresh for the first half of its lifetime, never dated ahead.
+        assert!(reusable(NOW, 100, NOW));
+        assert!(reusable(NOW, 100, NOW + 49));
+        assert!(!reusable(NOW, 100, NOW + 50));
+        assert!(reusable(NOW + CLOCK_SKEW_S, 100, NOW));
+        assert!(!reusable(NOW + CLOCK_SKEW_S + 1, 100, NOW));
+        assert!(!reusable(u64::MAX, 100, 0));
     }
 
     #[test]

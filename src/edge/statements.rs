@@ -16,8 +16,9 @@
 //!   a day after moving to `STATEMENT_KEYS`.
 //!
 //! The parsed keys are cached per isolate (deriving a key costs a scalar
-//! multiplication); signing costs one Ed25519 signature per mapping
-//! answered.
+//! multiplication). A statement without a nonce is kept by the shard that
+//! holds its mapping and answered again (`objects/shard/statements.rs`);
+//! one with a nonce costs one Ed25519 signature per mapping answered.
 
 use crate::core::mapping::Mapping;
 use crate::core::sii::Sii;
@@ -87,6 +88,19 @@ pub fn sign(
     let Some(keys) = keys(env)? else {
         return Ok(None);
     };
+    let now_s = crate::edge::clock::now_ms() / 1000;
+    sign_with(&keys, cfg, sii, mapping, nonce, now_s).map(Some)
+}
+
+/// Signs one statement with `keys`, dated `now_s`: one Ed25519 signature.
+pub fn sign_with(
+    keys: &Keys,
+    cfg: &GpConfig,
+    sii: &Sii,
+    mapping: &Mapping,
+    nonce: Option<&str>,
+    now_s: u64,
+) -> ApiResult<String> {
     let mut salt = [0u8; SALT_BYTES];
     getrandom::fill(&mut salt).map_err(|e| ApiError::Internal(format!("getrandom: {e}")))?;
     let claims = Claims::issue(Issue {
@@ -94,13 +108,25 @@ pub fn sign(
         sii,
         mapping,
         salt,
-        now_s: crate::edge::clock::now_ms() / 1000,
+        now_s,
         ttl_s: cfg.statement_ttl_secs,
         nonce,
     });
     crate::edge::stats::count(|s| s.statements_signed += 1);
     keys.signing
         .sign(&claims)
-        .map(Some)
         .map_err(|e| ApiError::Internal(format!("statement: {e}")))
+}
+
+/// The basis of a statement of `mapping` signed now (`core::statement::basis`):
+/// a kept statement with another basis is signed again.
+pub fn basis(keys: &Keys, cfg: &GpConfig, sii: &Sii, mapping: &Mapping) -> ApiResult<String> {
+    crate::core::statement::basis(
+        keys.signing.kid(),
+        &cfg.id,
+        sii,
+        mapping,
+        cfg.statement_ttl_secs,
+    )
+    .map_err(|e| ApiError::Internal(format!("statement: {e}")))
 }

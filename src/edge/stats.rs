@@ -15,6 +15,8 @@ pub struct Stats {
     pub peer_queries_answered: u64,
     pub rate_limited: u64,
     pub statements_signed: u64,
+    /// Statements a shard answered from those it keeps (no signature).
+    pub statements_kept_answered: u64,
     /// Values read and validated from an env object (configuration,
     /// secrets): a handful per isolate, not one per request.
     pub env_reads: u64,

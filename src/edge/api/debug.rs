@@ -82,8 +82,18 @@ const STAGES: &[(&str, &str)] = &[
     ("sii", "SII normalization"),
     ("hash", "SII hashing and shard choice"),
     ("peers", "peer filter check (isolate memory)"),
-    ("shard", "shard DO call (both sides: worker and object)"),
-    ("statement", "mapping statement (Ed25519 signature)"),
+    (
+        "shard",
+        "shard DO call with the kept statement (both sides: worker and object)",
+    ),
+    (
+        "shard_plain",
+        "shard DO call without statements (both sides)",
+    ),
+    (
+        "statement",
+        "mapping statement signature (Ed25519; a nonce's, or a kept one's renewal)",
+    ),
     ("answer", "answer document (JSON tree and text)"),
     (
         "response",
@@ -138,7 +148,7 @@ pub async fn breakdown(
     let keys = crate::edge::config::token_keys(env)?;
     let plain = Query::plain(sii.clone());
     let held = crate::edge::rpc::shard::Shard::of(env, cfg, &sii)
-        .lookup(&sii, false)
+        .lookup(&sii, false, false)
         .await?;
     let result = fanout::resolve(env, cfg, &query).await?;
     let answer = || crate::edge::api::ap::query::answer(&query, &result, &cfg.id);
@@ -185,6 +195,9 @@ pub async fn breakdown(
                 let _ = black_box(fanout::matching_peers(env, cfg, &sii).await);
             }
             "shard" => {
+                let _ = black_box(fanout::lookup(env, cfg, &query).await);
+            }
+            "shard_plain" => {
                 let _ = black_box(fanout::lookup(env, cfg, &plain).await);
             }
             "statement" => {

@@ -17,18 +17,25 @@ const PEER_QUERY_TIMEOUT_MS: u32 = 1_500;
 /// The remote side's path.
 pub const PEER_QUERY_PATH: &str = "/peer/v1/query";
 
-/// This GP's own answer to `query`: one shard request, plus a signed
-/// statement per mapping answered when the query asks for statements.
+/// This GP's own answer to `query`: one shard request and, when the query
+/// asks for statements, one per mapping answered: without a nonce the one
+/// the shard keeps (signed there when none holds), with a nonce one signed
+/// here for this query (ARCHITECTURE.md, "Signed mapping statements").
 pub async fn lookup(env: &Env, cfg: &GpConfig, query: &Query) -> ApiResult<GpAnswer> {
     stats::count(|s| s.shard_lookups += 1);
     let sii = &query.sii;
-    let held = Shard::of(env, cfg, sii).lookup(sii, query.all).await?;
+    let kept = query.statements && query.nonce.is_none();
+    let held = Shard::of(env, cfg, sii)
+        .lookup(sii, query.all, kept)
+        .await?;
     let mut mappings = Vec::with_capacity(held.mappings.len());
-    for m in &held.mappings {
-        let statement = if query.statements {
-            crate::edge::statements::sign(env, cfg, sii, m, query.nonce.as_deref())?
-        } else {
-            None
+    for (i, m) in held.mappings.iter().enumerate() {
+        let statement = match held.statements.get(i) {
+            Some(Some(s)) if kept => Some(s.clone()),
+            _ if query.statements => {
+                crate::edge::statements::sign(env, cfg, sii, m, query.nonce.as_deref())?
+            }
+            _ => None,
         };
         mappings.push(Reported::of(&cfg.id, m, statement));
     }

@@ -160,6 +160,11 @@ pub enum ShardOp {
         sii: String,
         #[serde(default)]
         all: bool,
+        /// Answer each mapping's kept statement, signing and keeping one
+        /// where none holds (a query without a nonce; ARCHITECTURE.md,
+        /// "Signed mapping statements").
+        #[serde(default)]
+        statements: bool,
     },
     /// The SII holder's code (beyond GLADOS-00): on a match the holder's
     /// verification is used up and its SII answered.
@@ -240,6 +245,9 @@ pub enum ShardReply {
         mappings: Vec<Mapping>,
         #[serde(default)]
         opted_out: bool,
+        /// Per mapping, its kept statement (only when asked for).
+        #[serde(default)]
+        statements: Vec<Option<String>>,
     },
     Digests {
         /// Hex SHA-256 of each SII (what the filter is keyed by).
@@ -370,6 +378,8 @@ pub struct Held {
     pub mappings: Vec<Mapping>,
     /// The SII's holder opted out of discovery.
     pub opted_out: bool,
+    /// Per mapping, the statement the shard keeps of it (when asked for).
+    pub statements: Vec<Option<String>>,
 }
 
 /// The caller's own mapping of an SII and who else is preferred.
@@ -709,19 +719,23 @@ impl<'e> Shard<'e> {
         }
     }
 
-    /// draft §8.1: this GP's preferred mapping of the SII, or every one.
-    pub async fn lookup(&self, sii: &Sii, all: bool) -> ApiResult<Held> {
+    /// draft §8.1: this GP's preferred mapping of the SII, or every one;
+    /// with `statements`, each with the statement the shard keeps of it.
+    pub async fn lookup(&self, sii: &Sii, all: bool, statements: bool) -> ApiResult<Held> {
         let op = ShardOp::Lookup {
             sii: sii.to_string(),
             all,
+            statements,
         };
         match self.send(&op).await? {
             ShardReply::Lookup {
                 mappings,
                 opted_out,
+                statements,
             } => Ok(Held {
                 mappings,
                 opted_out,
+                statements,
             }),
             other => Err(unexpected(&self.obj, "lookup", other).into()),
         }

@@ -173,7 +173,11 @@ impl MappingShard {
             ShardOp::Preferred { siis } => self.preferred(siis),
             ShardOp::ApplyClaim { claim, now_ms } => self.apply_claim(claim, now_ms),
             ShardOp::ApplyPeerStrike { notice, now_ms } => self.apply_peer_strike(notice, now_ms),
-            ShardOp::Lookup { sii, all } => self.lookup(sii, all),
+            ShardOp::Lookup {
+                sii,
+                all,
+                statements,
+            } => self.lookup(sii, all, statements),
             ShardOp::HolderConfirm {
                 salt,
                 code,
@@ -466,18 +470,29 @@ impl MappingShard {
         }
     }
 
-    pub(super) fn lookup(&self, sii: String, all: bool) -> ApiResult<Applied> {
+    pub(super) fn lookup(&self, sii: String, all: bool, statements: bool) -> ApiResult<Applied> {
         let sii = parse_sii(&sii)?;
-        // Read-only: a missing record is not created.
-        let r = self.load_record(&sii)?;
-        let mappings = if all {
+        // A missing record is not created; the only write is a statement
+        // kept for the next query (statements.rs).
+        let (r, kept) = if statements {
+            self.load_record_and_kept(&sii)?
+        } else {
+            (self.load_record(&sii)?, Vec::new())
+        };
+        let mappings: Vec<_> = if all {
             r.ranked().into_iter().cloned().collect()
         } else {
             r.preferred().cloned().into_iter().collect()
         };
+        let statements = if statements && !mappings.is_empty() {
+            self.statements_of(&sii, &mappings, &kept)?
+        } else {
+            Vec::new()
+        };
         let reply = ShardReply::Lookup {
             mappings,
             opted_out: r.is_opted_out(),
+            statements,
         };
         Ok((reply, false))
     }

@@ -22,6 +22,7 @@ use worker::{durable_object, Env, Request, Response, State};
 
 mod apply;
 mod outbox;
+mod statements;
 mod store;
 
 #[durable_object]

@@ -66,7 +66,9 @@ pub(super) fn dec_prev(s: &str) -> ApiResult<PendingRow> {
 
 /// The shard's tables. `filter_outbox`: SII digests stored here but not
 /// yet in the GP's filter; `claim_outbox`: claims (draft §10) not yet
-/// acknowledged by their peer GP.
+/// acknowledged by their peer GP; `statements`: per SII and AP, the
+/// statement of its mapping kept for queries without a nonce
+/// (statements.rs).
 pub(super) fn schema() -> Schema {
     Schema::new(
         "shard schema",
@@ -76,7 +78,8 @@ pub(super) fn schema() -> Schema {
          CREATE TABLE IF NOT EXISTS sends (sii TEXT PRIMARY KEY, counter TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS outbox (id TEXT PRIMARY KEY, to_ap TEXT NOT NULL, item TEXT NOT NULL);
          CREATE TABLE IF NOT EXISTS filter_outbox (digest TEXT PRIMARY KEY);
-         CREATE TABLE IF NOT EXISTS claim_outbox (id TEXT PRIMARY KEY, to_gp TEXT NOT NULL, claim TEXT NOT NULL);",
+         CREATE TABLE IF NOT EXISTS claim_outbox (id TEXT PRIMARY KEY, to_gp TEXT NOT NULL, claim TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS statements (sii TEXT NOT NULL, ap TEXT NOT NULL, basis TEXT NOT NULL, iat INTEGER NOT NULL, jws TEXT NOT NULL, PRIMARY KEY (sii, ap));",
     )
 }
 
@@ -108,6 +111,19 @@ impl MappingShard {
     }
 
     pub(super) fn store_record(&self, r: &SiiRecord) -> ApiResult<()> {
+        if r.mappings().is_empty() {
+            // No mapping left (removed, opted out): nothing may answer
+            // its kept statements again, so they go at once. A changed
+            // mapping's statement is never answered (its basis changed)
+            // and is replaced by the next query or swept; so is a removed
+            // mapping's beside others.
+            self.sql()
+                .exec(
+                    "DELETE FROM statements WHERE sii = ?",
+                    Some(vec![r.sii().as_str().into()]),
+                )
+                .internal("delete statements")?;
+        }
         if r.is_empty() {
             self.sql()
                 .exec(
@@ -212,9 +228,11 @@ impl MappingShard {
     }
 
     /// Deletes verifications past their expiry (plus a grace hour, so a late
-    /// confirmation still gets "expired" rather than "unknown") and send
-    /// counters whose windows are over. At most hourly per object instance;
-    /// one indexed-less scan of two small tables.
+    /// confirmation still gets "expired" rather than "unknown"), send
+    /// counters whose windows are over and kept statements past half their
+    /// lifetime (never answered again: `statement::reusable`), among them
+    /// those of mappings removed since. At most hourly per object instance;
+    /// one indexed-less scan of three small tables.
     pub(super) fn sweep(&self) -> ApiResult<()> {
         let now = crate::edge::clock::now_ms();
         if now.saturating_sub(self.swept_at_ms.get()) < SWEEP_EVERY_MS {
@@ -235,6 +253,14 @@ impl MappingShard {
                 Some(vec![stale.into()]),
             )
             .internal("sweep sends")?;
+        let ttl_s = crate::edge::config::GpConfig::cached(&self.env)?.statement_ttl_secs;
+        let old = (now / 1000).saturating_sub(ttl_s / 2) as i64;
+        self.sql()
+            .exec(
+                "DELETE FROM statements WHERE iat < ?",
+                Some(vec![old.into()]),
+            )
+            .internal("sweep statements")?;
         Ok(())
     }
 }
