@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod problem;
 pub mod query;
 pub mod ratelimit;
+pub mod routing;
 pub mod shard;
 pub mod sii;
 pub mod ssi;

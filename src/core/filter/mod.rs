@@ -33,9 +33,21 @@ pub use params::{
     partition_of, FilterParams, HashScheme, Layout, BLOCK_BITS, BLOCK_LOG2, MAX_BITS, MAX_K,
     MAX_LOG2_BITS, MIN_LOG2_BITS, PARTITION_SLACK_LOG2, PLAIN_REGION_LOG2,
 };
-pub use wire::{decode_additions, encode_additions, AdditionsBatch};
+pub use wire::{decode_additions, encode_additions, AdditionsBatch, MAX_SPARSE_BITS};
 
 use params::{block_masks, block_of, ceil_log2, plain_hashes, prefix, tail_words};
+
+/// The block (0..blocks) of a digest whose first 8 bytes, big-endian, are
+/// `prefix64`: ⌊prefix64 · blocks / 2^64⌋ (blocks < 2^32), as the blocked
+/// layout places it. The routing table cuts filters by it.
+pub fn block_of_prefix(prefix64: u64, blocks: u64) -> u64 {
+    params::mul_high(prefix64, blocks)
+}
+
+/// ⌈log2 bits⌉: a filter's `log2_bits` from its size.
+pub fn ceil_log2_bits(bits: u64) -> u8 {
+    ceil_log2(bits)
+}
 
 /// Identity of one filter version (draft §9: "Each bloom filter has a
 /// timestamp, corresponding to the time of creation on the GP" and
@@ -205,9 +217,22 @@ impl Filter {
         self.first
     }
     /// Whether this filter (partition) is responsible for the digest.
-    /// Always true for a whole filter.
+    /// Always true for a whole filter. Prefix-positioned layouts ask the
+    /// digest's top bits; the draft's low-bit scheme asks whether its one
+    /// position falls in this partition's bit range.
     pub fn covers(&self, digest: &[u8; 32]) -> bool {
-        self.part.bits == 0 || partition_of(digest, self.part.bits) == self.part.index
+        if self.part.bits == 0 {
+            return true;
+        }
+        match self.header.params.hash {
+            HashScheme::Sha256High => partition_of(digest, self.part.bits) == self.part.index,
+            HashScheme::Sha256Low => {
+                let pos = self.header.params.positions_of(digest);
+                pos.idx
+                    .get(..pos.len)
+                    .is_some_and(|p| p.iter().all(|&g| self.local(g).is_some()))
+            }
+        }
     }
 
     /// The k global bit indices for a digest (for the inspector).
@@ -624,6 +649,37 @@ impl Filter {
         let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
         out.truncate(len);
         out
+    }
+
+    /// Sets a local bit (offset from [`first_bit`](Self::first_bit)); out
+    /// of range is ignored. For the sparse decoder.
+    fn set_local(&mut self, local: u64) {
+        if let Ok(l) = usize::try_from(local) {
+            if local < self.len {
+                self.set_bit(l);
+            }
+        }
+    }
+
+    /// A filter (partition) from its dense bitmap bytes as
+    /// [`bitmap_bytes`](Self::bitmap_bytes) gives them: how an object
+    /// loads a stored partition. Missing bytes read as zero, extra bytes
+    /// are ignored; the partition must be one the params allow.
+    pub fn from_bitmap(
+        header: FilterHeader,
+        part: Partition,
+        bitmap: &[u8],
+    ) -> Result<Filter, FilterError> {
+        header.params.validate()?;
+        if part.bits > header.params.max_partition_bits()
+            || u64::from(part.index) >= 1u64 << part.bits
+        {
+            return Err(FilterError::PartitionOutOfRange {
+                bits: part.bits,
+                index: part.index,
+            });
+        }
+        Filter::from_parts(header, part, bitmap)
     }
 
     /// Internal constructor used by the decoder.

@@ -215,17 +215,23 @@ impl FilterParams {
         }
     }
 
-    /// Largest P such that the filter can be cut into 2^P partitions by
-    /// digest prefix, every SII's positions falling in one partition.
+    /// Largest P such that the filter can be cut into 2^P partitions of
+    /// equal bit ranges, every SII's positions falling in one partition.
     ///
     /// Blocked: the block of a digest is ⌊prefix64 · blocks / 2^64⌋, which
     /// keeps blocks in prefix order; partition p of 2^P (prefixes whose top
     /// P bits are p) is then exactly blocks p·c .. (p+1)·c when blocks =
     /// c·2^P. Otherwise some block straddles two partitions, so P is the
     /// number of trailing zero bits of the block count.
+    ///
+    /// The draft's scheme (k = 1, low bits) has one position per SII, so
+    /// any cut by bit-index range keeps an SII in one partition; like plain
+    /// regions, partitions are at least 2^16 bits. Its partitions are bit
+    /// ranges, not digest-prefix ranges ([`Filter::covers`](super::Filter::covers)
+    /// asks the position).
     pub fn max_partition_bits(&self) -> u8 {
         match (self.layout, self.hash) {
-            (_, HashScheme::Sha256Low) => 0,
+            (_, HashScheme::Sha256Low) => self.log2_bits.saturating_sub(PLAIN_REGION_LOG2),
             (Layout::Blocked512, _) => {
                 let b = self.blocks();
                 if b == 0 {

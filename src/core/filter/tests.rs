@@ -395,10 +395,11 @@ fn partition_limits() {
     assert!(p.partition(3, 2).is_ok());
     assert!(p.partition(3, 4).is_err());
     assert!(p.partition(1, 0).is_err());
-    // The draft's low-bit scheme cannot be partitioned by prefix.
+    // The draft's low-bit scheme is cut by bit-index range (≥ 2^16 bits).
     let low = Filter::new(header(FilterParams::draft_interop(20))).unwrap();
-    assert_eq!(low.params().max_partition_bits(), 0);
-    assert!(low.partition(1, 0).is_err());
+    assert_eq!(low.params().max_partition_bits(), 4);
+    assert!(low.partition(5, 0).is_err());
+    assert!(low.partition(4, 15).is_ok());
     assert_eq!(plain(16, 3).max_partition_bits(), 0);
     assert_eq!(plain(20, 3).max_partition_bits(), 4);
 }
@@ -672,8 +673,8 @@ fn wire_refuses_specific_malformations() {
         "GLF1 snapshots (log2 size byte) are refused, not misread"
     );
     assert_eq!(
-        Filter::from_bytes(&mutate(4, 3)),
-        Err(FilterError::UnsupportedFormat(3))
+        Filter::from_bytes(&mutate(4, 4)),
+        Err(FilterError::UnsupportedFormat(4))
     );
     assert_eq!(
         Filter::from_bytes(&mutate(5, 9)),
@@ -889,4 +890,82 @@ fn default_scheme_vectors() {
     // 19,531 blocks (1M SIIs at ~10 bits): block 14226.
     let b = Filter::new(header(FilterParams::blocked(19_531, 2))).unwrap();
     assert_eq!(b.positions(&d).collect::<Vec<_>>(), vec![7284033, 7283744]);
+}
+
+#[test]
+fn compact_wire_is_sparse_when_that_is_smaller_and_decodes_to_the_same_filter() {
+    // 2^20 bits (128 KiB dense) with a few SIIs: a few bytes sparse.
+    let mut f = Filter::new(header(blocked(20, 7))).unwrap();
+    for i in 0..10 {
+        f.insert(&digest("s", i));
+    }
+    let compact = f.to_bytes_compact();
+    assert_eq!(compact[4], 3, "format 3: sparse");
+    assert!(compact.len() < 48 + 8 + 300, "{} bytes", compact.len());
+    assert_eq!(Filter::from_bytes(&compact).unwrap(), f);
+    // Full enough, the dense form wins and is format 2.
+    let mut dense = Filter::new(header(blocked(10, 7))).unwrap();
+    for i in 0..200 {
+        dense.insert(&digest("d", i));
+    }
+    assert_eq!(dense.to_bytes_compact(), dense.to_bytes());
+    // A partition, and the draft's layout cut by bit-index range.
+    let part = f.partition(3, 5).unwrap();
+    assert_eq!(Filter::from_bytes(&part.to_bytes_compact()).unwrap(), part);
+    let mut low = Filter::new(header(FilterParams::draft_interop(20))).unwrap();
+    for i in 0..50 {
+        low.insert(&digest("l", i));
+    }
+    for i in 0..16 {
+        let p = low.partition(4, i).unwrap();
+        assert_eq!(Filter::from_bytes(&p.to_bytes_compact()).unwrap(), p);
+    }
+    let parts: Vec<Filter> = (0..16).map(|i| low.partition(4, i).unwrap()).collect();
+    for i in 0..200 {
+        let d = digest("l", i);
+        let holders: Vec<&Filter> = parts.iter().filter(|p| p.covers(&d)).collect();
+        assert_eq!(holders.len(), 1, "one partition covers each digest");
+        assert_eq!(holders[0].contains(&d), low.contains(&d));
+    }
+}
+
+#[test]
+fn sparse_wire_refuses_oversized_or_malformed_sets() {
+    let f = Filter::new(header(blocked(20, 7))).unwrap();
+    let good = f.to_bytes_compact();
+    assert_eq!(good[4], 3);
+    let resum = |mut b: Vec<u8>| {
+        let n = b.len() - 8;
+        let s: [u8; 32] = Sha256::digest(&b[..n]).into();
+        b[n..].copy_from_slice(&s[..8]);
+        b
+    };
+    // Declaring 2^30 bits (beyond MAX_SPARSE_BITS) with an empty set.
+    let mut big = good.clone();
+    big[32..40].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    big[40..48].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    assert!(matches!(
+        Filter::from_bytes(&resum(big)),
+        Err(FilterError::TooLarge { .. })
+    ));
+    // A set bit beyond the bits held, and a repeated bit.
+    let with_payload = |payload: &[u8]| {
+        let mut b = good[..48].to_vec();
+        b.extend_from_slice(payload);
+        b.extend_from_slice(&[0; 8]);
+        resum(b)
+    };
+    assert!(Filter::from_bytes(&with_payload(&[1, 0x80, 0x80, 0x80, 0x01])).is_err());
+    assert!(Filter::from_bytes(&with_payload(&[2, 5, 0])).is_err());
+    assert!(
+        Filter::from_bytes(&with_payload(&[2, 5])).is_err(),
+        "truncated"
+    );
+    assert!(
+        Filter::from_bytes(&with_payload(&[1, 5, 0])).is_err(),
+        "trailing"
+    );
+    let ok = Filter::from_bytes(&with_payload(&[2, 5, 3])).unwrap();
+    assert_eq!(ok.count_ones(), 2);
+    assert_eq!(ok.bit(8), Some(true));
 }

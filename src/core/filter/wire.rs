@@ -19,6 +19,15 @@
 //! | 48 | (m/2^P)/8 | bitmap: bit i = byte i/8, mask 1 << (i%8) |
 //! | end-8 | 8 | first 8 bytes of SHA-256 of everything before |
 //!
+//! Format 3 is the same header with the bitmap replaced by the set bits:
+//! their count (LEB128), then the first local bit offset and the gaps to
+//! each next one (LEB128, gaps ≥ 1), as in an additions batch. A sparse
+//! filter (a new GP sized for 50M SIIs is 62 MB of zeros) then costs a few
+//! bytes on the wire; [`Filter::to_bytes_compact`] picks whichever of the
+//! two is smaller. A sparse snapshot may declare at most
+//! [`MAX_SPARSE_BITS`] bits, so a few bytes of input never make the
+//! decoder allocate more than that.
+//!
 //! N (`log2_bits`) is not sent: it is ⌈log2 m⌉. Format 1 (`GLF1`, a log2
 //! size byte instead of m) is refused with `UnsupportedFormat(1)`: peers
 //! re-fetch a snapshot rather than guess at a size it cannot express.
@@ -39,6 +48,10 @@ const MAGIC: &[u8; 4] = b"GLF2";
 const OLD_MAGIC: &[u8; 4] = b"GLF1";
 const ADD_MAGIC: &[u8; 4] = b"GLA1";
 const FORMAT: u8 = 2;
+const SPARSE_FORMAT: u8 = 3;
+/// Most bits a sparse (format 3) snapshot may declare: 2^28 bits (32 MiB),
+/// the most of a filter one object may hold (ARCHITECTURE.md, "Own filter").
+pub const MAX_SPARSE_BITS: u64 = 1 << 28;
 const ADD_FORMAT: u8 = 1;
 const HEADER_LEN: usize = 48;
 const SUM_LEN: usize = 8;
@@ -67,13 +80,44 @@ fn byte(b: &[u8], at: usize) -> Result<u8, FilterError> {
 }
 
 impl Filter {
-    /// Encodes the snapshot (see module docs for the layout).
+    /// Encodes the snapshot densely, format 2 (see module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let p = &self.header.params;
         let bitmap = self.bitmap_bytes();
-        let mut out = Vec::with_capacity(HEADER_LEN + bitmap.len() + SUM_LEN);
+        self.encode(FORMAT, &bitmap)
+    }
+
+    /// Encodes the snapshot as format 2 or 3, whichever is smaller: what
+    /// goes over the wire between GPs.
+    pub fn to_bytes_compact(&self) -> Vec<u8> {
+        let dense_len = self.local_bits() / 8;
+        // A set bit costs at least one byte sparse; only count when it may win.
+        if self.count_ones() >= dense_len {
+            return self.to_bytes();
+        }
+        let mut payload = Vec::new();
+        put_varint(&mut payload, self.count_ones());
+        let mut prev: Option<u64> = None;
+        for (w, word) in self.words.iter().enumerate() {
+            let mut x = *word;
+            while x != 0 {
+                let at = (w as u64) * 64 + u64::from(x.trailing_zeros());
+                put_varint(&mut payload, prev.map_or(at, |p| at - p));
+                prev = Some(at);
+                x &= x - 1;
+            }
+        }
+        if (payload.len() as u64) < dense_len {
+            self.encode(SPARSE_FORMAT, &payload)
+        } else {
+            self.to_bytes()
+        }
+    }
+
+    fn encode(&self, format: u8, payload: &[u8]) -> Vec<u8> {
+        let p = &self.header.params;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + SUM_LEN);
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT);
+        out.push(format);
         out.push(p.layout.to_wire());
         out.push(p.hash.to_wire());
         out.push(p.k);
@@ -84,7 +128,7 @@ impl Filter {
         out.extend_from_slice(&self.part.index.to_be_bytes());
         out.extend_from_slice(&p.bits.to_be_bytes());
         out.extend_from_slice(&self.local_bits().to_be_bytes());
-        out.extend_from_slice(&bitmap);
+        out.extend_from_slice(payload);
         let sum = checksum(&out);
         out.extend_from_slice(&sum);
         out
@@ -111,7 +155,7 @@ impl Filter {
             return Err(FilterError::BadMagic);
         }
         let format = byte(bytes, 4)?;
-        if format != FORMAT {
+        if format != FORMAT && format != SPARSE_FORMAT {
             return Err(FilterError::UnsupportedFormat(format));
         }
         if arr::<3>(bytes, 9)? != [0, 0, 0] {
@@ -151,11 +195,14 @@ impl Filter {
             });
         }
         let payload_len = (bytes.len() - HEADER_LEN - SUM_LEN) as u64;
-        if payload_len != declared / 8 {
+        if format == FORMAT && payload_len != declared / 8 {
             return Err(FilterError::LengthMismatch {
                 declared: declared / 8,
                 actual: payload_len,
             });
+        }
+        if format == SPARSE_FORMAT && declared > MAX_SPARSE_BITS {
+            return Err(FilterError::TooLarge { bits: declared });
         }
         let body_end = bytes.len() - SUM_LEN;
         let (body, sum) = bytes.split_at(body_end);
@@ -167,8 +214,50 @@ impl Filter {
             created_at_ms: u64::from_be_bytes(arr(bytes, 20)?),
             params,
         };
-        let bitmap = body.get(HEADER_LEN..).unwrap_or(&[]);
-        Filter::from_parts(header, part, bitmap)
+        let payload = body.get(HEADER_LEN..).unwrap_or(&[]);
+        if format == FORMAT {
+            return Filter::from_parts(header, part, payload);
+        }
+        let mut f = Filter::from_parts(header, part, &[])?;
+        let mut at = 0;
+        let count = get_varint(payload, &mut at)?;
+        if count > payload_len || count > declared {
+            return Err(FilterError::LengthMismatch {
+                declared: count,
+                actual: payload_len,
+            });
+        }
+        let mut prev: Option<u64> = None;
+        for _ in 0..count {
+            let gap = get_varint(payload, &mut at)?;
+            let local = match prev {
+                None => gap,
+                Some(_) if gap == 0 => {
+                    return Err(FilterError::MalformedAdditions(
+                        "set bits not strictly ascending",
+                    ))
+                }
+                Some(p) => p
+                    .checked_add(gap)
+                    .ok_or(FilterError::MalformedAdditions("bit offset overflows"))?,
+            };
+            if local >= declared {
+                return Err(FilterError::BitOutOfRange {
+                    index: local,
+                    first: 0,
+                    len: declared,
+                });
+            }
+            f.set_local(local);
+            prev = Some(local);
+        }
+        if at != payload.len() {
+            return Err(FilterError::LengthMismatch {
+                declared: at as u64,
+                actual: payload.len() as u64,
+            });
+        }
+        Ok(f)
     }
 }
 
