@@ -29,6 +29,7 @@ if [ $# -eq 1 ]; then build_args=("$1"); else build_args=(); fi
 max_len() {
   case "$1" in
     filter) echo 8192 ;;   # a few-kbit snapshot
+    routing) echo 8192 ;;  # a routing value with a few sections
     bulk) echo 9000 ;;     # MAX_LINE_BYTES 4096, streams of lines
     httpsig) echo 4500 ;;  # MAX_HEADER_LEN 4096
     token) echo 1200 ;;    # MAX_TOKEN_LEN 1024

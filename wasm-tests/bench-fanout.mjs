@@ -102,7 +102,10 @@ async function makeFilters(stateDir, count) {
       if (snap.status !== 200) throw new Error(`snapshot: ${snap.status}`);
       const bytes = Buffer.from(await snap.arrayBuffer());
       const summary = await filterSummary(filler);
-      out.push({ bytes, version: summary.version, fp: summary.estimated_fp_rate, bitsSet: summary.bits_set, bits: summary.bits });
+      out.push({
+        bytes, version: summary.version, fp: summary.estimated_fp_rate, bitsSet: summary.bits_set, bits: summary.bits,
+        params: { bits: summary.bits, k: summary.k, layout: summary.layout, hash: summary.hash },
+      });
     }
     return out;
   } finally {
@@ -112,7 +115,8 @@ async function makeFilters(stateDir, count) {
 
 /**
  * Stand-in peers on one port, `/{id}/...` each: the routing protocol's
- * snapshot and subscription, and the peer query (counted, answered "no
+ * manifest (the whole filter as its one partition), that partition and
+ * subscription, and the peer query (counted, answered "no
  * mapping": {"gp": id, "candidate": null}).
  */
 async function startStandins(filters) {
@@ -127,12 +131,14 @@ async function startStandins(filters) {
       const route = m?.[2];
       if (!s) { unexpected++; res.writeHead(404).end(); return; }
       if (req.method === 'GET' && route === '/peer/v1/filter') {
-        res.writeHead(200, {
-          'content-type': 'application/vnd.glados.filter',
-          'glados-filter-version': String(s.version),
-          'glados-filter-seq': '0',
-          'glados-filter-created': '0',
-        }).end(s.bytes);
+        // The manifest: the whole filter as its one partition.
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({
+          gp: m[1], version: s.version, created_at_ms: 0, seq: 0, params: s.params, partition_bits: 0,
+          partitions: [{ index: 0, etag: `"v${s.version}.p0.0"`, bits_set: s.bitsSet }],
+          bits_set: s.bitsSet, estimated_fp_rate: s.fp,
+        }));
+      } else if (req.method === 'GET' && route.startsWith('/peer/v1/filter/partitions/0?')) {
+        res.writeHead(200, { 'content-type': 'application/vnd.glados.filter', 'glados-filter-version': String(s.version) }).end(s.bytes);
       } else if (req.method === 'POST' && route === '/peer/v1/filter/subscriptions') {
         res.writeHead(201, { 'content-type': 'application/json' }).end('{"subscribed":true}');
       } else if (req.method === 'POST' && route === '/peer/v1/query') {

@@ -35,6 +35,10 @@ fn snapshot(data: &[u8]) {
         assert_eq!(g.bitmap_bytes(), f.bitmap_bytes());
         assert_eq!(g.count_ones(), f.count_ones());
         assert_eq!(g.to_bytes(), bytes, "encoding is not stable");
+        // The compact (sparse when smaller) encoding decodes to the same.
+        let c = Filter::from_bytes(&f.to_bytes_compact()).expect("compact snapshot must decode");
+        assert_eq!(c.bitmap_bytes(), f.bitmap_bytes());
+        assert_eq!(c.partition_id(), f.partition_id());
         // Queries on a decoded filter must not panic either.
         let mut digest = [0u8; 32];
         for (d, s) in digest.iter_mut().zip(data.iter().rev()) {

@@ -82,8 +82,28 @@ pub struct GpConfig {
     pub peers: Vec<Peer>,
     /// Expected number of SIIs, used to size the routing filter.
     pub filter_expected_siis: u64,
-    /// Target false-positive rate of the routing filter.
+    /// Target false-positive rate of the routing filter: `FILTER_FP_RATE`,
+    /// or by default [`default_fp_rate`] of the federation's size
+    /// (ARCHITECTURE.md, "Routing table", issue 13 item 4).
     pub filter_fp_rate: f64,
+    /// Whether `FILTER_FP_RATE` was set (else it follows the federation).
+    pub filter_fp_rate_set: bool,
+    /// Expected peers asked for nothing per query that the default fp
+    /// rate aims at (`ROUTING_FALSE_FANOUT`, default 0.1).
+    pub false_fanout_target: f64,
+    /// GPs the federation is sized for (`FEDERATION_GPS`, default 200;
+    /// the configured peers + 1 if more).
+    pub federation_gps: u32,
+    /// The routing table has 2^r partitions (`ROUTING_PARTITION_BITS`,
+    /// default 16, 0..=24): choose r so one partition of every peer's
+    /// filter is a few hundred KiB at most (ARCHITECTURE.md, "Routing table").
+    pub routing_partition_bits: u8,
+    /// Routing shards, the writers of the table (`ROUTING_SHARDS`, a power
+    /// of two ≤ 2^r and ≤ 1024, default 16).
+    pub routing_shards: u32,
+    /// The isolate's routing memory budget in MiB (`ROUTING_CACHE_MB`,
+    /// default 16, 1..=96).
+    pub routing_cache_mb: u32,
     pub filter_layout: FilterLayout,
     /// draft §9: a new filter version every this many hours; 0 = only on
     /// the operator's request (`FILTER_REBUILD_HOURS`, default 168).
@@ -169,6 +189,14 @@ fn check_url(var: &'static str, url: &str) -> Result<(), ConfigError> {
     })
 }
 
+/// The default filter false-positive rate: with every GP at it, a query
+/// asks `target` peers for nothing on average across `gps` GPs (draft §9:
+/// "N is a tradeoff between space efficiency ... and the volume of
+/// traffic"): 0.1 / 199 ≈ 5.0e-4 at 200 GPs.
+pub fn default_fp_rate(target: f64, gps: u32) -> f64 {
+    (target / f64::from(gps.saturating_sub(1).max(1))).min(0.25)
+}
+
 /// Reads the vars through `var` (unset and empty are the same).
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
 
@@ -231,6 +259,13 @@ impl GpConfig {
         };
         let name = v.get("GP_NAME").unwrap_or_else(|| id.clone());
         for p in &peers {
+            // Peer ids name routing-table sections (1..=255 bytes) and objects.
+            if p.id.len() > 255 {
+                return err(
+                    "PEERS",
+                    format!("a peer's id is at most 255 bytes, got {:?}", p.id),
+                );
+            }
             if p.id.is_empty() || p.id == id {
                 return err(
                     "PEERS",
@@ -242,7 +277,37 @@ impl GpConfig {
             }
             check_url("PEERS", &p.url)?;
         }
-        let filter_fp_rate: f64 = v.num("FILTER_FP_RATE", 0.01, 1e-9..=0.49)?;
+        let false_fanout_target: f64 = v.num("ROUTING_FALSE_FANOUT", 0.1, 1e-6..=10.0)?;
+        let federation_gps = v.num("FEDERATION_GPS", 200u32, 2..=100_000)?.max(
+            u32::try_from(peers.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
+        );
+        let filter_fp_rate_set = v.get("FILTER_FP_RATE").is_some();
+        let filter_fp_rate: f64 = v.num(
+            "FILTER_FP_RATE",
+            default_fp_rate(false_fanout_target, federation_gps),
+            1e-9..=0.49,
+        )?;
+        let routing_partition_bits: u8 = v.num(
+            "ROUTING_PARTITION_BITS",
+            16,
+            0..=crate::core::routing::MAX_PARTITION_BITS,
+        )?;
+        let routing_shards: u32 = v.num("ROUTING_SHARDS", 16, 1..=1024)?;
+        if !routing_shards.is_power_of_two()
+            || u64::from(routing_shards) > 1u64 << routing_partition_bits
+        {
+            return err(
+                "ROUTING_SHARDS",
+                format!(
+                    "{routing_shards} must be a power of two, at most 1024 and at most \
+                     2^ROUTING_PARTITION_BITS ({})",
+                    1u64 << routing_partition_bits
+                ),
+            );
+        }
+        let routing_cache_mb: u32 = v.num("ROUTING_CACHE_MB", 16, 1..=96)?;
         let bool_choices = [("true", true), ("1", true), ("false", false), ("0", false)];
         let twilio_base_url = v
             .get("TWILIO_BASE_URL")
@@ -285,6 +350,12 @@ impl GpConfig {
             peers,
             filter_expected_siis: v.num("FILTER_EXPECTED_SIIS", 1_000_000, 1..=100_000_000_000)?,
             filter_fp_rate,
+            filter_fp_rate_set,
+            false_fanout_target,
+            federation_gps,
+            routing_partition_bits,
+            routing_shards,
+            routing_cache_mb,
             filter_layout: v.choice(
                 "FILTER_LAYOUT",
                 FilterLayout::Blocked,
@@ -359,6 +430,40 @@ mod tests {
         assert_eq!(c.filter_rebuild_hours, 168);
         assert_eq!(c.peer_strikes_per_ap_per_day, 3);
         assert_eq!(c.twilio_base_url, "https://api.twilio.com");
+        // Issue 13 item 4: the fp rate follows the federation's size.
+        assert!(!c.filter_fp_rate_set);
+        assert_eq!(c.federation_gps, 200);
+        assert!((c.filter_fp_rate - 0.1 / 199.0).abs() < 1e-12);
+        assert_eq!(
+            (
+                c.routing_partition_bits,
+                c.routing_shards,
+                c.routing_cache_mb
+            ),
+            (16, 16, 16)
+        );
+    }
+
+    #[test]
+    fn routing_vars_are_read() {
+        let c = parse(&[
+            ("FILTER_FP_RATE", "0.01"),
+            ("ROUTING_PARTITION_BITS", "4"),
+            ("ROUTING_SHARDS", "4"),
+            ("ROUTING_CACHE_MB", "8"),
+        ])
+        .unwrap();
+        assert!(c.filter_fp_rate_set && c.filter_fp_rate == 0.01);
+        assert_eq!(
+            (
+                c.routing_partition_bits,
+                c.routing_shards,
+                c.routing_cache_mb
+            ),
+            (4, 4, 8)
+        );
+        let c = parse(&[("FEDERATION_GPS", "11"), ("ROUTING_FALSE_FANOUT", "1")]).unwrap();
+        assert!((c.filter_fp_rate - 0.1).abs() < 1e-12);
     }
 
     #[test]
@@ -424,6 +529,12 @@ mod tests {
             ("AP_CACHE_SECONDS", "36000"),
             ("FILTER_FP_RATE", "1%"),
             ("FILTER_EXPECTED_SIIS", "10M"),
+            ("ROUTING_PARTITION_BITS", "25"),
+            ("ROUTING_SHARDS", "3"),
+            ("ROUTING_SHARDS", "2048"),
+            ("ROUTING_CACHE_MB", "0"),
+            ("ROUTING_FALSE_FANOUT", "0"),
+            ("FEDERATION_GPS", "1"),
             ("STATEMENT_TTL_SECONDS", "30"),
             ("STATEMENT_RETIRED_KEYS", "not-a-key"),
             ("TWILIO_BASE_URL", "http://api.twilio.com"),

@@ -391,6 +391,9 @@ pub enum PeerOutcome {
     Answered(GpAnswer),
     /// Down, slow, refused, or garbage: the reason, for the log and the AP.
     Failed(String),
+    /// Not asked: this GP could not read its routing data for the peer
+    /// (the result is incomplete, never silently narrowed).
+    NotAsked(String),
 }
 
 /// The combined result of a query.
@@ -405,9 +408,14 @@ pub struct QueryResult {
     pub opted_out: bool,
     /// Peers asked (their filters matched).
     pub queried: Vec<GpId>,
-    /// Peers that did not answer usably; non-empty means the result may
-    /// be incomplete (a newer mapping may exist there).
+    /// Peers that did not answer usably, or could not be routed to;
+    /// non-empty means the result may be incomplete (a newer mapping may
+    /// exist there).
     pub failed: Vec<(GpId, String)>,
+    /// Peers asked without a filter verdict (no copy of their filter in
+    /// place yet), and why: asked, so the result is complete, but the
+    /// fan-out is wider than the filters would make it.
+    pub unfiltered: Vec<(GpId, String)>,
 }
 
 impl QueryResult {
@@ -436,6 +444,10 @@ pub fn combine(local: GpAnswer, peers: Vec<(GpId, PeerOutcome)>) -> QueryResult 
                 all.extend(a.mappings);
             }
             PeerOutcome::Failed(why) => failed.push((gp.clone(), why)),
+            PeerOutcome::NotAsked(why) => {
+                failed.push((gp, why));
+                continue;
+            }
         }
         queried.push(gp);
     }
@@ -448,6 +460,7 @@ pub fn combine(local: GpAnswer, peers: Vec<(GpId, PeerOutcome)>) -> QueryResult 
         opted_out,
         queried,
         failed,
+        unfiltered: Vec::new(),
     }
 }
 
@@ -597,6 +610,30 @@ mod tests {
         let none = combine(GpAnswer::default(), vec![]);
         assert_eq!(none.preferred, None);
         assert!(!none.incomplete());
+    }
+
+    #[test]
+    fn a_peer_not_routed_to_makes_the_result_incomplete_without_being_queried() {
+        let r = combine(
+            local(None),
+            vec![
+                (
+                    "gp-b".into(),
+                    PeerOutcome::NotAsked("partition unreadable".into()),
+                ),
+                (
+                    "gp-c".into(),
+                    PeerOutcome::Answered(GpAnswer {
+                        mappings: vec![],
+                        opted_out: false,
+                    }),
+                ),
+            ],
+        );
+        assert!(r.incomplete());
+        assert_eq!(r.queried, vec!["gp-c".to_string()]);
+        assert_eq!(r.failed[0].0, "gp-b");
+        assert_eq!(r.preferred, None);
     }
 
     #[test]

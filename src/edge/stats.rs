@@ -11,6 +11,8 @@ pub struct Stats {
     pub shard_lookups: u64,
     pub lease_requests: u64,
     pub peer_queries_sent: u64,
+    /// Peers asked without a filter verdict (no copy in place yet).
+    pub peer_queries_unfiltered: u64,
     pub peer_queries_received: u64,
     pub peer_queries_answered: u64,
     pub rate_limited: u64,
@@ -27,6 +29,9 @@ pub struct Stats {
     pub kv_reads: u64,
     /// `GET /v1/gp` reads of the filter object, `GET /v1/peers` probe rounds.
     pub filter_info_reads: u64,
+    /// Route-table reads for `/v1/gp`'s routing section (at most one a
+    /// second per isolate).
+    pub route_info_reads: u64,
     pub peer_probe_rounds: u64,
     /// Batched §8.2.1 checks of bulk uploads (`/peer/v1/preferred`).
     pub peer_preferred_batches_sent: u64,

@@ -25,7 +25,8 @@ const BUNDLE = path.join(ROOT, 'build', 'index.js');
  * a production setting among them: mutual TLS off (no TLS on loopback), the
  * test routes on (they answer only requests to a loopback host anyway), the
  * whole filter public for the inspector, codes to the stand-in provider of
- * the dev federation, small filters and 4 mapping shards.
+ * the dev federation, small filters, 4 mapping shards and a small routing
+ * table (gp-c's filter keeps the draft's 1% rate: FILTER_FP_RATE).
  */
 const LOCAL_VARS = {
   TWILIO_BASE_URL: 'http://127.0.0.1:8790',
@@ -35,13 +36,16 @@ const LOCAL_VARS = {
   PUBLIC_FILTER: 'full',
   REQUIRE_MTLS: 'false',
   MAPPING_SHARDS: '4',
+  // A routing table of 16 partitions written by 4 routing shards.
+  ROUTING_PARTITION_BITS: '4',
+  ROUTING_SHARDS: '4',
 };
 export const LOCAL_GPS = {
   'gp-a': { ...LOCAL_VARS, GP_ID: 'gp-a', GP_NAME: 'GP A (local)', FILTER_LAYOUT: 'blocked',
     PEERS: '[{"id":"gp-b","url":"http://127.0.0.1:8788"},{"id":"gp-c","url":"http://127.0.0.1:8789"}]' },
   'gp-b': { ...LOCAL_VARS, GP_ID: 'gp-b', GP_NAME: 'GP B (local)', FILTER_LAYOUT: 'blocked',
     PEERS: '[{"id":"gp-a","url":"http://127.0.0.1:8787"},{"id":"gp-c","url":"http://127.0.0.1:8789"}]' },
-  'gp-c': { ...LOCAL_VARS, GP_ID: 'gp-c', GP_NAME: 'GP C (local, draft interop filter)', FILTER_LAYOUT: 'draft',
+  'gp-c': { ...LOCAL_VARS, GP_ID: 'gp-c', GP_NAME: 'GP C (local, draft interop filter)', FILTER_LAYOUT: 'draft', FILTER_FP_RATE: '0.01',
     PEERS: '[{"id":"gp-a","url":"http://127.0.0.1:8787"},{"id":"gp-b","url":"http://127.0.0.1:8788"}]' },
 };
 

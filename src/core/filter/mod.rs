@@ -30,8 +30,8 @@ mod wire;
 
 pub use error::FilterError;
 pub use params::{
-    partition_of, FilterParams, HashScheme, Layout, BLOCK_BITS, BLOCK_LOG2, MAX_BITS, MAX_K,
-    MAX_LOG2_BITS, MIN_LOG2_BITS, PARTITION_SLACK_LOG2, PLAIN_REGION_LOG2,
+    partition_of, FilterParams, HashScheme, Layout, ParamsDoc, BLOCK_BITS, BLOCK_LOG2, MAX_BITS,
+    MAX_K, MAX_LOG2_BITS, MIN_LOG2_BITS, PARTITION_SLACK_LOG2, PLAIN_REGION_LOG2,
 };
 pub use wire::{decode_additions, encode_additions, AdditionsBatch, MAX_SPARSE_BITS};
 

@@ -74,6 +74,78 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// The layout's name in JSON (`/v1/gp`, manifests).
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Plain => "plain",
+            Layout::Blocked512 => "blocked512",
+        }
+    }
+    /// The layout of a [`name`](Self::name).
+    pub fn from_name(s: &str) -> Option<Layout> {
+        match s {
+            "plain" => Some(Layout::Plain),
+            "blocked512" => Some(Layout::Blocked512),
+            _ => None,
+        }
+    }
+}
+
+impl HashScheme {
+    /// The scheme's name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashScheme::Sha256Low => "sha256-low",
+            HashScheme::Sha256High => "sha256-high",
+        }
+    }
+    /// The scheme of a [`name`](Self::name).
+    pub fn from_name(s: &str) -> Option<HashScheme> {
+        match s {
+            "sha256-low" => Some(HashScheme::Sha256Low),
+            "sha256-high" => Some(HashScheme::Sha256High),
+            _ => None,
+        }
+    }
+}
+
+/// A filter's parameters as JSON documents carry them (a peer's manifest,
+/// routing messages): `{"bits", "k", "layout", "hash"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParamsDoc {
+    pub bits: u64,
+    pub k: u8,
+    pub layout: String,
+    pub hash: String,
+}
+
+impl From<&FilterParams> for ParamsDoc {
+    fn from(p: &FilterParams) -> Self {
+        ParamsDoc {
+            bits: p.bits,
+            k: p.k,
+            layout: p.layout.name().to_string(),
+            hash: p.hash.name().to_string(),
+        }
+    }
+}
+
+impl ParamsDoc {
+    /// The params, validated.
+    pub fn params(&self) -> Result<FilterParams, FilterError> {
+        let p = FilterParams {
+            log2_bits: ceil_log2(self.bits),
+            bits: self.bits,
+            k: self.k,
+            layout: Layout::from_name(&self.layout).ok_or(FilterError::UnknownLayout(255))?,
+            hash: HashScheme::from_name(&self.hash).ok_or(FilterError::UnknownHashScheme(255))?,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
 impl HashScheme {
     pub(crate) fn to_wire(self) -> u8 {
         match self {
@@ -346,6 +418,31 @@ impl FilterParams {
             .map(FilterParams::draft_interop)
             .find(|p| p.predicted_fp(expected_items) <= target_fp)
             .ok_or(FilterError::TooLarge { bits: MAX_BITS })
+    }
+
+    /// Estimated false-positive rate of a filter of these params with
+    /// `ones` bits set: the distinct SIIs n ≈ -(m/k)·ln(1 - ones/m), then
+    /// [`predicted_fp`](Self::predicted_fp)(n). What a peer's filter costs
+    /// a query in fan-out, from its count alone (1 when full).
+    pub fn fp_from_ones(&self, ones: u64) -> f64 {
+        let m = self.bits as f64;
+        if ones as f64 >= m {
+            return 1.0;
+        }
+        let n = -(m / f64::from(self.k)) * (1.0 - ones as f64 / m).ln();
+        self.predicted_fp(n.round() as u64)
+    }
+
+    /// Transfer and storage cut: the smallest P such that each of 2^P
+    /// partitions holds at most `max_bytes` of bitmap, within
+    /// [`max_partition_bits`](Self::max_partition_bits).
+    pub fn partition_bits_for(&self, max_bytes: u64) -> u8 {
+        let bytes = self.bits.div_ceil(8);
+        let mut p = 0u8;
+        while p < self.max_partition_bits() && bytes >> p > max_bytes {
+            p += 1;
+        }
+        p
     }
 
     /// Predicted false-positive rate after `items` distinct SIIs.

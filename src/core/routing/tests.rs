@@ -227,3 +227,18 @@ proptest! {
         prop_assert!(u64::from(residue_key(&d, r)) < 1u64 << r);
     }
 }
+
+#[test]
+fn fuzz_seed_values_decode() {
+    for bytes in [
+        &include_bytes!("../../../fuzz/corpus/routing/two-sections.bin")[..],
+        &include_bytes!("../../../fuzz/corpus/routing/sparse.bin")[..],
+        &include_bytes!("../../../fuzz/corpus/routing/empty.bin")[..],
+    ] {
+        let v = RoutingValue::decode(bytes).unwrap();
+        assert_eq!(
+            RoutingValue::decode(&v.encode()).unwrap().sections.len(),
+            v.sections.len()
+        );
+    }
+}

@@ -4,8 +4,10 @@
 use crate::core::Sii;
 use crate::edge::http::body::read_capped;
 use crate::edge::http::error::OrInternal;
-use crate::edge::routing::copies::peer_filter;
+use crate::edge::routing::copies::{self, Verdict};
+use crate::edge::routing::kv;
 use crate::edge::rpc::filter::FilterClient;
+use crate::edge::rpc::routing::{RtClient, RtOp, RtReply};
 
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
@@ -38,30 +40,66 @@ pub async fn filter_insert(mut req: Request, env: &Env) -> ApiResult<Response> {
 }
 
 /// `GET /__debug/peer-filters[?sii=…]`: this GP's copy of each peer's
-/// filter (version, cursor, bits) and whether it matches the SII.
+/// filter (status, version, cursor, exact bits) and, for an SII, what the
+/// routing table says (`contains`: true may hold, false certainly not,
+/// null no verdict).
 pub async fn peer_filters(req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let url = req.url().internal("url")?;
     let sii = match url.query_pairs().find(|(k, _)| k == "sii") {
         Some((_, v)) => Some(Sii::parse(&v)?),
         None => None,
     };
-    let mut out = Vec::new();
-    for p in &cfg.peers {
-        let entry = match peer_filter(env, &p.id).await {
-            Ok(Some(c)) => json!({
-                "peer": p.id,
-                "version": c.meta.version,
-                "seq": c.meta.seq,
-                "bits_set": c.filter.count_ones(),
-                "updated_ms": c.meta.updated_ms,
-                "contains": sii.as_ref().map(|s| c.filter.contains(&s.hash())),
-            }),
-            Ok(None) => json!({ "peer": p.id, "version": null }),
-            Err(e) => json!({ "peer": p.id, "error": format!("{e:?}") }),
-        };
-        out.push(entry);
-    }
+    let dir = copies::directory(env, cfg).await?;
+    let verdicts = match &sii {
+        Some(s) => Some(copies::verdicts(env, cfg, &s.hash()).await),
+        None => None,
+    };
+    let out: Vec<_> = dir
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let v = verdicts.as_ref().and_then(|v| v.get(i));
+            json!({
+                "peer": d.peer,
+                "status": d.status,
+                "version": d.version,
+                "seq": d.seq,
+                "bits_set": d.bits_set,
+                "updated_ms": d.updated_ms,
+                "errors": d.errors,
+                "last_error": d.last_error,
+                "contains": match v {
+                    Some(Verdict::Maybe) => json!(true),
+                    Some(Verdict::No) => json!(false),
+                    _ => serde_json::Value::Null,
+                },
+                "verdict": v.map(|v| format!("{v:?}")),
+            })
+        })
+        .collect();
     crate::edge::http::respond::json_ok(&json!({ "gp": cfg.id, "peers": out }))
+}
+
+/// `GET /__debug/routing`: this isolate's routing view and KV counters,
+/// and each routing shard's (sections, dirty partitions, its isolate's
+/// KV counters: the writes per key per second asserted by the tests).
+pub async fn routing(env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+    let mut shards = Vec::new();
+    for i in 0..cfg.routing_shards {
+        match RtClient::new(env, cfg, i).call(RtOp::Stats).await? {
+            RtReply::Stats { stats } => shards.push(stats),
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "routing shard {i} answered stats with {other:?}"
+                )))
+            }
+        }
+    }
+    crate::edge::http::respond::json_ok(&json!({
+        "view": copies::stats(),
+        "kv": kv::stats(),
+        "shards": shards,
+    }))
 }
 
 /// The stages of a local hit that `POST /__debug/breakdown` can repeat.
@@ -81,7 +119,10 @@ const STAGES: &[(&str, &str)] = &[
     ("body", "body JSON parse"),
     ("sii", "SII normalization"),
     ("hash", "SII hashing and shard choice"),
-    ("peers", "peer filter check (isolate memory)"),
+    (
+        "peers",
+        "routing table (one partition, warm: isolate memory)",
+    ),
     (
         "shard",
         "shard DO call with the kept statement (both sides: worker and object)",

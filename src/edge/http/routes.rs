@@ -55,12 +55,14 @@ enum Route {
     DebugQueryStats,
     PublicFilter,
     PeerFilter,
+    PeerFilterPartition,
     PeerFilterAdditions,
     PeerFilterSubscriptions,
     PeerFilterUpdates,
     AdminFilterRebuild,
     DebugFilterInsert,
     DebugPeerFilters,
+    DebugRouting,
     DebugPanic,
     DebugClock,
     DebugApItems,
@@ -317,6 +319,12 @@ const ROUTES: &[RouteDef] = &[
         debug_only: false,
     },
     RouteDef {
+        template: "/peer/v1/filter/partitions/{index}",
+        route: Route::PeerFilterPartition,
+        methods: GET,
+        debug_only: false,
+    },
+    RouteDef {
         template: "/peer/v1/filter/additions",
         route: Route::PeerFilterAdditions,
         methods: GET,
@@ -357,6 +365,13 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         template: "/__debug/peer-filters",
         route: Route::DebugPeerFilters,
+        methods: GET,
+        debug_only: true,
+    },
+    // The isolate's routing view, KV counters and the routing shards'.
+    RouteDef {
+        template: "/__debug/routing",
+        route: Route::DebugRouting,
         methods: GET,
         debug_only: true,
     },
@@ -520,7 +535,8 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::PeerStrikes => peer::strikes::serve(req, env, cfg).await,
         Route::PeerHolderClaims => peer::claims::serve_holder(req, env, cfg).await,
         Route::PeerPreferred => peer::preferred::serve(req, env, cfg).await,
-        Route::PeerFilter => peer::filter::serve_snapshot(req, env, cfg).await,
+        Route::PeerFilter => peer::filter::serve_manifest(req, env, cfg).await,
+        Route::PeerFilterPartition => peer::filter::serve_partition(req, env, cfg, id).await,
         Route::PeerFilterAdditions => peer::filter::serve_additions(req, env, cfg).await,
         Route::PeerFilterSubscriptions => peer::filter::subscribe(req, env, cfg).await,
         Route::PeerFilterUpdates => peer::filter::receive_update(req, env, cfg).await,
@@ -538,6 +554,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         Route::DebugApItems => debug::ap_items(req, env).await,
         Route::DebugFilterSubscribers => debug::filter_subscribers(env).await,
         Route::DebugFaults => debug::faults(req).await,
+        Route::DebugRouting => debug::routing(env, cfg).await,
         Route::DebugRoutes => json_ok(&json!({
             "routes": ROUTES.iter().map(|r| json!({
                 "path": r.template,

@@ -34,11 +34,13 @@ use crate::edge::rpc::shard::Shard;
 use crate::core::encoding::b64_encode;
 use crate::core::filter::{
     decode_additions, encode_additions, Filter, FilterHeader, FilterParams, HashScheme, Layout,
+    ParamsDoc,
 };
 use crate::core::outbox::RetryPolicy;
 use crate::edge::config::{FilterLayout, GpConfig};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::outbound::peer::Signer;
+use crate::edge::rpc::filter::{Manifest, PartitionInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -56,6 +58,9 @@ const MAX_INDICES_PER_MESSAGE: usize = 200_000;
 const DELIVERY_TIMEOUT_MS: u32 = 5_000;
 /// Size of one stored chunk of the serialized filter (below the 2 MB row cap).
 const CHUNK_BYTES: usize = 1 << 20;
+/// Largest partition served to peers (dense): a filter is served as the
+/// fewest power-of-two partitions of at most this size.
+pub const PARTITION_MAX_BYTES: u64 = 1 << 20;
 
 /// Durable Object holding the GP's own filter (one per GP, named "own").
 #[durable_object]
@@ -98,6 +103,8 @@ impl worker::DurableObject for FilterObject {
                 Err(e) => Err(ApiError::Internal(format!("insert body: {e}"))),
             },
             "/snapshot" => self.snapshot(),
+            "/manifest" => self.manifest().map(|m| Response::from_json(&m)),
+            "/partition" => self.partition(&req),
             "/additions" => self.additions(&req),
             "/subscribe" => match rpc::read_op::<SubscribeOp>(&mut req).await {
                 Ok(op) => self.subscribe(op).await,
@@ -593,6 +600,86 @@ impl FilterObject {
         h.set("Glados-Filter-Seq", &self.seq.get().to_string())
             .internal("header")?;
         h.set("Glados-Filter-Created", &created.to_string())
+            .internal("header")?;
+        Ok(Ok(resp))
+    }
+
+    /// `GET /manifest`: what a peer needs to copy the current version
+    /// partition by partition (routing::sync::Manifest).
+    fn manifest(&self) -> ApiResult<Manifest> {
+        let seq = self.seq.get();
+        self.with_filter(|f| {
+            let h = f.header();
+            let bits = h.params.partition_bits_for(PARTITION_MAX_BYTES);
+            let partitions = (0..1u32 << bits)
+                .map(|i| PartitionInfo {
+                    index: i,
+                    etag: format!("\"v{}.p{i}.{seq}\"", h.version),
+                    bits_set: f.partition(bits, i).map_or(0, |p| p.count_ones()),
+                })
+                .collect();
+            Manifest {
+                gp: String::new(),
+                version: h.version,
+                created_at_ms: h.created_at_ms,
+                seq,
+                params: ParamsDoc::from(&h.params),
+                partition_bits: bits,
+                partitions,
+                bits_set: f.count_ones(),
+                estimated_fp_rate: f.estimated_fp_rate(),
+            }
+        })
+    }
+
+    /// `GET /partition?version=V&index=I`: partition I of version V as
+    /// GLF2, sparse when smaller, with its ETag.
+    fn partition(&self, req: &Request) -> ApiResult<worker::Result<Response>> {
+        let url = req.url().internal("url")?;
+        let q = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        let (Some(version), Some(index)) = (q("version"), q("index")) else {
+            return Err(ApiError::client(
+                400,
+                "invalid-partition",
+                "Invalid partition request",
+                "version and index must both be given as non-negative integers",
+            ));
+        };
+        let current = self.current_version()?;
+        if version != current {
+            return Err(version_ended(version, current));
+        }
+        let seq = self.seq.get();
+        let found = self.with_filter(|f| {
+            let bits = f.params().partition_bits_for(PARTITION_MAX_BYTES);
+            u32::try_from(index)
+                .ok()
+                .filter(|i| u64::from(*i) < 1u64 << bits)
+                .and_then(|i| f.partition(bits, i).ok())
+                .map(|p| (p.to_bytes_compact(), bits))
+        })?;
+        let Some((bytes, bits)) = found else {
+            return Err(ApiError::client(
+                404,
+                "no-such-partition",
+                "No such partition",
+                format!(
+                    "this filter version has partitions 0..{}",
+                    1u64 << self
+                        .with_filter(|f| f.params().partition_bits_for(PARTITION_MAX_BYTES))?
+                ),
+            ));
+        };
+        let _ = bits;
+        let mut resp = Response::from_bytes(bytes).internal("partition response")?;
+        let h = resp.headers_mut();
+        h.set("ETag", &format!("\"v{version}.p{index}.{seq}\""))
+            .internal("header")?;
+        h.set("Glados-Filter-Seq", &seq.to_string())
             .internal("header")?;
         Ok(Ok(resp))
     }

@@ -4,7 +4,10 @@
 pub mod ap;
 pub mod filter;
 pub mod nonces;
+pub mod peer_copy;
 pub mod registry;
+pub mod route_table;
+pub mod routing_shard;
 pub mod shard;
 
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};

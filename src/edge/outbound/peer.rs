@@ -50,7 +50,6 @@ impl Signer {
 /// What a peer answered.
 pub struct PeerResponse {
     pub status: u16,
-    pub headers: Headers,
     pub body: Vec<u8>,
 }
 
@@ -133,11 +132,7 @@ pub async fn signed_fetch(
     let body = read_capped_body(&mut resp, max_body)
         .await
         .map_err(|e| format!("reading {url}: {e}"))?;
-    Ok(PeerResponse {
-        status,
-        headers: resp.headers().clone(),
-        body,
-    })
+    Ok(PeerResponse { status, body })
 }
 
 /// A response body of at most `max` bytes, read as it streams: refused by

@@ -1,256 +1,543 @@
-//! The GP-to-GP routing protocol (draft §9): this GP's filter served to
-//! peers, and peers' filters kept here.
+//! This isolate's view of the routing table (ARCHITECTURE.md, "Routing
+//! table"): whether each peer may hold an SII, from one KV value per query
+//! at most, in memory bounded by `ROUTING_CACHE_MB` whatever the number of
+//! peers or the size of their filters.
 //!
-//! Publisher side (routes under `/peer/v1/`, signed peer requests only):
-//! the snapshot, additions since a cursor, and subscriptions; the
-//! `FilterObject` delivers the additions.
-//!
-//! Subscriber side: each peer's filter lives in KV (`FILTERS`) as a
-//! snapshot (chunks of ≤ [`KV_CHUNK`] bytes, under the 25 MiB value cap)
-//! plus the additions batches received since, and in this isolate's memory.
-//! draft §9: "the other GPs need to fetch the newest one and recreate
-//! their subscriptions" on rotation, and a subscription "allows a GP to
-//! 'catch up' on changes it may have missed when disconnected": the cron
-//! resubscribes from the cursor kept in KV.
-//!
-//! KV layout, per peer `{id}`:
-//! - `peer-filter/{id}/meta`: JSON [`PeerMeta`] — version, cursor, chunks,
-//!   the batches applied on top of the snapshot;
-//! - `peer-filter/{id}/v{version}/s{snap_seq}/{i}`: GLF2 snapshot chunks;
-//! - `peer-filter/{id}/v{version}/a{seq}`: one GLA1 additions batch.
-//!
-//! After [`COMPACT_BATCHES`] batches the copy is rewritten as a new
-//! snapshot, so loading never reads more than that many batch keys.
-
-use crate::core::filter::{decode_additions, Filter};
-use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
-use crate::edge::stats;
-use serde::{Deserialize, Serialize};
+//! - Routing partitions (`rt/{r}/{p}`, every peer's section of partition
+//!   p) are read through KV's edge cache and kept in an LRU.
+//! - The `RouteTable` is polled at most once a second, only when a query
+//!   needs the view: the peers' states when they changed, and the overlay
+//!   entries (additions newer than KV may be) after this isolate's cursor.
+//!   New entries are set in the cached partitions at once; a partition
+//!   read later gets every entry the view holds. So an addition is seen
+//!   here about a second after its `PeerCopy` applied it, and a cached
+//!   partition never misses one (a poll whose cursor fell behind the
+//!   overlay's floor empties the cache).
+//! - A peer whose routing data cannot be read is never skipped silently:
+//!   it is asked (with the reason, when its copy is not in place yet or is
+//!   being replaced) or the answer is incomplete (with the reason, when the
+//!   table cannot be read).
+use crate::core::encoding::b64_decode;
+use crate::core::filter::{decode_additions, HashScheme};
+use crate::core::routing::{key_of, keying, Keying, RoutingValue, Shape};
+use crate::edge::clock::now_ms;
+use crate::edge::config::GpConfig;
+use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::objects::routing_shard::value_key;
+use crate::edge::routing::kv;
+use crate::edge::rpc::routing::{PeerRoute, TableClient, TableOp, TableReply};
+use serde::Serialize;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use worker::Env;
 
-/// KV value size used for snapshot chunks (KV's cap is 25 MiB).
-pub const KV_CHUNK: usize = 20 << 20;
-/// Largest peer snapshot accepted into one isolate (its memory is 128 MB);
-/// bigger filters need the partitioned layout (ARCHITECTURE.md, Scale).
-pub const MAX_SNAPSHOT: usize = 32 << 20;
-/// Largest additions delivery accepted (200k indices are ~0.8 MB base64).
-pub const MAX_UPDATE_BODY: usize = 4 << 20;
-/// Batches kept on top of a stored snapshot before it is rewritten.
-pub const COMPACT_BATCHES: usize = 32;
-/// How long an isolate uses its copy before re-reading the (cheap) meta key.
-pub const PEER_CACHE_MS: u64 = 1_000;
-/// Timeout of publisher-side calls (snapshot, subscribe).
-pub const PEER_TIMEOUT_MS: u32 = 5_000;
-/// Media types of the binary filter formats (core::filter::wire).
-pub const GLF2_TYPE: &str = "application/vnd.glados.filter";
-pub const GLA1_TYPE: &str = "application/vnd.glados.filter-additions";
+/// How long a view is used before the next poll.
+pub const POLL_MS: u64 = 1_000;
+/// A view older than this (polls failing) is not trusted: answers are
+/// incomplete rather than missing additions silently.
+pub const VIEW_TRUST_MS: u64 = 10_000;
 
-// ---------------------------------------------------------------- publisher
-
-// --------------------------------------------------------------- subscriber
-
-/// What this GP knows about its copy of one peer's filter (KV `meta`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerMeta {
-    pub version: u64,
-    /// The batch the stored snapshot contains.
-    pub snap_seq: u64,
-    /// The last batch applied (the subscription cursor).
-    pub seq: u64,
-    pub chunks: u32,
-    /// Batches stored on top of the snapshot, in order.
-    pub batches: Vec<u64>,
-    pub updated_ms: u64,
+/// What the routing table says about one peer for one SII.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Its filter says the SII is certainly not there.
+    No,
+    /// Its filter may hold the SII: ask it.
+    Maybe,
+    /// No usable filter copy yet (or a new version being activated): ask
+    /// it anyway, and say why.
+    Ask(String),
+    /// The routing data cannot be read: not asked, the answer is
+    /// incomplete, with the reason.
+    Unreadable(String),
 }
 
-/// A peer's filter as this isolate holds it.
-#[derive(Clone)]
-pub struct CachedPeer {
-    pub meta: PeerMeta,
-    pub filter: Filter,
-    pub checked_ms: u64,
+struct Entry {
+    o: u64,
+    peer: String,
+    version: u64,
+    /// Sorted; None for a wildcard.
+    bits: Option<Rc<Vec<u64>>>,
+}
+
+struct Cached {
+    /// Shared with the queries reading it: a query keeps its partition
+    /// even if a concurrent request evicts it meanwhile.
+    value: Rc<RefCell<RoutingValue>>,
+    bytes: usize,
+    used: u64,
+}
+
+/// Counters of this isolate's routing view (tests, benchmarks).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ViewStats {
+    pub polls: u64,
+    pub poll_errors: u64,
+    pub partition_reads: u64,
+    pub partition_hits: u64,
+    pub resets: u64,
+    /// Cache emptied because a peer switched versions or a wildcard ended.
+    pub switches: u64,
+    /// Routing state held now, and the most ever (bytes).
+    pub bytes: usize,
+    pub bytes_peak: usize,
+    pub cached_partitions: usize,
+    pub overlay_entries: usize,
+    pub overlay_bits: u64,
+}
+
+#[derive(Default)]
+struct View {
+    config: (u8, u32),
+    polled_ms: u64,
+    ok_ms: u64,
+    polling: bool,
+    oseq: u64,
+    dir_version: u64,
+    dir: HashMap<String, PeerRoute>,
+    entries: VecDeque<Entry>,
+    entry_bytes: usize,
+    values: HashMap<u32, Cached>,
+    value_bytes: usize,
+    tick: u64,
+    last_error: Option<String>,
+    stats: ViewStats,
 }
 
 thread_local! {
-    static PEER_FILTERS: RefCell<HashMap<String, CachedPeer>> = RefCell::new(HashMap::new());
+    static VIEW: RefCell<View> = RefCell::new(View::default());
 }
 
-pub fn kv(env: &Env) -> ApiResult<worker::KvStore> {
-    env.kv("FILTERS").internal("FILTERS binding")
+/// A copy of the counters.
+pub fn stats() -> ViewStats {
+    VIEW.with(|v| {
+        let v = v.borrow();
+        let mut s = v.stats.clone();
+        s.bytes = v.entry_bytes + v.value_bytes + dir_bytes(&v.dir);
+        s.cached_partitions = v.values.len();
+        s.overlay_entries = v.entries.len();
+        s.overlay_bits = v
+            .entries
+            .iter()
+            .map(|e| e.bits.as_ref().map_or(0, |b| b.len() as u64))
+            .sum();
+        s
+    })
 }
 
-pub fn kv_err<T>(r: Result<T, worker::KvError>, ctx: &str) -> ApiResult<T> {
-    r.map_err(|e| ApiError::Internal(format!("{ctx}: {e}")))
+fn dir_bytes(dir: &HashMap<String, PeerRoute>) -> usize {
+    dir.len() * 512
 }
 
-pub fn meta_key(peer: &str) -> String {
-    format!("peer-filter/{peer}/meta")
-}
-
-pub fn chunk_key(peer: &str, m: &PeerMeta, i: u32) -> String {
-    format!("peer-filter/{peer}/v{}/s{}/{i}", m.version, m.snap_seq)
-}
-
-pub fn batch_key(peer: &str, version: u64, seq: u64) -> String {
-    format!("peer-filter/{peer}/v{version}/a{seq}")
-}
-
-pub async fn read_meta(env: &Env, peer: &str) -> ApiResult<Option<PeerMeta>> {
-    stats::count(|s| s.kv_reads += 1);
-    let text = kv_err(kv(env)?.get(&meta_key(peer)).text().await, "kv meta")?;
-    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-}
-
-/// Loads a peer's copy from KV (snapshot + batches).
-pub async fn load_from_kv(env: &Env, peer: &str, meta: &PeerMeta) -> ApiResult<Filter> {
-    let store = kv(env)?;
-    let mut bytes = Vec::new();
-    for i in 0..meta.chunks {
-        stats::count(|s| s.kv_reads += 1);
-        let chunk = kv_err(
-            store.get(&chunk_key(peer, meta, i)).bytes().await,
-            "kv chunk",
-        )?
-        .ok_or_else(|| ApiError::Internal(format!("peer {peer} snapshot chunk {i} missing")))?;
-        bytes.extend_from_slice(&chunk);
-    }
-    let mut filter = Filter::from_bytes(&bytes)
-        .map_err(|e| ApiError::Internal(format!("stored filter of {peer}: {e}")))?;
-    for seq in &meta.batches {
-        stats::count(|s| s.kv_reads += 1);
-        if let Some(b) = kv_err(
-            store
-                .get(&batch_key(peer, meta.version, *seq))
-                .bytes()
-                .await,
-            "kv batch",
-        )? {
-            if let Ok(batch) = decode_additions(&b) {
-                let _ = filter.apply(&batch.indices);
+/// Sets an entry's bits in a value's matching sections.
+fn apply_entry(value: &mut RoutingValue, e: &Entry) {
+    let Some(bits) = &e.bits else { return };
+    for s in value
+        .sections
+        .iter_mut()
+        .filter(|s| s.peer == e.peer && s.version == e.version)
+    {
+        match s.shape {
+            Shape::Range { first, len } => {
+                let lo = bits.partition_point(|&b| b < first);
+                let hi = bits.partition_point(|&b| b < first + len);
+                if let Some(range) = bits.get(lo..hi) {
+                    s.set_all(range);
+                }
+            }
+            Shape::Stride { .. } => {
+                s.set_all(bits);
             }
         }
     }
-    Ok(filter)
 }
 
-/// This isolate's copy of a peer's filter, refreshed from KV when older
-/// than [`PEER_CACHE_MS`] (one small KV read; the bits are re-read only
-/// when the peer's cursor moved). `None` until the first snapshot arrived.
-pub async fn peer_filter(env: &Env, peer: &str) -> ApiResult<Option<CachedPeer>> {
-    let now = crate::edge::clock::now_ms();
-    let cached = PEER_FILTERS.with(|m| m.borrow().get(peer).cloned());
-    if let Some(c) = &cached {
-        if now.saturating_sub(c.checked_ms) < PEER_CACHE_MS {
-            return Ok(cached);
+impl View {
+    fn reset_values(&mut self) {
+        self.values.clear();
+        self.value_bytes = 0;
+    }
+
+    fn budget(&self, cfg: &GpConfig) -> usize {
+        (cfg.routing_cache_mb as usize) << 20
+    }
+
+    fn note_peak(&mut self) {
+        let now = self.entry_bytes + self.value_bytes + dir_bytes(&self.dir);
+        self.stats.bytes_peak = self.stats.bytes_peak.max(now);
+    }
+
+    /// Takes a poll's answer.
+    fn take(&mut self, reply: TableReply) -> Result<(), String> {
+        let TableReply::View {
+            oseq,
+            floor,
+            reset,
+            dir_version,
+            dir,
+            entries,
+            ..
+        } = reply
+        else {
+            return Err("route table answered a view with something else".into());
+        };
+        if reset {
+            self.stats.resets += 1;
+            self.entries.clear();
+            self.entry_bytes = 0;
+            self.reset_values();
+            self.oseq = 0;
         }
-    }
-    let Some(meta) = read_meta(env, peer).await? else {
-        return Ok(cached);
-    };
-    let fresh = match cached {
-        Some(mut c) if c.meta.version == meta.version && c.meta.seq >= meta.seq => {
-            c.checked_ms = now;
-            c
-        }
-        _ => CachedPeer {
-            filter: load_from_kv(env, peer, &meta).await?,
-            meta,
-            checked_ms: now,
-        },
-    };
-    remember(peer, fresh.clone());
-    Ok(Some(fresh))
-}
-
-/// Whether this GP's copy of `peer`'s filter says the peer may hold the SII
-/// with this digest (draft §8.1: "each GP will basically have a boolean
-/// value for each SII which says whether that SII might exist, or
-/// definitively does not exist, on another GP"). On a warm isolate this is
-/// a memory lookup (no KV read, no copy of the bits); `None` while no copy
-/// of the peer's filter exists yet.
-pub async fn peer_may_hold(env: &Env, peer: &str, digest: &[u8; 32]) -> ApiResult<Option<bool>> {
-    let now = crate::edge::clock::now_ms();
-    let warm = PEER_FILTERS.with(|m| {
-        m.borrow()
-            .get(peer)
-            .filter(|c| now.saturating_sub(c.checked_ms) < PEER_CACHE_MS)
-            .map(|c| c.filter.contains(digest))
-    });
-    if warm.is_some() {
-        return Ok(warm);
-    }
-    Ok(peer_filter(env, peer)
-        .await?
-        .map(|c| c.filter.contains(digest)))
-}
-
-pub fn remember(peer: &str, c: CachedPeer) {
-    PEER_FILTERS.with(|m| {
-        m.borrow_mut().insert(peer.to_string(), c);
-    });
-}
-
-/// Stores `filter` as the peer's snapshot at cursor `seq`.
-pub async fn store_snapshot(
-    env: &Env,
-    peer: &str,
-    filter: &Filter,
-    seq: u64,
-) -> ApiResult<PeerMeta> {
-    let bytes = filter.to_bytes();
-    let old = read_meta(env, peer).await?;
-    let meta = PeerMeta {
-        version: filter.header().version,
-        snap_seq: seq,
-        seq,
-        chunks: bytes.chunks(KV_CHUNK).count() as u32,
-        batches: Vec::new(),
-        updated_ms: crate::edge::clock::now_ms(),
-    };
-    let store = kv(env)?;
-    for (i, chunk) in bytes.chunks(KV_CHUNK).enumerate() {
-        kv_err(
-            kv_err(
-                store.put_bytes(&chunk_key(peer, &meta, i as u32), chunk),
-                "kv put",
-            )?
-            .execute()
-            .await,
-            "kv put chunk",
-        )?;
-    }
-    write_meta(env, peer, &meta).await?;
-    // The previous generation's keys are garbage now (best effort).
-    if let Some(old) = old {
-        if old.version != meta.version || old.snap_seq != meta.snap_seq {
-            for i in 0..old.chunks {
-                let _ = store.delete(&chunk_key(peer, &old, i)).await;
+        while self.entries.front().is_some_and(|e| e.o <= floor) {
+            if let Some(e) = self.entries.pop_front() {
+                self.entry_bytes -= entry_bytes(&e);
+                if e.bits.is_none() {
+                    // A wildcard's additions are in KV now, but maybe not
+                    // in partitions cached before: read them again.
+                    self.stats.switches += 1;
+                    self.reset_values();
+                }
             }
         }
-        for s in &old.batches {
-            let _ = store.delete(&batch_key(peer, old.version, *s)).await;
+        for w in entries {
+            if w.o <= self.oseq {
+                continue;
+            }
+            let bits = match &w.additions {
+                Some(b64) => {
+                    let bytes = b64_decode(b64).map_err(|e| format!("overlay entry: {e}"))?;
+                    let batch =
+                        decode_additions(&bytes).map_err(|e| format!("overlay entry: {e}"))?;
+                    Some(Rc::new(batch.indices))
+                }
+                None => None,
+            };
+            let e = Entry {
+                o: w.o,
+                peer: w.peer,
+                version: w.version,
+                bits,
+            };
+            for c in self.values.values() {
+                apply_entry(&mut c.value.borrow_mut(), &e);
+            }
+            self.entry_bytes += entry_bytes(&e);
+            self.entries.push_back(e);
         }
+        self.oseq = oseq.max(self.oseq);
+        if let Some(list) = dir {
+            let moved = list.iter().any(|p| {
+                self.dir
+                    .get(&p.peer)
+                    .is_some_and(|old| old.version != p.version)
+            });
+            if moved {
+                // A peer switched versions: cached sections are of the old one.
+                self.stats.switches += 1;
+                self.reset_values();
+            }
+            self.dir = list.into_iter().map(|p| (p.peer.clone(), p)).collect();
+        }
+        self.dir_version = dir_version;
+        self.note_peak();
+        Ok(())
     }
-    remember(
-        peer,
-        CachedPeer {
-            meta: meta.clone(),
-            filter: filter.clone(),
-            checked_ms: crate::edge::clock::now_ms(),
-        },
-    );
-    Ok(meta)
+
+    /// Keeps a partition (and `keep`, another one this query needs),
+    /// evicting the least recently used others down to the budget.
+    fn insert(
+        &mut self,
+        cfg: &GpConfig,
+        p: u32,
+        keep: Option<u32>,
+        mut value: RoutingValue,
+    ) -> Rc<RefCell<RoutingValue>> {
+        for e in &self.entries {
+            apply_entry(&mut value, e);
+        }
+        let bytes = value.heap_bytes();
+        self.tick += 1;
+        let used = self.tick;
+        let value = Rc::new(RefCell::new(value));
+        let shared = value.clone();
+        if let Some(old) = self.values.insert(p, Cached { value, bytes, used }) {
+            self.value_bytes -= old.bytes;
+        }
+        self.value_bytes += bytes;
+        self.note_peak();
+        let budget = self
+            .budget(cfg)
+            .saturating_sub(self.entry_bytes + dir_bytes(&self.dir));
+        while self.value_bytes > budget && self.values.len() > 2 {
+            let Some((&victim, _)) = self
+                .values
+                .iter()
+                .filter(|(&k, _)| k != p && Some(k) != keep)
+                .min_by_key(|(_, c)| c.used)
+            else {
+                break;
+            };
+            if let Some(c) = self.values.remove(&victim) {
+                self.value_bytes -= c.bytes;
+            }
+        }
+        shared
+    }
 }
 
-pub async fn write_meta(env: &Env, peer: &str, meta: &PeerMeta) -> ApiResult<()> {
-    let text =
-        serde_json::to_string(meta).map_err(|e| ApiError::Internal(format!("meta json: {e}")))?;
-    kv_err(
-        kv_err(kv(env)?.put(&meta_key(peer), text), "kv put")?
-            .execute()
-            .await,
-        "kv put meta",
-    )
+fn entry_bytes(e: &Entry) -> usize {
+    e.bits.as_ref().map_or(0, |b| b.len() * 8) + e.peer.len() + 64
+}
+
+/// Polls the route table if the view is a second old (one poll in flight
+/// per isolate).
+async fn refresh(env: &Env, cfg: &GpConfig) {
+    let now = now_ms();
+    let (after, dir_version) = match VIEW.with(|v| {
+        let mut v = v.borrow_mut();
+        let config = (cfg.routing_partition_bits, cfg.routing_shards);
+        if v.config != config {
+            *v = View {
+                config,
+                ..View::default()
+            };
+        }
+        // Until a first poll has answered, every query polls.
+        let fresh = v.ok_ms > 0 && (v.polling || now.saturating_sub(v.polled_ms) < POLL_MS);
+        if fresh {
+            return None;
+        }
+        v.polling = true;
+        v.polled_ms = now;
+        Some((v.oseq, v.dir_version))
+    }) {
+        Some(x) => x,
+        None => return,
+    };
+    let reply = TableClient::new(env, cfg)
+        .call(&TableOp::View { after, dir_version })
+        .await;
+    VIEW.with(|v| {
+        let mut v = v.borrow_mut();
+        v.polling = false;
+        v.stats.polls += 1;
+        let taken = match reply {
+            Ok(r) => v.take(r),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match taken {
+            Ok(()) => {
+                v.ok_ms = now;
+                v.last_error = None;
+            }
+            Err(e) => {
+                v.stats.poll_errors += 1;
+                worker::console_error!("routing view: {e}");
+                v.last_error = Some(e);
+            }
+        }
+    });
+}
+
+/// A routing partition a query reads.
+type Part = Result<Rc<RefCell<RoutingValue>>, String>;
+
+/// Routing partition `p`: from the LRU, or read from KV (not evicting `keep`).
+async fn partition(env: &Env, cfg: &GpConfig, p: u32, keep: Option<u32>) -> Part {
+    let hit = VIEW.with(|v| {
+        let mut v = v.borrow_mut();
+        v.tick += 1;
+        let t = v.tick;
+        let hit = v.values.get_mut(&p).map(|c| {
+            c.used = t;
+            c.value.clone()
+        });
+        if hit.is_some() {
+            v.stats.partition_hits += 1;
+        }
+        hit
+    });
+    if let Some(value) = hit {
+        return Ok(value);
+    }
+    let r = cfg.routing_partition_bits;
+    let bytes = kv::get(env, &value_key(r, p))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let value = match bytes {
+        Some(b) => RoutingValue::decode(&b).map_err(|e| format!("routing partition {p}: {e}"))?,
+        // Never written: no peer has a section yet.
+        None => RoutingValue {
+            r,
+            p,
+            written_ms: 0,
+            sections: Vec::new(),
+        },
+    };
+    if value.r != r || value.p != p {
+        return Err(format!("routing partition {p} holds partition {}", value.p));
+    }
+    Ok(VIEW.with(|v| {
+        let mut v = v.borrow_mut();
+        v.stats.partition_reads += 1;
+        v.insert(cfg, p, keep, value)
+    }))
+}
+
+/// What the routing table says about every configured peer for the SII
+/// with this digest, in `cfg.peers` order. No Durable Object request on
+/// the query's path but the view's poll (at most one a second); at most
+/// one KV read (two when some peer uses the draft's low-bits filter).
+pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdict> {
+    let r = cfg.routing_partition_bits;
+    // Some peer uses the draft's low-bits filter (known once polled).
+    let residue_needed = || {
+        VIEW.with(|v| {
+            v.borrow().dir.values().any(|p| {
+                p.params
+                    .as_ref()
+                    .is_some_and(|d| d.hash == HashScheme::Sha256Low.name())
+            })
+        })
+    };
+    let prefix_p = key_of(digest, r, Keying::Prefix);
+    let residue_p = key_of(digest, r, Keying::Residue);
+    // A poll that empties the cache (a peer switched versions, or the
+    // overlay moved past this isolate) while a partition is read leaves
+    // that partition without the poll's entries: read it again.
+    let resets = || VIEW.with(|v| v.borrow().stats.resets + v.borrow().stats.switches);
+    let mut prefix: Part = Err("not read".into());
+    let mut residue: Option<Part> = None;
+    for _ in 0..2 {
+        let before = resets();
+        let (_, got) =
+            futures_util::future::join(refresh(env, cfg), partition(env, cfg, prefix_p, None))
+                .await;
+        prefix = got;
+        residue = if residue_needed() {
+            Some(partition(env, cfg, residue_p, Some(prefix_p)).await)
+        } else {
+            None
+        };
+        if resets() == before {
+            break;
+        }
+    }
+    let now = now_ms();
+    VIEW.with(|v| {
+        let v = v.borrow();
+        let stale = now.saturating_sub(v.ok_ms) > VIEW_TRUST_MS;
+        cfg.peers
+            .iter()
+            .map(|peer| {
+                if stale {
+                    return Verdict::Unreadable(format!(
+                        "routing overlay not read for {} s: {}",
+                        now.saturating_sub(v.ok_ms) / 1000,
+                        v.last_error.as_deref().unwrap_or("no answer yet")
+                    ));
+                }
+                let Some(state) = v.dir.get(&peer.id) else {
+                    return Verdict::Ask("no filter copy of this peer yet".into());
+                };
+                let Some(version) = state.version else {
+                    let why = match &state.sync {
+                        Some(s) => format!(
+                            "no filter copy of this peer yet (downloading v{}: {}/{} partitions)",
+                            s.version, s.done, s.partitions
+                        ),
+                        None => format!(
+                            "no filter copy of this peer yet ({})",
+                            state.last_error.as_deref().unwrap_or(&state.status)
+                        ),
+                    };
+                    return Verdict::Ask(why);
+                };
+                if state.status == "switching" {
+                    return Verdict::Ask("a new filter version of this peer is being activated".into());
+                }
+                if v
+                    .entries
+                    .iter()
+                    .any(|e| e.bits.is_none() && e.peer == peer.id && e.version == version)
+                {
+                    return Verdict::Ask(
+                        "a bulk of this peer's additions is still reaching the routing table".into(),
+                    );
+                }
+                let Some(params) = state.params.as_ref().and_then(|d| d.params().ok()) else {
+                    return Verdict::Unreadable("this peer's filter parameters are unreadable".into());
+                };
+                let (p, read) = match keying(&params) {
+                    Keying::Prefix => (prefix_p, &prefix),
+                    Keying::Residue => match &residue {
+                        Some(r) => (residue_p, r),
+                        None => {
+                            return Verdict::Unreadable(
+                                "the low-bits routing partition was not read".into(),
+                            )
+                        }
+                    },
+                };
+                let value = match read {
+                    Ok(value) => value.borrow(),
+                    Err(e) => {
+                        return Verdict::Unreadable(format!("routing partition unreadable: {e}"))
+                    }
+                };
+                let Some(section) = value.sections.iter().find(|s| s.peer == peer.id) else {
+                    if now.saturating_sub(state.activated_ms) < kv::STALE_MS {
+                        return Verdict::Ask("this peer's filter copy is still reaching KV".into());
+                    }
+                    return Verdict::Unreadable(format!(
+                        "routing partition {p} has no section for this peer"
+                    ));
+                };
+                if section.version < version {
+                    return Verdict::Ask(format!(
+                        "routing partition {p} still holds v{} of this peer's filter (copy at v{version})",
+                        section.version
+                    ));
+                }
+                match section.may_hold(digest) {
+                    Some(true) => Verdict::Maybe,
+                    Some(false) => Verdict::No,
+                    None => Verdict::Unreadable(format!(
+                        "routing partition {p} does not cover this SII for this peer"
+                    )),
+                }
+            })
+            .collect()
+    })
+}
+
+/// Every configured peer's routing state, read now from the route table
+/// (one Durable Object request): `/v1/gp`, the debug routes.
+pub async fn directory(env: &Env, cfg: &GpConfig) -> ApiResult<Vec<PeerRoute>> {
+    let op = TableOp::View {
+        after: u64::MAX,
+        dir_version: u64::MAX,
+    };
+    let dir = match TableClient::new(env, cfg).call(&op).await? {
+        TableReply::View { dir, .. } => dir.unwrap_or_default(),
+        other => {
+            return Err(ApiError::Internal(format!(
+                "route table answered a view with {other:?}"
+            )))
+        }
+    };
+    let mut by_id: HashMap<String, PeerRoute> =
+        dir.into_iter().map(|p| (p.peer.clone(), p)).collect();
+    Ok(cfg
+        .peers
+        .iter()
+        .map(|p| {
+            by_id.remove(&p.id).unwrap_or_else(|| PeerRoute {
+                peer: p.id.clone(),
+                status: "never".into(),
+                ..PeerRoute::default()
+            })
+        })
+        .collect())
 }

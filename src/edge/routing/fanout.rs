@@ -6,7 +6,7 @@ use crate::core::Sii;
 use crate::edge::config::{GpConfig, Peer};
 use crate::edge::http::error::ApiResult;
 use crate::edge::outbound::peer::Signer;
-use crate::edge::routing::copies;
+use crate::edge::routing::copies::{self, Verdict};
 use crate::edge::stats;
 use serde_json::json;
 use worker::{Env, Method};
@@ -45,22 +45,44 @@ pub async fn lookup(env: &Env, cfg: &GpConfig, query: &Query) -> ApiResult<GpAns
     })
 }
 
-/// Peers whose filter copy says they may hold the SII. A peer whose filter
-/// this GP has not received yet (or cannot read) is asked too: without its
-/// filter "definitively does NOT exist" (draft §8.1) is unknown.
-pub async fn matching_peers<'c>(env: &Env, cfg: &'c GpConfig, sii: &Sii) -> Vec<&'c Peer> {
-    let digest = sii.hash();
-    let mut out = Vec::new();
-    for p in &cfg.peers {
-        match copies::peer_may_hold(env, &p.id, &digest).await {
-            Ok(Some(false)) => {}
-            Ok(_) => out.push(p),
-            Err(e) => {
-                worker::console_error!("filter of peer {}: {e:?}", p.id);
-                out.push(p);
+/// How the routing table routes one SII: the peers to ask (with a note
+/// when asked without a filter verdict) and those it cannot route to.
+pub struct Routed<'c> {
+    pub ask: Vec<(&'c Peer, Option<String>)>,
+    pub unreadable: Vec<(&'c Peer, String)>,
+}
+
+/// Routes one SII through the routing table (ARCHITECTURE.md, "Routing
+/// table"): at most one KV read and no Durable Object request on a warm
+/// isolate.
+pub async fn route<'c>(env: &Env, cfg: &'c GpConfig, sii: &Sii) -> Routed<'c> {
+    let verdicts = copies::verdicts(env, cfg, &sii.hash()).await;
+    let mut out = Routed {
+        ask: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for (p, v) in cfg.peers.iter().zip(verdicts) {
+        match v {
+            Verdict::No => {}
+            Verdict::Maybe => out.ask.push((p, None)),
+            Verdict::Ask(why) => out.ask.push((p, Some(why))),
+            Verdict::Unreadable(why) => {
+                worker::console_error!("routing to peer {}: {why}", p.id);
+                out.unreadable.push((p, why));
             }
         }
     }
+    out
+}
+
+/// Peers whose filter copy says they may hold the SII, and peers this GP
+/// has no readable routing data for (draft §8.1: without it,
+/// "definitively does NOT exist" is unknown): where claims go, so none is
+/// missed. Queries use [`route`], which tells the two apart.
+pub async fn matching_peers<'c>(env: &Env, cfg: &'c GpConfig, sii: &Sii) -> Vec<&'c Peer> {
+    let r = route(env, cfg, sii).await;
+    let mut out: Vec<&Peer> = r.ask.into_iter().map(|(p, _)| p).collect();
+    out.extend(r.unreadable.into_iter().map(|(p, _)| p));
     out
 }
 
@@ -99,31 +121,39 @@ async fn ask_peer(signer: Option<&Signer>, peer: &Peer, query: &Query, body: &[u
 }
 
 /// The routed query for one SII: own mapping and the matching peers', in
-/// parallel. Also used by mapping creation to find a remote holder (a
+/// parallel (the own shard is asked while the routing table is read).
+/// Also used by mapping creation to find a remote holder (a
 /// [`Query::plain`]: no statements).
 pub async fn resolve(
     env: &Env,
     cfg: &GpConfig,
     query: &Query,
 ) -> ApiResult<crate::core::query::QueryResult> {
-    let peers = matching_peers(env, cfg, &query.sii).await;
-    let signer = if peers.is_empty() {
-        None
-    } else {
-        Signer::from_env(env)
-            .map_err(|e| worker::console_error!("peer query: {e:?}"))
-            .ok()
-    };
     let body = json!(query.peer_body()).to_string().into_bytes();
-    let asks = futures_util::future::join_all(
-        peers
-            .iter()
-            .map(|p| ask_peer(signer.as_deref(), p, query, body.as_slice())),
-    );
-    let (local, outcomes) = futures_util::future::join(lookup(env, cfg, query), asks).await;
-    let answers = peers
+    let remote = async {
+        let routed = route(env, cfg, &query.sii).await;
+        let signer = if routed.ask.is_empty() {
+            None
+        } else {
+            Signer::from_env(env)
+                .map_err(|e| worker::console_error!("peer query: {e:?}"))
+                .ok()
+        };
+        let asks = futures_util::future::join_all(
+            routed
+                .ask
+                .iter()
+                .map(|(p, _)| ask_peer(signer.as_deref(), p, query, body.as_slice())),
+        )
+        .await;
+        (routed, asks)
+    };
+    let (local, (routed, outcomes)) =
+        futures_util::future::join(lookup(env, cfg, query), remote).await;
+    let mut answers = routed
+        .ask
         .iter()
-        .map(|p| p.id.clone())
+        .map(|(p, _)| p.id.clone())
         .zip(outcomes)
         .collect::<Vec<_>>();
     for (gp, o) in &answers {
@@ -131,5 +161,20 @@ pub async fn resolve(
             worker::console_log!("query: peer {gp} failed: {why}");
         }
     }
-    Ok(combine(local?, answers))
+    answers.extend(routed.unreadable.iter().map(|(p, why)| {
+        (
+            p.id.clone(),
+            PeerOutcome::NotAsked(format!("routing: {why}")),
+        )
+    }));
+    let mut result = combine(local?, answers);
+    result.unfiltered = routed
+        .ask
+        .iter()
+        .filter_map(|(p, why)| why.clone().map(|w| (p.id.clone(), w)))
+        .collect();
+    if !result.unfiltered.is_empty() {
+        stats::count(|s| s.peer_queries_unfiltered += result.unfiltered.len() as u64);
+    }
+    Ok(result)
 }

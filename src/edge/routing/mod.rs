@@ -2,5 +2,6 @@
 
 pub mod copies;
 pub mod fanout;
+pub mod kv;
 pub mod preferred;
 pub mod sync;

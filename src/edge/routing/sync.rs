@@ -1,117 +1,159 @@
-//! Keeping the peers' filter copies current (draft §9): subscribing, full resync, catch-up after downtime, and the cron tick.
-use crate::edge::routing::copies::PeerMeta;
-use crate::edge::routing::copies::{read_meta, store_snapshot, MAX_SNAPSHOT, PEER_TIMEOUT_MS};
-use crate::edge::rpc::filter::FilterClient;
-
+//! The subscriber's side of the GP-to-GP routing protocol (draft §9): a
+//! peer's manifest and partitions, subscribing to its additions, and the
+//! cron that keeps every copy current. Each peer's `PeerCopy` object runs
+//! these (ARCHITECTURE.md, "Routing table"); this module only talks HTTP.
+//!
+//! draft §9: "the other GPs need to fetch the newest one and recreate
+//! their subscriptions" on rotation, and a subscription "allows a GP to
+//! 'catch up' on changes it may have missed when disconnected": the cron
+//! resubscribes from each copy's cursor.
 use crate::core::filter::Filter;
 use crate::edge::config::{GpConfig, Peer};
-use crate::edge::outbound::peer::Signer;
+use crate::edge::outbound::peer::{signed_fetch, Signer, MAX_PEER_ANSWER};
+use crate::edge::rpc::filter::{FilterClient, Manifest};
+use crate::edge::rpc::routing::CopyClient;
 use serde_json::json;
 use worker::{Env, Method};
 
-/// Fetches the peer's current snapshot, stores it, and subscribes to its
-/// additions from the snapshot's cursor (draft §9: "fetch the newest one
-/// and recreate their subscriptions").
-pub async fn resync(env: &Env, cfg: &GpConfig, peer: &Peer) -> Result<PeerMeta, String> {
-    let signer = Signer::from_env(env).map_err(|e| format!("{e:?}"))?;
-    let mut last_err = String::new();
-    // Twice: a rotation between the fetch and the subscribe means fetch again.
-    for _ in 0..2 {
-        let url = format!("{}/peer/v1/filter", peer.url.trim_end_matches('/'));
-        // Read at most MAX_SNAPSHOT bytes, as they stream (issue 14 item 10).
-        let r = crate::edge::outbound::peer::signed_fetch(
-            &signer,
-            Method::Get,
-            &url,
-            None,
-            &[],
-            PEER_TIMEOUT_MS,
-            MAX_SNAPSHOT,
-        )
-        .await?;
-        if r.status != 200 {
-            return Err(format!(
-                "{url} answered {}: {}",
-                r.status,
-                String::from_utf8_lossy(r.body.get(..300).unwrap_or(&r.body))
-            ));
-        }
-        if r.body.len() > MAX_SNAPSHOT {
-            return Err(format!(
-                "{url}: snapshot of {} bytes is too large",
-                r.body.len()
-            ));
-        }
-        let filter =
-            Filter::from_bytes(&r.body).map_err(|e| format!("{url}: not a GLF2 filter: {e}"))?;
-        let seq: u64 = r
-            .headers
-            .get("Glados-Filter-Seq")
-            .ok()
-            .flatten()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("{url}: no Glados-Filter-Seq header"))?;
-        let meta = store_snapshot(env, peer.id.as_str(), &filter, seq)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        match subscribe_to(&signer, peer, meta.version, meta.seq).await {
-            Ok(()) => return Ok(meta),
-            Err(e) => last_err = e,
-        }
+/// Timeout of publisher-side calls (manifest, partition, subscribe).
+pub const PEER_TIMEOUT_MS: u32 = 10_000;
+/// Most bytes of a manifest (a 1B-SII filter has ~1,200 partitions).
+pub const MAX_MANIFEST: usize = 4 << 20;
+/// Media types of the binary filter formats (core::filter::wire).
+pub const GLF2_TYPE: &str = "application/vnd.glados.filter";
+pub const GLA1_TYPE: &str = "application/vnd.glados.filter-additions";
+/// Largest additions delivery accepted (200k indices are ~0.8 MB base64).
+pub const MAX_UPDATE_BODY: usize = 4 << 20;
+
+fn base(peer: &Peer) -> &str {
+    peer.url.trim_end_matches('/')
+}
+
+fn answered(url: &str, status: u16, body: &[u8]) -> String {
+    format!(
+        "{url} answered {status}: {}",
+        String::from_utf8_lossy(body.get(..300).unwrap_or(body))
+    )
+}
+
+/// A peer's current manifest.
+pub async fn fetch_manifest(signer: &Signer, peer: &Peer) -> Result<Manifest, String> {
+    let url = format!("{}/peer/v1/filter", base(peer));
+    let r = signed_fetch(
+        signer,
+        Method::Get,
+        &url,
+        None,
+        &[],
+        PEER_TIMEOUT_MS,
+        MAX_MANIFEST,
+    )
+    .await?;
+    if r.status != 200 {
+        return Err(answered(&url, r.status, &r.body));
     }
-    let _ = cfg;
-    Err(last_err)
+    let m: Manifest =
+        serde_json::from_slice(&r.body).map_err(|e| format!("{url}: not a manifest: {e}"))?;
+    if m.gp != peer.id {
+        return Err(format!("{url}: manifest names GP {:?}", m.gp));
+    }
+    let params = m
+        .params
+        .params()
+        .map_err(|e| format!("{url}: manifest params: {e}"))?;
+    if m.partition_bits > params.max_partition_bits()
+        || m.partitions.len() as u64 != 1u64 << m.partition_bits
+        || params.bits >> m.partition_bits > crate::core::filter::MAX_SPARSE_BITS
+    {
+        return Err(format!(
+            "{url}: manifest partitions (2^{}) do not fit its filter",
+            m.partition_bits
+        ));
+    }
+    Ok(m)
+}
+
+/// What fetching a partition gave.
+pub enum Fetched {
+    Partition(Filter),
+    /// The version is no longer current: start over.
+    VersionEnded,
+}
+
+/// Partition `index` of version `m.version`, size-capped while it streams
+/// at its dense size, and checked against the manifest.
+pub async fn fetch_partition(
+    signer: &Signer,
+    peer: &Peer,
+    m: &Manifest,
+    index: u32,
+) -> Result<Fetched, String> {
+    let url = format!(
+        "{}/peer/v1/filter/partitions/{index}?version={}",
+        base(peer),
+        m.version
+    );
+    let bits = m.params.bits >> m.partition_bits;
+    let cap = (bits / 8) as usize + 1024;
+    let r = signed_fetch(signer, Method::Get, &url, None, &[], PEER_TIMEOUT_MS, cap).await?;
+    if r.status == 409 {
+        return Ok(Fetched::VersionEnded);
+    }
+    if r.status != 200 {
+        return Err(answered(&url, r.status, &r.body));
+    }
+    let f = Filter::from_bytes(&r.body).map_err(|e| format!("{url}: not a GLF2 partition: {e}"))?;
+    let part = f.partition_id();
+    if f.header().version != m.version
+        || crate::core::filter::ParamsDoc::from(f.params()) != m.params
+        || part.bits != m.partition_bits
+        || part.index != index
+    {
+        return Err(format!(
+            "{url}: partition {}/{} of v{} does not match the manifest",
+            part.index,
+            part.bits,
+            f.header().version
+        ));
+    }
+    Ok(Fetched::Partition(f))
+}
+
+/// What a subscription request gave.
+pub enum Subscribed {
+    Yes,
+    /// The version is no longer current.
+    VersionEnded,
 }
 
 /// Subscribes to `peer`'s version `version` after cursor `after`.
-async fn subscribe_to(
+pub async fn subscribe(
     signer: &Signer,
     peer: &Peer,
     version: u64,
     after: u64,
-) -> Result<(), String> {
-    let url = format!(
-        "{}/peer/v1/filter/subscriptions",
-        peer.url.trim_end_matches('/')
-    );
+) -> Result<Subscribed, String> {
+    let url = format!("{}/peer/v1/filter/subscriptions", base(peer));
     let body = json!({ "version": version, "after": after }).to_string();
-    let r = crate::edge::outbound::peer::signed_fetch(
+    let r = signed_fetch(
         signer,
         Method::Post,
         &url,
         Some((body.as_bytes(), "application/json")),
         &[],
         PEER_TIMEOUT_MS,
-        crate::edge::outbound::peer::MAX_PEER_ANSWER,
+        MAX_PEER_ANSWER,
     )
     .await?;
-    if (200..300).contains(&r.status) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{url} answered {}: {}",
-            r.status,
-            String::from_utf8_lossy(r.body.get(..300).unwrap_or(&r.body))
-        ))
+    match r.status {
+        200..=299 => Ok(Subscribed::Yes),
+        409 => Ok(Subscribed::VersionEnded),
+        s => Err(answered(&url, s, &r.body)),
     }
 }
 
-/// Catch-up after being down (cron): resubscribe from the stored cursor;
-/// the publisher then sends everything since. A version that ended (or
-/// no copy yet) means a fresh snapshot.
-pub async fn catch_up(env: &Env, cfg: &GpConfig, peer: &Peer) -> Result<String, String> {
-    let meta = read_meta(env, &peer.id)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    if let Some(m) = meta {
-        let signer = Signer::from_env(env).map_err(|e| format!("{e:?}"))?;
-        if subscribe_to(&signer, peer, m.version, m.seq).await.is_ok() {
-            return Ok(format!("resubscribed to v{} after {}", m.version, m.seq));
-        }
-    }
-    let m = resync(env, cfg, peer).await?;
-    Ok(format!("fetched v{} at {}", m.version, m.seq))
-}
+/// How long the cron lets each copy work before answering.
+const CRON_BUDGET_MS: u64 = 20_000;
 
 /// The cron's federation work: rebuild the own filter when it is older
 /// than `FILTER_REBUILD_HOURS` (0 = never), and catch up with every peer.
@@ -134,12 +176,25 @@ pub async fn cron(env: &Env, cfg: &GpConfig) {
             Err(e) => worker::console_error!("filter check failed: {:?}", e),
         }
     }
-    let results =
-        futures_util::future::join_all(cfg.peers.iter().map(|p| catch_up(env, cfg, p))).await;
-    for (p, r) in cfg.peers.iter().zip(results) {
-        match r {
-            Ok(s) => worker::console_log!("peer {}: {s}", p.id),
-            Err(e) => worker::console_error!("peer {}: catch-up failed: {e}", p.id),
+    // Six at a time (a request's concurrent subrequests).
+    for group in cfg.peers.chunks(6) {
+        let results = futures_util::future::join_all(group.iter().map(|p| async move {
+            CopyClient::new(env, cfg, &p.id)
+                .catch_up(CRON_BUDGET_MS)
+                .await
+        }))
+        .await;
+        for (p, r) in group.iter().zip(results) {
+            match r {
+                Ok(s) => worker::console_log!(
+                    "peer {}: {} v{:?} seq {}",
+                    p.id,
+                    s.status,
+                    s.version,
+                    s.seq
+                ),
+                Err(e) => worker::console_error!("peer {}: catch-up failed: {e:?}", p.id),
+            }
         }
     }
 }

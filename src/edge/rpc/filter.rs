@@ -17,6 +17,32 @@ pub struct SubscribeOp {
     pub after: u64,
 }
 
+/// One partition of a published filter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartitionInfo {
+    pub index: u32,
+    /// Names the partition's content: same ETag, same bits.
+    pub etag: String,
+    pub bits_set: u64,
+}
+
+/// `GET /peer/v1/filter`: what a subscriber needs to copy the current
+/// version partition by partition (ARCHITECTURE.md, "Own filter").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub gp: String,
+    pub version: u64,
+    pub created_at_ms: u64,
+    /// The cursor every partition served from now on includes.
+    pub seq: u64,
+    pub params: crate::core::filter::ParamsDoc,
+    /// The filter is served as 2^partition_bits partitions.
+    pub partition_bits: u8,
+    pub partitions: Vec<PartitionInfo>,
+    pub bits_set: u64,
+    pub estimated_fp_rate: f64,
+}
+
 /// The subscriber endpoint every GP serves (callbacks go only to the
 /// configured peer URL plus this path: no caller-chosen URLs, no SSRF).
 pub const CALLBACK_PATH: &str = "/peer/v1/filter-updates";
@@ -63,6 +89,13 @@ impl<'e> FilterClient<'e> {
     /// The current filter's parameters and fill (`GET /v1/gp`).
     pub async fn info(&self) -> ApiResult<Value> {
         self.json(Method::Get, "/info", None).await
+    }
+
+    /// The current version's manifest, naming this GP.
+    pub async fn manifest(&self) -> ApiResult<Manifest> {
+        let mut m: Manifest = self.json(Method::Get, "/manifest", None).await?;
+        m.gp = crate::edge::config::GpConfig::cached(self.env)?.id.clone();
+        Ok(m)
     }
 
     /// The current snapshot (GLF2 bytes).

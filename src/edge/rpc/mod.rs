@@ -16,6 +16,7 @@ pub mod ap;
 pub mod filter;
 pub mod nonces;
 pub mod registry;
+pub mod routing;
 pub mod shard;
 
 use crate::edge::config::per_env;

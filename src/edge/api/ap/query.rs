@@ -6,8 +6,9 @@
 //! access logs and caches. The home GP
 //! 1. spends one token of the AP's query rate (isolate-local lease; the
 //!    AP's `ApObject` is asked only when the lease runs out),
-//! 2. checks every peer's filter copy in isolate memory (no KV read on a
-//!    warm isolate) — draft §8.1: "it next examines the routing tables",
+//! 2. reads the one routing partition the SII falls in (every peer's
+//!    section of it; one KV read when cold, none when warm) — draft §8.1:
+//!    "it next examines the routing tables",
 //! 3. asks its own shard (one DO request) and, at the same time, exactly
 //!    the peers whose filters match, signed, each with a timeout,
 //! 4. returns the most recent mapping (`core::query::combine`).
@@ -72,12 +73,18 @@ pub fn answer(query: &Query, result: &QueryResult, own_gp: &str) -> Value {
         .iter()
         .map(|(gp, why)| json!({ "gp": gp, "reason": why }))
         .collect();
+    let unfiltered: Vec<_> = result
+        .unfiltered
+        .iter()
+        .map(|(gp, why)| json!({ "gp": gp, "reason": why }))
+        .collect();
     let mut out = json!({
         "sii": query.sii.as_str(),
         "found": result.preferred.is_some(),
         "incomplete": result.incomplete(),
         "peers_queried": result.queried.len(),
         "failed_peers": failed,
+        "unfiltered_peers": unfiltered,
     });
     if let Some(o) = out.as_object_mut() {
         if let Some(r) = &result.preferred {

@@ -1,60 +1,98 @@
-//! The GP-to-GP routing protocol's serving side (draft §9): snapshots, additions, subscriptions, and receiving a peer's filter updates.
-use crate::edge::routing::copies::peer_filter;
-use crate::edge::routing::copies::GLA1_TYPE;
-use crate::edge::routing::copies::GLF2_TYPE;
-use crate::edge::routing::copies::{
-    batch_key, kv, kv_err, remember, store_snapshot, write_meta, COMPACT_BATCHES, MAX_UPDATE_BODY,
-};
-use crate::edge::routing::sync::resync;
+//! The GP-to-GP routing protocol's serving side (draft §9): the manifest
+//! and partitions of this GP's filter, additions, subscriptions; and
+//! receiving a peer's filter updates (handed to that peer's `PeerCopy`).
+use crate::edge::routing::sync::{GLA1_TYPE, GLF2_TYPE, MAX_UPDATE_BODY};
 
-use crate::core::encoding::b64_decode;
-use crate::core::filter::decode_additions;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::rpc::filter::{FilterClient, SubscribeOp, CALLBACK_PATH};
+use crate::edge::rpc::routing::{CopyClient, CopyReply};
 use serde::Deserialize;
 use serde_json::json;
 use worker::{Env, Method, Request, Response};
 
-/// `GET /peer/v1/filter`: the current snapshot (GLF2) with its cursor;
-/// `If-None-Match` with the current ETag answers 304.
-pub async fn serve_snapshot(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
+/// Whether `If-None-Match` names `etag`.
+fn not_modified(req: &Request, etag: &str) -> bool {
+    req.headers()
+        .get("If-None-Match")
+        .ok()
+        .flatten()
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
+/// `GET /peer/v1/filter`: the current version's manifest (JSON:
+/// parameters, cursor, and each partition's ETag and fill), to copy it
+/// partition by partition. ETag `"v{version}.{seq}"`; `If-None-Match`
+/// with it answers 304.
+pub async fn serve_manifest(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     peer_auth::verify(&mut req, env, cfg, 0).await?;
+    let m = FilterClient::new(env).manifest().await?;
+    let etag = format!("\"v{}.{}\"", m.version, m.seq);
+    let mut out = if not_modified(&req, &etag) {
+        Response::empty().internal("304")?.with_status(304)
+    } else {
+        Response::from_json(&m).internal("manifest")?
+    };
+    let h = out.headers_mut();
+    h.set("ETag", &etag).internal("header")?;
+    h.set("Cache-Control", "no-cache").internal("header")?;
+    Ok(out)
+}
+
+/// `GET /peer/v1/filter/partitions/{index}?version=V`: one partition of
+/// version V as GLF2 (sparse when that is smaller), with its ETag; 409
+/// `filter-version-ended` once V is not current.
+pub async fn serve_partition(
+    mut req: Request,
+    env: &Env,
+    cfg: &GpConfig,
+    index: &str,
+) -> ApiResult<Response> {
+    peer_auth::verify(&mut req, env, cfg, 0).await?;
+    let bad = |detail: String| {
+        ApiError::client(
+            400,
+            "invalid-partition",
+            "Invalid partition request",
+            detail,
+        )
+    };
+    let index: u32 = index
+        .parse()
+        .map_err(|_| bad(format!("partition index {index:?} is not a number")))?;
+    let url = req.url().internal("url")?;
+    let version: u64 = url
+        .query_pairs()
+        .find(|(k, _)| k == "version")
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| bad("version must be given as a non-negative integer".into()))?;
     let mut resp = FilterClient::new(env)
-        .request(Method::Get, "/snapshot", None)
+        .request(
+            Method::Get,
+            &format!("/partition?version={version}&index={index}"),
+            None,
+        )
         .await?;
     if resp.status_code() != 200 {
         return Ok(resp);
     }
     let header = |name: &str| resp.headers().get(name).ok().flatten().unwrap_or_default();
-    let (version, seq, created) = (
-        header("Glados-Filter-Version"),
-        header("Glados-Filter-Seq"),
-        header("Glados-Filter-Created"),
-    );
-    // The cursor names the content exactly: same version and seq, same bits.
-    let etag = format!("\"v{version}.{seq}\"");
-    let matches = req
-        .headers()
-        .get("If-None-Match")
-        .ok()
-        .flatten()
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut out = if matches {
+    let (etag, seq) = (header("ETag"), header("Glados-Filter-Seq"));
+    let mut out = if not_modified(&req, &etag) {
         Response::empty().internal("304")?.with_status(304)
     } else {
-        let bytes = resp.bytes().await.internal("snapshot bytes")?;
-        Response::from_bytes(bytes).internal("snapshot")?
+        // A Durable Object's response headers are immutable: a new one.
+        let bytes = resp.bytes().await.internal("partition bytes")?;
+        Response::from_bytes(bytes).internal("partition")?
     };
     let h = out.headers_mut();
     for (k, v) in [
         ("Content-Type", GLF2_TYPE.to_string()),
         ("ETag", etag),
         ("Cache-Control", "no-cache".to_string()),
-        ("Glados-Filter-Version", version),
+        ("Glados-Filter-Version", version.to_string()),
         ("Glados-Filter-Seq", seq),
-        ("Glados-Filter-Created", created),
     ] {
         h.set(k, &v).internal("header")?;
     }
@@ -120,7 +158,8 @@ pub async fn subscribe(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult
 
 /// `POST /peer/v1/filter-updates`: a publisher's signed delivery —
 /// `{"type": "additions", "gp", "version", "after", "seq", "additions":
-/// base64 GLA1}` or `{"type": "rotated", "gp", "version", "new_version"}`.
+/// base64 GLA1}` or `{"type": "rotated", "gp", "version", "new_version"}`
+/// — handed to that peer's copy, its one writer.
 pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response> {
     let (peer_id, body) = peer_auth::verify(&mut req, env, cfg, MAX_UPDATE_BODY).await?;
     #[derive(Deserialize)]
@@ -129,6 +168,8 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
         kind: String,
         gp: String,
         version: u64,
+        #[serde(default)]
+        new_version: Option<u64>,
         #[serde(default)]
         after: u64,
         #[serde(default)]
@@ -146,74 +187,43 @@ pub async fn receive_update(mut req: Request, env: &Env, cfg: &GpConfig) -> ApiR
     };
     let u: Update = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
     peer_auth::require_sender(&peer_id, &u.gp, "Update from another GP")?;
-    let peer = peer_auth::peer(cfg, &peer_id)
-        .ok_or_else(|| ApiError::Internal(format!("verified peer {peer_id} not configured")))?
-        .clone();
-    let current = peer_filter(env, &peer_id).await?;
+    let copy = CopyClient::new(env, cfg, &peer_id);
     match u.kind.as_str() {
+        // draft §9: "the other GPs need to fetch the newest one and
+        // recreate their subscriptions to receive changes against it".
         "rotated" => {
-            // draft §9: "the other GPs need to fetch the newest one and
-            // recreate their subscriptions to receive changes against it".
-            match resync(env, cfg, &peer).await {
-                Ok(m) => crate::edge::http::respond::json_ok(
-                    &json!({ "resynced": m.version, "seq": m.seq }),
-                ),
-                // Acknowledge anyway: the old subscription is over either
-                // way, and the cron's catch-up fetches the snapshot later.
-                Err(e) => {
-                    worker::console_error!("resync with {peer_id} failed: {e}");
-                    crate::edge::http::respond::json_ok(&json!({ "resynced": null, "error": e }))
-                }
-            }
+            let state = copy.rotated(u.new_version.unwrap_or(u.version + 1)).await?;
+            crate::edge::http::respond::json_ok(
+                &json!({ "resyncing": true, "status": state.status }),
+            )
         }
         "additions" => {
-            let Some(mut c) = current.filter(|c| c.meta.version == u.version) else {
-                // Not the version we hold (lost state?): start over.
-                let r = resync(env, cfg, &peer).await;
-                return crate::edge::http::respond::json_ok(&json!({ "resynced": r.is_ok() }));
-            };
-            if u.after > c.meta.seq {
+            if u.seq < u.after {
+                return Err(bad(format!("seq {} is before after {}", u.seq, u.after)));
+            }
+            match copy
+                .additions(u.version, u.after, u.seq, u.additions)
+                .await?
+            {
+                CopyReply::Applied { seq } => {
+                    crate::edge::http::respond::json_ok(&json!({ "seq": seq }))
+                }
                 // A gap: we lack batches (after, …]; tell the publisher
                 // where our copy really is.
-                let mut resp =
-                    Response::from_json(&json!({ "seq": c.meta.seq })).internal("gap response")?;
-                resp = resp.with_status(409);
-                return Ok(resp);
-            }
-            let bytes = b64_decode(&u.additions).map_err(|e| bad(format!("additions: {e}")))?;
-            let batch = decode_additions(&bytes).map_err(|e| bad(format!("additions: {e}")))?;
-            if batch.version != u.version {
-                return Err(bad("batch version differs from the message's".into()));
-            }
-            c.filter
-                .apply(&batch.indices)
-                .map_err(|e| bad(format!("additions do not fit the filter: {e}")))?;
-            if u.seq > c.meta.seq {
-                let store = kv(env)?;
-                kv_err(
-                    kv_err(
-                        store.put_bytes(&batch_key(&peer_id, u.version, u.seq), &bytes),
-                        "kv put",
-                    )?
-                    .execute()
-                    .await,
-                    "kv put batch",
-                )?;
-                c.meta.batches.push(u.seq);
-                c.meta.seq = u.seq;
-                c.meta.updated_ms = crate::edge::clock::now_ms();
-                if c.meta.batches.len() >= COMPACT_BATCHES {
-                    c.meta = store_snapshot(env, &peer_id, &c.filter, u.seq).await?;
-                } else {
-                    write_meta(env, &peer_id, &c.meta).await?;
+                CopyReply::Gap { seq } => Ok(Response::from_json(&json!({ "seq": seq }))
+                    .internal("gap response")?
+                    .with_status(409)),
+                CopyReply::Stale { version } => crate::edge::http::respond::json_ok(
+                    &json!({ "stale": true, "version": version }),
+                ),
+                CopyReply::Resyncing => {
+                    crate::edge::http::respond::json_ok(&json!({ "resyncing": true }))
                 }
+                CopyReply::Refused { detail } => Err(bad(detail)),
+                CopyReply::State { .. } => Err(ApiError::Internal(
+                    "peer copy answered additions with its state".into(),
+                )),
             }
-            c.checked_ms = crate::edge::clock::now_ms();
-            let seq = c.meta.seq;
-            remember(&peer_id, c);
-            crate::edge::http::respond::json_ok(
-                &json!({ "seq": seq, "applied": batch.indices.len() }),
-            )
         }
         other => Err(bad(format!("unknown update type {other:?}"))),
     }
