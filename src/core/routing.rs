@@ -21,7 +21,10 @@
 //! has one *canonical* partition (the lowest holding it), so per-partition
 //! counts of newly set bits add up to the peer's exact count.
 
-use crate::core::filter::{FilterError, FilterParams, HashScheme, Layout, BLOCK_LOG2};
+use crate::core::filter::{
+    get_ascending, get_varint, put_ascending, put_varint, FilterError, FilterParams, HashScheme,
+    Layout, BLOCK_LOG2,
+};
 use sha2::{Digest, Sha256};
 
 /// Most routing-partition bits: 2^24 values (16M keys).
@@ -540,6 +543,7 @@ pub enum ValueError {
     BadMagic,
     UnsupportedFormat(u8),
     ChecksumMismatch,
+    /// Bad section parameters or a malformed set-bit list.
     Params(FilterError),
     BadSection(&'static str),
 }
@@ -557,68 +561,21 @@ impl core::fmt::Display for ValueError {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, ValueError> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let byte = *b.get(*at).ok_or(ValueError::Truncated)?;
-        *at += 1;
-        if i == 9 && byte > 1 {
-            return Err(ValueError::BadSection("varint overflows"));
-        }
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(ValueError::BadSection("varint too long"))
-}
-
 /// A section's payload: (encoding, bytes), whichever of dense or sparse is smaller.
 pub fn encode_bits(bits: &Bits, len: u64) -> (u8, Vec<u8>) {
     let dense_len = Bits::words_for(len) * 8;
-    let mut sparse = Vec::new();
-    let mut prev: Option<u64> = None;
-    let mut n = 0u64;
-    let mut body = Vec::new();
-    let mut push = |b: u64, body: &mut Vec<u8>| {
-        put_varint(body, prev.map_or(b, |p| b - p));
-        prev = Some(b);
-        n += 1;
-    };
-    match bits {
-        Bits::Sparse(s) => {
-            for &b in s {
-                push(b, &mut body);
-            }
+    let n = bits.count_ones();
+    // A set bit costs at least a byte sparse: only try when it may win.
+    if (n as usize) < dense_len {
+        let mut sparse = Vec::new();
+        put_varint(&mut sparse, n);
+        match bits {
+            Bits::Sparse(s) => put_ascending(&mut sparse, s.iter().copied()),
+            Bits::Dense(w) => put_ascending(&mut sparse, set_bits(w)),
         }
-        Bits::Dense(w) => {
-            for (i, x) in w.iter().enumerate() {
-                let mut x = *x;
-                while x != 0 {
-                    push(i as u64 * 64 + u64::from(x.trailing_zeros()), &mut body);
-                    x &= x - 1;
-                    if body.len() >= dense_len {
-                        break;
-                    }
-                }
-                if body.len() >= dense_len {
-                    break;
-                }
-            }
+        if sparse.len() < dense_len {
+            return (1, sparse);
         }
-    }
-    put_varint(&mut sparse, n);
-    sparse.extend_from_slice(&body);
-    if sparse.len() < dense_len {
-        return (1, sparse);
     }
     let mut dense = Vec::with_capacity(dense_len);
     match bits {
@@ -641,6 +598,20 @@ pub fn encode_bits(bits: &Bits, len: u64) -> (u8, Vec<u8>) {
     (0, dense)
 }
 
+/// The set bits of dense words, ascending.
+fn set_bits(w: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    w.iter().enumerate().flat_map(|(i, word)| {
+        let mut x = *word;
+        core::iter::from_fn(move || {
+            (x != 0).then(|| {
+                let b = i as u64 * 64 + u64::from(x.trailing_zeros());
+                x &= x - 1;
+                b
+            })
+        })
+    })
+}
+
 /// Reads a section payload written by [`encode_bits`] for a section of `len` bits.
 pub fn decode_bits(enc: u8, payload: &[u8], len: u64) -> Result<Bits, ValueError> {
     match enc {
@@ -660,27 +631,12 @@ pub fn decode_bits(enc: u8, payload: &[u8], len: u64) -> Result<Bits, ValueError
         }
         1 => {
             let mut at = 0;
-            let n = get_varint(payload, &mut at)?;
-            if n > payload.len() as u64 || n > len {
+            let n = get_varint(payload, &mut at).map_err(ValueError::Params)?;
+            if n > len {
                 return Err(ValueError::BadSection("sparse count"));
             }
-            let mut out = Vec::with_capacity(n as usize);
-            let mut prev: Option<u64> = None;
-            for _ in 0..n {
-                let g = get_varint(payload, &mut at)?;
-                let b = match prev {
-                    None => g,
-                    Some(_) if g == 0 => return Err(ValueError::BadSection("repeated bit")),
-                    Some(p) => p
-                        .checked_add(g)
-                        .ok_or(ValueError::BadSection("bit overflows"))?,
-                };
-                if b >= len {
-                    return Err(ValueError::BadSection("bit beyond the section"));
-                }
-                out.push(b);
-                prev = Some(b);
-            }
+            let out = get_ascending(payload, &mut at, n, len, "bit beyond the section")
+                .map_err(ValueError::Params)?;
             if at != payload.len() {
                 return Err(ValueError::BadSection("trailing bytes"));
             }

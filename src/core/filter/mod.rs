@@ -34,6 +34,7 @@ pub use params::{
     MAX_K, MAX_LOG2_BITS, MIN_LOG2_BITS, PARTITION_SLACK_LOG2, PLAIN_REGION_LOG2,
 };
 pub use wire::{decode_additions, encode_additions, AdditionsBatch, MAX_SPARSE_BITS};
+pub(crate) use wire::{get_ascending, get_varint, put_ascending, put_varint};
 
 use params::{block_masks, block_of, ceil_log2, plain_hashes, prefix, tail_words};
 

@@ -96,16 +96,19 @@ impl Filter {
         }
         let mut payload = Vec::new();
         put_varint(&mut payload, self.count_ones());
-        let mut prev: Option<u64> = None;
-        for (w, word) in self.words.iter().enumerate() {
-            let mut x = *word;
-            while x != 0 {
-                let at = (w as u64) * 64 + u64::from(x.trailing_zeros());
-                put_varint(&mut payload, prev.map_or(at, |p| at - p));
-                prev = Some(at);
-                x &= x - 1;
-            }
-        }
+        put_ascending(
+            &mut payload,
+            self.words.iter().enumerate().flat_map(|(w, word)| {
+                let mut x = *word;
+                core::iter::from_fn(move || {
+                    (x != 0).then(|| {
+                        let at = (w as u64) * 64 + u64::from(x.trailing_zeros());
+                        x &= x - 1;
+                        at
+                    })
+                })
+            }),
+        );
         if (payload.len() as u64) < dense_len {
             self.encode(SPARSE_FORMAT, &payload)
         } else {
@@ -227,29 +230,14 @@ impl Filter {
                 actual: payload_len,
             });
         }
-        let mut prev: Option<u64> = None;
-        for _ in 0..count {
-            let gap = get_varint(payload, &mut at)?;
-            let local = match prev {
-                None => gap,
-                Some(_) if gap == 0 => {
-                    return Err(FilterError::MalformedAdditions(
-                        "set bits not strictly ascending",
-                    ))
-                }
-                Some(p) => p
-                    .checked_add(gap)
-                    .ok_or(FilterError::MalformedAdditions("bit offset overflows"))?,
-            };
-            if local >= declared {
-                return Err(FilterError::BitOutOfRange {
-                    index: local,
-                    first: 0,
-                    len: declared,
-                });
-            }
+        for local in get_ascending(
+            payload,
+            &mut at,
+            count,
+            declared,
+            "set bit beyond the partition",
+        )? {
             f.set_local(local);
-            prev = Some(local);
         }
         if at != payload.len() {
             return Err(FilterError::LengthMismatch {
@@ -271,7 +259,59 @@ pub struct AdditionsBatch {
     pub indices: Vec<u64>,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Writes strictly ascending values as the first one and the gaps to each
+/// next (LEB128): additions batches, sparse snapshots, routing sections.
+pub(crate) fn put_ascending(out: &mut Vec<u8>, values: impl Iterator<Item = u64>) {
+    let mut prev = None;
+    for v in values {
+        put_varint(out, prev.map_or(v, |p| v - p));
+        prev = Some(v);
+    }
+}
+
+/// Reads `count` values written by [`put_ascending`], each below `limit`
+/// (else the error `beyond`), refusing zero gaps (duplicates) and
+/// overflow; `at` moves past them. Allocates at most one slot per
+/// remaining input byte.
+pub(crate) fn get_ascending(
+    b: &[u8],
+    at: &mut usize,
+    count: u64,
+    limit: u64,
+    beyond: &'static str,
+) -> Result<Vec<u64>, FilterError> {
+    let remaining = b.len().saturating_sub(*at) as u64;
+    if count > remaining {
+        return Err(FilterError::LengthMismatch {
+            declared: count,
+            actual: remaining,
+        });
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut prev: Option<u64> = None;
+    for _ in 0..count {
+        let v = get_varint(b, at)?;
+        let x = match prev {
+            None => v,
+            Some(_) if v == 0 => {
+                return Err(FilterError::MalformedAdditions(
+                    "indices not strictly ascending",
+                ))
+            }
+            Some(p) => p
+                .checked_add(v)
+                .ok_or(FilterError::MalformedAdditions("index overflows"))?,
+        };
+        if x >= limit {
+            return Err(FilterError::MalformedAdditions(beyond));
+        }
+        out.push(x);
+        prev = Some(x);
+    }
+    Ok(out)
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -279,7 +319,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, FilterError> {
+pub(crate) fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, FilterError> {
     let mut v = 0u64;
     for i in 0..10 {
         let byte = *b
@@ -313,11 +353,7 @@ pub fn encode_additions(version: u64, indices: &[u64]) -> Vec<u8> {
     out.push(ADD_FORMAT);
     out.extend_from_slice(&version.to_be_bytes());
     put_varint(&mut out, sorted.len() as u64);
-    let mut prev = None;
-    for i in sorted {
-        put_varint(&mut out, prev.map_or(i, |p| i - p));
-        prev = Some(i);
-    }
+    put_ascending(&mut out, sorted.into_iter());
     out
 }
 
@@ -343,35 +379,13 @@ pub fn decode_additions(bytes: &[u8]) -> Result<AdditionsBatch, FilterError> {
     let version = u64::from_be_bytes(arr(bytes, 5)?);
     let mut at = 13;
     let count = get_varint(bytes, &mut at)?;
-    let remaining = (bytes.len() - at) as u64;
-    if count > remaining {
-        return Err(FilterError::LengthMismatch {
-            declared: count,
-            actual: remaining,
-        });
-    }
-    let limit = 1u64 << super::MAX_LOG2_BITS;
-    let mut indices = Vec::with_capacity(count as usize);
-    let mut prev: Option<u64> = None;
-    for _ in 0..count {
-        let v = get_varint(bytes, &mut at)?;
-        let idx = match prev {
-            None => v,
-            Some(_) if v == 0 => {
-                return Err(FilterError::MalformedAdditions(
-                    "indices not strictly ascending",
-                ))
-            }
-            Some(p) => p
-                .checked_add(v)
-                .ok_or(FilterError::MalformedAdditions("index overflows"))?,
-        };
-        if idx >= limit {
-            return Err(FilterError::MalformedAdditions("index beyond 2^40"));
-        }
-        indices.push(idx);
-        prev = Some(idx);
-    }
+    let indices = get_ascending(
+        bytes,
+        &mut at,
+        count,
+        1u64 << super::MAX_LOG2_BITS,
+        "index beyond 2^40",
+    )?;
     if at != bytes.len() {
         return Err(FilterError::LengthMismatch {
             declared: at as u64,

@@ -162,9 +162,7 @@ impl RoutingShard {
                 stage,
             } => {
                 let params = doc_params(&params)?;
-                let bytes = b64_decode(&additions)
-                    .map_err(|e| ApiError::Internal(format!("apply additions: {e}")))?;
-                let batch = decode_additions(&bytes)
+                let batch = decode_additions(&b64(&additions)?)
                     .map_err(|e| ApiError::Internal(format!("apply additions: {e}")))?;
                 let mut by_part: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
                 for &bit in &batch.indices {
@@ -201,8 +199,7 @@ impl RoutingShard {
                 bitmap,
             } => {
                 let params = doc_params(&params)?;
-                let bitmap = b64_decode(&bitmap)
-                    .map_err(|e| ApiError::Internal(format!("apply bitmap: {e}")))?;
+                let bitmap = b64(&bitmap)?;
                 let end = first_bit.saturating_add(bitmap.len() as u64 * 8);
                 let mut new_staged = 0;
                 for p in mine.clone() {
@@ -331,21 +328,15 @@ impl RoutingShard {
             self.mark_dirty(p)?;
             touched = true;
         }
-        let staged = self.load(r, p, peer, true)?;
-        let staged_new = match staged {
-            Some(mut s) if s.version == version => {
-                let n = f(&mut s);
-                self.store(p, &s, true)?;
-                n
-            }
-            // A version newer than the one in use, not staged here yet.
-            _ if !touched && active.as_ref().is_none_or(|a| a.version < version) => {
-                let mut s = Section::new(peer, version, params, r, p);
-                let n = f(&mut s);
-                self.store(p, &s, true)?;
-                n
-            }
-            _ => 0,
+        let staged = self
+            .load(r, p, peer, true)?
+            .is_some_and(|s| s.version == version);
+        // Staged already, or a version newer than the one in use.
+        let newer = !touched && active.as_ref().is_none_or(|a| a.version < version);
+        let staged_new = if staged || newer {
+            self.stage_part(r, p, peer, version, params, f)?
+        } else {
+            0
         };
         Ok((active_new, staged_new))
     }
@@ -607,6 +598,11 @@ impl RoutingShard {
             "kv": kv::stats(),
         }))
     }
+}
+
+/// A base64 payload of a routing message.
+fn b64(text: &str) -> ApiResult<Vec<u8>> {
+    b64_decode(text).map_err(|e| ApiError::Internal(format!("routing message payload: {e}")))
 }
 
 fn doc_params(d: &ParamsDoc) -> ApiResult<FilterParams> {
