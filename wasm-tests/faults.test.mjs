@@ -594,8 +594,9 @@ test('a GP killed while its webhook outbox and filter additions are queued deliv
 });
 
 /**
- * Overwrites every stored chunk of the GP's own filter (its FilterObject's
- * SQLite file, the GP stopped) with a byte no filter starts with: what
+ * Overwrites every stored page and logged additions batch of the GP's own
+ * filter (its FilterObject's SQLite file, the GP stopped) with a byte no
+ * filter or batch starts with: what
  * disk corruption, or a snapshot in a wire format this build cannot read,
  * looks like to the next start.
  */
@@ -605,11 +606,12 @@ function corruptStoredFilter(gp) {
   assert.equal(files.length, 1, `one FilterObject in ${dir}`);
   const py = 'import sqlite3, sys\n'
     + 'c = sqlite3.connect(sys.argv[1])\n'
-    + 'n = c.execute("UPDATE filter_chunk SET bytes = x\'00\'").rowcount\n'
+    + 'n = c.execute("UPDATE own_page SET glf = x\'00\'").rowcount\n'
+    + 'n += c.execute("UPDATE own_log SET gla1 = x\'00\'").rowcount\n'
     + 'c.commit()\n'
     + 'print(n)\n';
   const out = execFileSync('python3', ['-c', py, path.join(dir, files[0])], { encoding: 'utf8' });
-  assert.ok(Number(out) >= 1, `chunks overwritten: ${out}`);
+  assert.ok(Number(out) >= 1, `rows overwritten: ${out}`);
 }
 
 test('a stored filter that cannot be read is rebuilt from the mappings at once; /v1/gp shows it', async () => {

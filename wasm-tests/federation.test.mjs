@@ -225,7 +225,7 @@ test('rotation: a rebuild ends the subscription with a notice; gp-b fetches the 
   // mapping behind it, so the rebuild drops it.
   // (Until its routing view has seen the switch, within a second or so,
   // gp-b asks gp-a without a filter verdict: contains is null.)
-  await waitFor(b, 'gp-a', sii, (e) => e?.version === before + 1 && e.contains === false, 3000);
+  await waitFor(b, 'gp-a', sii, (e) => e?.version === before + 1 && e.contains === false, 10_000);
   // ... and is subscribed to it: a new addition arrives without any cron.
   const next = phone();
   const t0 = performance.now();

@@ -5,7 +5,9 @@
 // found; a query never skips or broadcasts a peer silently (no copy yet:
 // asked, and the answer says why; unreadable routing data: not asked, and
 // the answer is incomplete with the reason); /v1/gp shows each peer's
-// routing state and the expected false fan-out.
+// routing state and the expected false fan-out. The own filter: 65 MB of
+// it stored in pages and served in partitions with at most 32 MiB held,
+// its bits kept across a restart; a rebuild sized from the live SIIs.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, sign as edSign } from 'node:crypto';
@@ -240,6 +242,94 @@ test('no copy yet: the peer is asked and the answer says why; unreadable routing
     assert.equal(q.body.peers_queried, 0, 'nobody is broadcast to');
     assert.deepEqual(q.body.failed_peers.map((p) => p.gp).sort(), ['gp-b', 'gp-c']);
     assert.match(q.body.failed_peers[0].reason, /routing: routing partition unreadable/);
+  } finally {
+    await fed.stop();
+  }
+});
+
+test('own filter of 65 MB: stored in pages, served in partitions, at most 32 MiB held; its bits survive a restart', async () => {
+  const fed = await startFederation({
+    envs: ['gp-a', 'gp-b'],
+    stateRoot: `${state.dir}/own`,
+    // 30M SIIs at the federation's fp rate: ~65 MB of filter.
+    bindings: { '*': { ...SECRETS, ...standins }, 'gp-b': { FILTER_EXPECTED_SIIS: '30000000' } },
+  });
+  try {
+    const [a, b] = [fed['gp-a'], fed['gp-b']];
+    for (let from = 0; from < 2_000_000; from += 1_000_000) {
+      const r = await b.fetch('/__debug/filter/fill', {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ seed: 'own', from, count: 1_000_000 }),
+      });
+      assert.equal(r.status, 200, await r.clone().text());
+    }
+    const f = (await b.getJson('/v1/gp')).body.filter;
+    assert.ok(f.bits / 8 > 60e6, `${f.bits / 8} bytes`);
+    assert.ok(f.bits_set > 10_000_000, `${f.bits_set} bits set`);
+    assert.ok(f.memory.bytes_held_peak <= 32 * 2 ** 20, `held ${f.memory.bytes_held_peak} bytes at most`);
+    assert.ok(f.memory.page_bytes_max <= 64 * 2 ** 10, `pages of ${f.memory.page_bytes_max} bytes`);
+    // Served in partitions of at most 1 MiB, whose counts add up.
+    const m = await (await peerGet(a, b, '/peer/v1/filter')).json();
+    assert.ok(m.partitions.length >= 32);
+    assert.equal(m.partitions.reduce((n, p) => n + p.bits_set, 0), f.bits_set);
+    assert.equal(m.bits_set, f.bits_set);
+    const p7 = Buffer.from(await (await peerGet(a, b, `/peer/v1/filter/partitions/7?version=${m.version}`)).arrayBuffer());
+    assert.ok(p7.length <= 2 ** 20 + 64, `${p7.length} bytes`);
+    // The public whole snapshot is refused for a filter this size; the summary works.
+    const whole = await b.fetch('/v1/filter', { headers: { accept: 'application/octet-stream' } });
+    assert.equal(whole.status, 413);
+    await whole.body?.cancel();
+    const summary = (await b.getJson('/v1/filter', { headers: { accept: 'application/json' } })).body;
+    assert.equal(summary.bits_set, f.bits_set);
+    assert.equal(summary.fill_map.ones.length, m.partitions.length);
+    // gp-a copies it and its count is exact.
+    await a.cron();
+    await eventually(async () => (await peerFilters(a))['gp-b'].status === 'current', { timeoutMs: 60_000, what: "gp-a's copy" });
+    assert.equal((await peerFilters(a))['gp-b'].bits_set, f.bits_set);
+    // A restart reloads pages from their rows and logs: same bits.
+    await b.stop();
+    await b.start();
+    const again = (await b.getJson('/v1/gp')).body.filter;
+    assert.equal(again.bits_set, f.bits_set);
+    assert.equal(again.version, f.version);
+    const sii = phone();
+    await insertAt(b, [sii]);
+    await eventually(async () => (await peerFilters(a, sii))['gp-b'].contains === true, { timeoutMs: 5_000, what: 'the new SII at gp-a' });
+  } finally {
+    await fed.stop();
+  }
+});
+
+test('a rebuild is sized from the live SII count: a GP sized for 100,000 with 40 mappings shrinks, keeps them, and peers follow', async () => {
+  const fed = await startFederation({
+    envs: ['gp-a', 'gp-b'],
+    stateRoot: `${state.dir}/rebuild`,
+    bindings: { '*': { ...SECRETS, ...standins } },
+  });
+  try {
+    const [a, b] = [fed['gp-a'], fed['gp-b']];
+    await b.cron();
+    const ap = await enroll(a, 'rb-a', { bulk_allowed: true });
+    const siis = Array.from({ length: 40 }, phone);
+    await bulk(a, ap.token, siis, 'rb-1');
+    const before = (await a.getJson('/v1/gp')).body.filter;
+    assert.equal(before.sized_for, 100_000);
+    const r = await call(a, 'POST', '/admin/v1/filter/rebuild', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.body.version, before.version + 1);
+    assert.equal(r.body.reinserted_siis, 40);
+    assert.equal(r.body.sized_for, 10_000, 'the live count with headroom, at least 10,000');
+    assert.ok(r.body.bits < before.bits, `${r.body.bits} bits, was ${before.bits}`);
+    assert.equal(r.body.rebuild, null);
+    // gp-b follows to the new version; every mapping is still routed.
+    await eventually(async () => {
+      const c = (await peerFilters(b, siis[0]))['gp-a'];
+      return c.version === r.body.version && c.contains === true;
+    }, { timeoutMs: 5_000, what: "gp-b's copy of the rebuilt filter" });
+    for (const sii of siis) assert.equal((await peerFilters(b, sii))['gp-a'].contains, true, sii);
+    // A second request while none runs starts another: it is not refused.
+    const again = await call(a, 'POST', '/admin/v1/filter/rebuild', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(again.status, 200, again.text);
   } finally {
     await fed.stop();
   }

@@ -32,6 +32,13 @@ pub fn shard_of_hash(hash: &[u8; 32], count: u32) -> u32 {
     ((h * count) >> 32) as u32
 }
 
+/// The shard of digests whose first 8 bytes (big-endian) are `prefix64`:
+/// shards are prefix ranges, so a range of prefixes is a range of shards.
+pub fn shard_of_prefix(prefix64: u64, count: u32) -> u32 {
+    let count = u64::from(count.clamp(1, MAX_SHARDS));
+    (((prefix64 >> 32) * count) >> 32) as u32
+}
+
 /// The Durable Object name of a shard. The count is part of the name: a
 /// deployment that changes its shard count addresses new objects and must
 /// migrate (split) the old ones, rather than silently reading half-empty
@@ -46,6 +53,17 @@ mod tests {
 
     fn sii(i: u32) -> Sii {
         Sii::parse(&format!("+1415555{i:04}")).unwrap()
+    }
+
+    #[test]
+    fn prefix_ranges_are_shard_ranges() {
+        for i in 0..2_000 {
+            let h = sii(i).hash();
+            let head = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+            for count in [1, 4, 16, 1000] {
+                assert_eq!(shard_of_prefix(head, count), shard_of_hash(&h, count));
+            }
+        }
     }
 
     #[test]

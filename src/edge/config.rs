@@ -11,7 +11,7 @@ use std::rc::Rc;
 use wasm_bindgen::JsValue;
 use worker::Env;
 
-pub use crate::core::config::{FilterLayout, GpConfig, Peer, PublicFilter};
+pub use crate::core::config::{GpConfig, Peer, PublicFilter};
 
 impl GpConfig {
     /// This isolate's configuration, read and validated once per env

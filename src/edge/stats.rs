@@ -25,6 +25,10 @@ pub struct Stats {
     /// Durable Object requests this isolate made (worker and objects; the
     /// benchmark's DO requests per query).
     pub do_requests: u64,
+    /// Of those, the ones to the routing objects (the routing view's
+    /// polls, at most one a second, and the copies', shards' and table's
+    /// messages to each other: no query waits on those).
+    pub do_requests_routing: u64,
     /// Workers KV reads this isolate made (peers' filter copies).
     pub kv_reads: u64,
     /// `GET /v1/gp` reads of the filter object, `GET /v1/peers` probe rounds.

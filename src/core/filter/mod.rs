@@ -45,6 +45,28 @@ pub fn block_of_prefix(prefix64: u64, blocks: u64) -> u64 {
     params::mul_high(prefix64, blocks)
 }
 
+/// A rebuilt filter's capacity: the live SIIs and half again (it lives a
+/// rebuild period and a GP grows), at least 10,000.
+pub fn capacity_for(live: u64) -> u64 {
+    live.saturating_add(live / 2).max(10_000)
+}
+
+/// The params of a new version for `layout` (`FILTER_LAYOUT`) sized for
+/// `expected` SIIs at `fp`.
+pub fn params_for(
+    layout: crate::core::config::FilterLayout,
+    expected: u64,
+    fp: f64,
+) -> Result<FilterParams, FilterError> {
+    use crate::core::config::FilterLayout;
+    match layout {
+        // draft §9 interop: one bit per SII from "the lowest N bits".
+        FilterLayout::Draft => FilterParams::draft_for_capacity(expected, fp),
+        FilterLayout::Plain => FilterParams::for_capacity(expected, fp, Layout::Plain),
+        FilterLayout::Blocked => FilterParams::for_capacity(expected, fp, Layout::Blocked512),
+    }
+}
+
 /// ⌈log2 bits⌉: a filter's `log2_bits` from its size.
 pub fn ceil_log2_bits(bits: u64) -> u8 {
     ceil_log2(bits)

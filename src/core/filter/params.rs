@@ -433,6 +433,50 @@ impl FilterParams {
         self.predicted_fp(n.round() as u64)
     }
 
+    /// Which of 2^p_bits bit-range partitions holds a digest's positions
+    /// (all k are in one when p_bits ≤ [`max_partition_bits`](Self::max_partition_bits)).
+    pub fn partition_of_digest(&self, d: &[u8; 32], p_bits: u8) -> Option<u32> {
+        let pos = self.positions_of(d);
+        self.partition_of_bit(*pos.idx.first()?, p_bits)
+    }
+
+    /// The digest prefixes (first 8 bytes, big-endian, inclusive range)
+    /// whose positions fall in partitions `first..end` of 2^p_bits: which
+    /// mapping shards a rebuild of those partitions reads. None for the
+    /// draft's low-bits scheme (any digest may fall anywhere).
+    pub fn prefix_range(&self, p_bits: u8, first: u32, end: u32) -> Option<(u64, u64)> {
+        if self.hash == HashScheme::Sha256Low || end <= first || p_bits > self.max_partition_bits()
+        {
+            return None;
+        }
+        let per = self.bits >> p_bits;
+        let (b0, b1) = (u64::from(first) * per, u64::from(end) * per);
+        match self.layout {
+            Layout::Blocked512 => {
+                let blocks = u128::from(self.blocks());
+                let lo = (u128::from(b0 >> BLOCK_LOG2) << 64).div_ceil(blocks);
+                let hi = (u128::from(b1 >> BLOCK_LOG2) << 64).div_ceil(blocks) - 1;
+                Some((
+                    lo.min(u128::from(u64::MAX)) as u64,
+                    hi.min(u128::from(u64::MAX)) as u64,
+                ))
+            }
+            Layout::Plain => {
+                let rr = self.log2_bits.min(PLAIN_REGION_LOG2);
+                let t = self.log2_bits - rr;
+                if t == 0 {
+                    return Some((0, u64::MAX));
+                }
+                let (g0, g1) = (b0 >> rr, b1 >> rr);
+                let shift = 64 - u32::from(t);
+                Some((
+                    g0 << shift,
+                    ((g1 << shift).wrapping_sub(1)).max(g0 << shift),
+                ))
+            }
+        }
+    }
+
     /// Transfer and storage cut: the smallest P such that each of 2^P
     /// partitions holds at most `max_bytes` of bitmap, within
     /// [`max_partition_bits`](Self::max_partition_bits).

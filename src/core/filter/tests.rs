@@ -969,3 +969,69 @@ fn sparse_wire_refuses_oversized_or_malformed_sets() {
     assert_eq!(ok.count_ones(), 2);
     assert_eq!(ok.bit(8), Some(true));
 }
+
+#[test]
+fn partition_of_digest_and_prefix_ranges_agree_with_the_partitions() {
+    for params in [
+        blocked(14, 5),
+        FilterParams::blocked(48, 5),
+        plain(20, 5),
+        FilterParams::draft_interop(20),
+    ] {
+        for p_bits in 0..=params.max_partition_bits().min(4) {
+            let whole = Filter::new(header(params)).unwrap();
+            let parts: Vec<Filter> = (0..1u32 << p_bits)
+                .map(|i| whole.partition(p_bits, i).unwrap())
+                .collect();
+            for i in 0..300 {
+                let d = digest("pd", i);
+                let idx = params.partition_of_digest(&d, p_bits).unwrap();
+                assert!(parts[idx as usize].covers(&d), "{params:?} P={p_bits}");
+                let head = u64::from_be_bytes(d[..8].try_into().unwrap());
+                for (first, end) in [(idx, idx + 1), (0, idx + 1), (idx, 1 << p_bits)] {
+                    if let Some((lo, hi)) = params.prefix_range(p_bits, first, end) {
+                        assert!(
+                            lo <= head && head <= hi,
+                            "{params:?} P={p_bits} {idx} in {first}..{end}"
+                        );
+                    }
+                }
+                if idx > 0 {
+                    if let Some((lo, _)) = params.prefix_range(p_bits, 0, idx) {
+                        let (_, hi) = params.prefix_range(p_bits, 0, idx).unwrap();
+                        assert!(
+                            head > hi || lo > head,
+                            "{params:?}: digest of {idx} inside 0..{idx}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(FilterParams::draft_interop(20).prefix_range(2, 0, 1), None);
+}
+
+#[test]
+fn rebuilt_filters_are_sized_from_the_live_count_with_headroom() {
+    assert_eq!(crate::core::filter::capacity_for(0), 10_000);
+    assert_eq!(crate::core::filter::capacity_for(1_000_000), 1_500_000);
+    let p = crate::core::filter::params_for(
+        crate::core::config::FilterLayout::Blocked,
+        1_000_000,
+        5e-4,
+    )
+    .unwrap();
+    assert!(p.predicted_fp(1_000_000) <= 5e-4);
+    assert_eq!(
+        crate::core::filter::params_for(crate::core::config::FilterLayout::Draft, 1000, 0.01)
+            .unwrap()
+            .k,
+        1
+    );
+    assert_eq!(
+        crate::core::filter::params_for(crate::core::config::FilterLayout::Plain, 1000, 0.01)
+            .unwrap()
+            .layout,
+        Layout::Plain
+    );
+}

@@ -39,6 +39,34 @@ pub async fn filter_insert(mut req: Request, env: &Env) -> ApiResult<Response> {
     crate::edge::http::respond::json_ok(&json!({ "additions": additions }))
 }
 
+/// `POST /__debug/filter/fill` `{"seed", "from", "count"}`: inserts
+/// `count` pseudo-random digests into the own filter (the benchmark's
+/// large filters; up to 10M per call).
+pub async fn filter_fill(mut req: Request, env: &Env) -> ApiResult<Response> {
+    let body = read_capped(&mut req, 4096).await?;
+    #[derive(Deserialize)]
+    struct Body {
+        seed: String,
+        #[serde(default)]
+        from: u64,
+        count: u64,
+    }
+    let b: Body = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::client(400, "invalid-json", "Invalid JSON body", e.to_string()))?;
+    if b.count > 10_000_000 {
+        return Err(ApiError::client(
+            400,
+            "invalid-json",
+            "Invalid JSON body",
+            "count is at most 10,000,000 per call",
+        ));
+    }
+    let info = FilterClient::new(env)
+        .fill(&b.seed, b.from, b.count)
+        .await?;
+    crate::edge::http::respond::json_ok(&info)
+}
+
 /// `GET /__debug/peer-filters[?sii=…]`: this GP's copy of each peer's
 /// filter (status, version, cursor, exact bits) and, for an SII, what the
 /// routing table says (`contains`: true may hold, false certainly not,

@@ -61,6 +61,7 @@ enum Route {
     PeerFilterUpdates,
     AdminFilterRebuild,
     DebugFilterInsert,
+    DebugFilterFill,
     DebugPeerFilters,
     DebugRouting,
     DebugPanic,
@@ -363,6 +364,12 @@ const ROUTES: &[RouteDef] = &[
         debug_only: true,
     },
     RouteDef {
+        template: "/__debug/filter/fill",
+        route: Route::DebugFilterFill,
+        methods: POST,
+        debug_only: true,
+    },
+    RouteDef {
         template: "/__debug/peer-filters",
         route: Route::DebugPeerFilters,
         methods: GET,
@@ -543,6 +550,7 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
         // Test-only routes (DEBUG_ROUTES).
         Route::DebugQueryStats => debug::query_stats(),
         Route::DebugFilterInsert => debug::filter_insert(req, env).await,
+        Route::DebugFilterFill => debug::filter_fill(req, env).await,
         Route::DebugPeerFilters => debug::peer_filters(req, env, cfg).await,
         Route::DebugBreakdown => {
             let route = || {

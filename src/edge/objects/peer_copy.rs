@@ -74,6 +74,10 @@ struct Copy {
     last_error: Option<String>,
     last_error_ms: u64,
     switching: bool,
+    /// The peer started a new version: the one in use no longer gets its
+    /// additions, so queries ask the peer until the new one is active.
+    #[serde(default)]
+    rotating: bool,
     job: Option<Job>,
 }
 
@@ -81,6 +85,8 @@ impl Copy {
     fn route(&self) -> PeerRoute {
         let status = if self.switching {
             "switching"
+        } else if self.version.is_some() && self.rotating {
+            "rotating"
         } else if self.version.is_some() {
             "current"
         } else if self.job.is_some() {
@@ -261,9 +267,11 @@ impl PeerCopy {
             CopyOp::Rotated { peer, new_version } => {
                 // The alarm's catch-up finds the old version ended and
                 // downloads the new one; the publisher is answered at once.
-                let c = self.current(&peer)?;
+                let mut c = self.current(&peer)?;
                 if c.version.is_none_or(|v| v < new_version) {
+                    c.rotating = c.version.is_some();
                     self.save(&c)?;
+                    self.publish(&c).await?;
                     self.soon().await?;
                 }
                 Ok(CopyReply::State { state: c.route() })
@@ -447,7 +455,10 @@ impl PeerCopy {
                     let c = self.cleared(peer)?;
                     return self.publish(&c).await;
                 }
-                Ok(Subscribed::VersionEnded) => {}
+                Ok(Subscribed::VersionEnded) => {
+                    let c = self.update(peer, |c| c.rotating = true)?;
+                    self.publish(&c).await?;
+                }
                 Err(e) => return self.failed(peer, e).await,
             }
         }
@@ -544,6 +555,7 @@ impl PeerCopy {
                 c.updated_ms = now;
                 c.activated_ms = now;
                 c.switching = false;
+                c.rotating = false;
                 c.job = None;
                 c.errors = 0;
             })?;

@@ -457,6 +457,11 @@ pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdi
                 if state.status == "switching" {
                     return Verdict::Ask("a new filter version of this peer is being activated".into());
                 }
+                if state.status == "rotating" {
+                    return Verdict::Ask(
+                        "this peer started a new filter version; this GP is downloading it".into(),
+                    );
+                }
                 if v
                     .entries
                     .iter()

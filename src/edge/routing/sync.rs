@@ -156,25 +156,33 @@ pub async fn subscribe(
 const CRON_BUDGET_MS: u64 = 20_000;
 
 /// The cron's federation work: rebuild the own filter when it is older
-/// than `FILTER_REBUILD_HOURS` (0 = never), and catch up with every peer.
+/// than `FILTER_REBUILD_HOURS` (0 = never) or holds more SIIs than it was
+/// sized for, and catch up with every peer.
 pub async fn cron(env: &Env, cfg: &GpConfig) {
     let hours = cfg.filter_rebuild_hours;
-    if hours > 0 {
-        match FilterClient::new(env).info().await {
-            Ok(info) => {
-                let created = info
-                    .get("created_at_ms")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
-                if crate::edge::clock::now_ms().saturating_sub(created) >= hours * 3_600_000 {
-                    match FilterClient::new(env).rebuild().await {
-                        Ok(_) => worker::console_log!("filter rebuilt (older than {hours} h)"),
-                        Err(e) => worker::console_error!("filter rebuild failed: {:?}", e),
-                    }
+    match FilterClient::new(env).info().await {
+        Ok(info) => {
+            let num = |k: &str| info.get(k).and_then(|v| v.as_f64());
+            let created = num("created_at_ms").unwrap_or(0.0) as u64;
+            let old = hours > 0
+                && crate::edge::clock::now_ms().saturating_sub(created) >= hours * 3_600_000;
+            // More SIIs than it was sized for: its fp rate is past the target.
+            let outgrown = num("estimated_siis")
+                .zip(num("sized_for"))
+                .is_some_and(|(n, cap)| n > cap);
+            let running = info.get("rebuild").is_some_and(|r| !r.is_null());
+            if (old || outgrown) && !running {
+                match FilterClient::new(env).rebuild().await {
+                    Ok(r) => worker::console_log!(
+                        "filter rebuild ({}): {}",
+                        if outgrown { "outgrown" } else { "due" },
+                        r.status_code()
+                    ),
+                    Err(e) => worker::console_error!("filter rebuild failed: {:?}", e),
                 }
             }
-            Err(e) => worker::console_error!("filter check failed: {:?}", e),
         }
+        Err(e) => worker::console_error!("filter check failed: {:?}", e),
     }
     // Six at a time (a request's concurrent subrequests).
     for group in cfg.peers.chunks(6) {

@@ -98,9 +98,13 @@ impl<'e> FilterClient<'e> {
         Ok(m)
     }
 
-    /// The current snapshot (GLF2 bytes).
-    pub async fn snapshot_bytes(&self) -> ApiResult<Vec<u8>> {
+    /// The current snapshot (GLF2 bytes); None when the filter is too
+    /// large for one (peers copy it by partition).
+    pub async fn snapshot_bytes(&self) -> ApiResult<Option<Vec<u8>>> {
         let mut resp = self.request(Method::Get, "/snapshot", None).await?;
+        if resp.status_code() == 413 {
+            return Ok(None);
+        }
         if resp.status_code() != 200 {
             let text = resp.text().await.unwrap_or_default();
             return Err(ApiError::Internal(format!(
@@ -110,6 +114,7 @@ impl<'e> FilterClient<'e> {
         }
         resp.bytes()
             .await
+            .map(Some)
             .map_err(|e| ApiError::Internal(format!("filter snapshot body: {e}")))
     }
 
@@ -129,6 +134,15 @@ impl<'e> FilterClient<'e> {
         let body: Vec<u8> = digests.iter().flatten().copied().collect();
         let reply: Reply = self.json(Method::Post, "/insert", Some(body)).await?;
         Ok(reply.additions)
+    }
+
+    /// Inserts `count` pseudo-random digests (test route only): a filter
+    /// of many SIIs without carrying them in request bodies.
+    pub async fn fill(&self, seed: &str, from: u64, count: u64) -> ApiResult<Value> {
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "seed": seed, "from": from, "count": count }))
+                .map_err(|e| ApiError::Internal(format!("fill op: {e}")))?;
+        self.json(Method::Post, "/fill", Some(body)).await
     }
 
     /// Rebuilds the filter now (draft §9), as the object answers it.

@@ -16,12 +16,24 @@ use crate::edge::rpc::{unexpected, Object};
 use serde::{Deserialize, Serialize};
 use worker::Env;
 
+/// One call to a routing object, counted apart (`do_requests_routing`).
+async fn routing_call<O: Serialize, R: serde::de::DeserializeOwned>(
+    obj: &Object,
+    env: &Env,
+    op: &O,
+) -> Result<R, crate::edge::rpc::RpcError> {
+    crate::edge::stats::count(|s| s.do_requests_routing += 1);
+    obj.call(env, op).await
+}
+
 /// How far one peer's copy is, as `/v1/gp` and the isolates see it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PeerRoute {
     pub peer: String,
     /// `never` (no copy yet), `syncing` (first download), `current`,
-    /// `switching` (a new version is being activated) or `error`.
+    /// `rotating` (the peer started a new version, being downloaded: the
+    /// one in use misses its additions), `switching` (a new version is
+    /// being activated) or `error`.
     pub status: String,
     /// The filter version queries use.
     pub version: Option<u64>,
@@ -139,11 +151,11 @@ impl<'e> CopyClient<'e> {
             seq,
             additions,
         };
-        Ok(self.obj.call(self.env, &op).await?)
+        Ok(routing_call(&self.obj, self.env, &op).await?)
     }
 
     async fn state_of(&self, op: CopyOp, name: &'static str) -> ApiResult<PeerRoute> {
-        match self.obj.call(self.env, &op).await? {
+        match routing_call(&self.obj, self.env, &op).await? {
             CopyReply::State { state } => Ok(state),
             other => Err(unexpected(&self.obj, name, other).into()),
         }
@@ -278,7 +290,7 @@ impl<'e> RtClient<'e> {
             shard: self.index,
             op,
         };
-        Ok(self.obj.call(self.env, &call).await?)
+        Ok(routing_call(&self.obj, self.env, &call).await?)
     }
 
     pub async fn applied(&self, op: RtOp) -> ApiResult<(u64, u64)> {
@@ -380,7 +392,7 @@ impl<'e> TableClient<'e> {
     }
 
     pub async fn call(&self, op: &TableOp) -> ApiResult<TableReply> {
-        Ok(self.obj.call(self.env, op).await?)
+        Ok(routing_call(&self.obj, self.env, op).await?)
     }
 
     pub async fn done(&self, op: &TableOp, name: &'static str) -> ApiResult<()> {

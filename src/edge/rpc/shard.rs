@@ -191,6 +191,9 @@ pub enum ShardOp {
     /// (SIIs after `after`, in order): a filter rebuild re-inserts them so
     /// removed SIIs drop out (draft §9).
     Digests { after: Option<String>, limit: u32 },
+    /// How many SIIs this shard holds a mapping for: a filter rebuild
+    /// sizes the new version from the live count.
+    Count,
 }
 
 /// A mapping as shown to its own AP.
@@ -248,6 +251,9 @@ pub enum ShardReply {
         /// Per mapping, its kept statement (only when asked for).
         #[serde(default)]
         statements: Vec<Option<String>>,
+    },
+    Count {
+        n: u64,
     },
     Digests {
         /// Hex SHA-256 of each SII (what the filter is keyed by).
@@ -808,6 +814,14 @@ impl<'e> Shard<'e> {
         match self.send(&ShardOp::Digests { after, limit }).await? {
             ShardReply::Digests { digests, next } => Ok((digests, next)),
             other => Err(unexpected(&self.obj, "digests", other).into()),
+        }
+    }
+
+    /// How many SIIs this shard holds a mapping for.
+    pub async fn count(&self) -> ApiResult<u64> {
+        match self.send(&ShardOp::Count).await? {
+            ShardReply::Count { n } => Ok(n),
+            other => Err(unexpected(&self.obj, "count", other).into()),
         }
     }
 }

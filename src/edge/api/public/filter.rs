@@ -17,7 +17,7 @@
 //! - `full`: the GLF2 snapshot bytes (local and demo GPs), or the summary
 //!   when the client accepts JSON but not `application/octet-stream`.
 use crate::edge::config::{GpConfig, PublicFilter as Mode};
-use crate::edge::rpc::filter::FilterClient;
+use crate::edge::rpc::filter::{FilterClient, Manifest};
 
 use crate::core::filter::{Filter, HashScheme, Layout};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
@@ -43,17 +43,22 @@ pub async fn get(req: &Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response
              PUBLIC_FILTER=off); peers fetch it over the GP-to-GP API",
         ));
     }
-    let bytes = FilterClient::new(env).snapshot_bytes().await?;
-    // JSON only for a client that accepts JSON but not the bytes.
-    let accept = req
-        .headers()
-        .get("Accept")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let wants_json =
-        accept.contains("application/json") && !accept.contains("application/octet-stream");
-    if mode == Mode::Full && !wants_json {
+    let Some(bytes) = FilterClient::new(env).snapshot_bytes().await? else {
+        // Too large for one snapshot: the summary from the manifest, with
+        // a fill map by partition.
+        if mode == Mode::Full && !wants_json(req) {
+            return Err(ApiError::client(
+                413,
+                "filter-too-large",
+                "Filter too large for one snapshot",
+                "this GP's filter is larger than one snapshot may be; ask for the JSON \
+                 summary (Accept: application/json)",
+            ));
+        }
+        let m = FilterClient::new(env).manifest().await?;
+        return json_ok(&manifest_summary(&m, gp_id, mode == Mode::Full)?);
+    };
+    if mode == Mode::Full && !wants_json(req) {
         let mut resp = Response::from_bytes(bytes).internal("filter response")?;
         let h = resp.headers_mut();
         h.set("Content-Type", "application/octet-stream")
@@ -70,6 +75,53 @@ pub async fn get(req: &Request, env: &Env, cfg: &GpConfig) -> ApiResult<Response
     let filter = Filter::from_bytes(&bytes)
         .map_err(|e| ApiError::Internal(format!("own filter snapshot: {e}")))?;
     json_ok(&summary(&filter, gp_id, mode == Mode::Full))
+}
+
+/// JSON only for a client that accepts JSON but not the bytes.
+fn wants_json(req: &Request) -> bool {
+    let accept = req
+        .headers()
+        .get("Accept")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    accept.contains("application/json") && !accept.contains("application/octet-stream")
+}
+
+/// The summary of a filter too large for one snapshot, from its manifest:
+/// the fill map has one group per partition.
+fn manifest_summary(m: &Manifest, gp_id: &str, full_available: bool) -> ApiResult<Value> {
+    let p = m
+        .params
+        .params()
+        .map_err(|e| ApiError::Internal(format!("own filter params: {e}")))?;
+    let bits = p.bits as f64;
+    let ones = m.bits_set as f64;
+    let estimated = if ones >= bits {
+        Value::Null
+    } else {
+        json!(-(bits / f64::from(p.k)) * (1.0 - ones / bits).ln())
+    };
+    Ok(json!({
+        "gp": gp_id,
+        "view": "summary",
+        "full_snapshot_available": full_available,
+        "version": m.version,
+        "created_at_ms": m.created_at_ms,
+        "bits": p.bits,
+        "log2_bits": p.log2_bits,
+        "k": p.k,
+        "layout": p.layout.name(),
+        "hash": p.hash.name(),
+        "bits_set": m.bits_set,
+        "fill_ratio": ones / bits,
+        "estimated_siis": estimated,
+        "estimated_fp_rate": p.fp_from_ones(m.bits_set),
+        "fill_map": {
+            "group_bits": p.bits >> m.partition_bits,
+            "ones": m.partitions.iter().map(|x| x.bits_set).collect::<Vec<_>>(),
+        },
+    }))
 }
 
 /// A file name made of the GP id's safe characters.

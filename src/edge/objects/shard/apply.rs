@@ -193,6 +193,7 @@ impl MappingShard {
             } => self.holder_act(sii, action, gp, claim_peers, now_ms),
             ShardOp::ApplyHolderClaim { claim, now_ms } => self.apply_holder_claim(claim, now_ms),
             ShardOp::Digests { after, limit } => self.digests(after, limit),
+            ShardOp::Count => self.count(),
         }
     }
 
@@ -495,6 +496,22 @@ impl MappingShard {
             statements,
         };
         Ok((reply, false))
+    }
+
+    pub(super) fn count(&self) -> ApiResult<Applied> {
+        #[derive(Deserialize)]
+        struct N {
+            n: i64,
+        }
+        // Only non-empty records are stored: every row is a live SII.
+        let rows: Vec<N> = self
+            .sql()
+            .exec("SELECT COUNT(*) AS n FROM records", None)
+            .internal("count records")?
+            .to_array()
+            .internal("read count")?;
+        let n = rows.first().map_or(0, |r| r.n.max(0) as u64);
+        Ok((ShardReply::Count { n }, false))
     }
 
     pub(super) fn digests(&self, after: Option<String>, limit: u32) -> ApiResult<Applied> {
