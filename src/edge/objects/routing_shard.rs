@@ -32,8 +32,8 @@ use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 const MAX_SECTION_BYTES: usize = 1_900_000;
 /// Values written per alarm round (the rest go in the next round).
 const WRITES_PER_ROUND: usize = 256;
-/// KV writes in flight at once.
-const PARALLEL_WRITES: usize = 8;
+/// KV writes in flight at once (a request's concurrent subrequests).
+const PARALLEL_WRITES: usize = 6;
 /// Delay before a flush after a change: changes within it share one write.
 const FLUSH_DELAY_MS: i64 = 50;
 
@@ -484,6 +484,13 @@ impl RoutingShard {
                     }
                     Err(kv::WriteError::TooSoon { retry_at_ms }) => {
                         next_at = Some(next_at.map_or(retry_at_ms, |n| n.min(retry_at_ms)));
+                    }
+                    Err(kv::WriteError::TooLarge { bytes }) => {
+                        worker::console_error!(
+                            "routing value {p} is {bytes} bytes, over KV's 25 MiB: raise ROUTING_PARTITION_BITS"
+                        );
+                        let t = now + 60_000;
+                        next_at = Some(next_at.map_or(t, |n| n.min(t)));
                     }
                     Err(kv::WriteError::Kv(e)) => {
                         worker::console_error!("routing value {p}: {e}");

@@ -15,6 +15,8 @@ use worker::Env;
 
 /// Workers KV: at most one write per second to a key.
 pub const MIN_WRITE_INTERVAL_MS: u64 = 1_000;
+/// Workers KV: a value holds at most 25 MiB.
+pub const MAX_VALUE_BYTES: usize = 25 << 20;
 /// How long KV's edge cache may serve a value read with `cacheTtl`
 /// (Workers KV's minimum is 30 s).
 pub const CACHE_TTL_SECS: u64 = 60;
@@ -34,6 +36,9 @@ pub struct KvStats {
     pub refused: u64,
     /// Most writes to one key within one wall-clock second, ever.
     pub max_writes_per_key_per_s: u32,
+    /// The largest value written, and writes refused as over 25 MiB.
+    pub value_bytes_max: usize,
+    pub too_large: u64,
 }
 
 #[derive(Default)]
@@ -57,6 +62,8 @@ pub fn stats() -> KvStats {
 pub enum WriteError {
     /// The key was written less than a second ago: try at `retry_at_ms`.
     TooSoon { retry_at_ms: u64 },
+    /// Over KV's 25 MiB per value.
+    TooLarge { bytes: usize },
     /// KV refused or failed.
     Kv(String),
 }
@@ -77,6 +84,10 @@ fn store(env: &Env) -> ApiResult<worker::KvStore> {
 
 /// Writes `bytes` at `key`, at most once per second per key.
 pub async fn put(env: &Env, key: &str, bytes: &[u8]) -> Result<(), WriteError> {
+    if bytes.len() > MAX_VALUE_BYTES {
+        BOOK.with(|b| b.borrow_mut().stats.too_large += 1);
+        return Err(WriteError::TooLarge { bytes: bytes.len() });
+    }
     let now = now_ms();
     let sec = now / 1_000;
     let refused = BOOK.with(|b| {
@@ -100,6 +111,7 @@ pub async fn put(env: &Env, key: &str, bytes: &[u8]) -> Result<(), WriteError> {
         b.stats.max_writes_per_key_per_s = b.stats.max_writes_per_key_per_s.max(count);
         b.stats.writes += 1;
         b.stats.written_bytes += bytes.len() as u64;
+        b.stats.value_bytes_max = b.stats.value_bytes_max.max(bytes.len());
         if b.keys.len() > 8_192 {
             b.keys
                 .retain(|_, (last, _, _)| now.saturating_sub(*last) < 2 * MIN_WRITE_INTERVAL_MS);
