@@ -168,6 +168,14 @@ const STAGES: &[(&str, &str)] = &[
         "response",
         "response wrapping (JSON response, headers, to JS)",
     ),
+    (
+        "request",
+        "a fresh request to hand the handler (the handler stage's set-up)",
+    ),
+    (
+        "body_read",
+        "a fresh request, its body read (arrayBuffer) and parsed",
+    ),
     ("handler", "whole query handler (on a fresh request)"),
 ];
 
@@ -228,6 +236,22 @@ pub async fn breakdown(
     );
     let auth_header = format!("Bearer {token}");
     let body_text = String::from_utf8_lossy(&bytes).into_owned();
+    // A request as the runtime hands the worker one: the query's URL,
+    // headers and body.
+    let body_len = body_text.len().to_string();
+    let fresh_request = || {
+        let mut init = worker::RequestInit::new();
+        init.with_method(worker::Method::Post)
+            .with_body(Some(wasm_bindgen::JsValue::from_str(&body_text)));
+        let headers = worker::Headers::new();
+        let _ = headers.set("Authorization", &auth_header);
+        let _ = headers.set("Content-Type", "application/json");
+        // As wrk and every HTTP/1.1 client send it (the body is then read
+        // in one piece, `body::read_capped`).
+        let _ = headers.set("Content-Length", &body_len);
+        init.with_headers(headers);
+        Request::new_with_init(&query_url, &init)
+    };
     let t0 = crate::edge::clock::now_ms();
     for _ in 0..n {
         match stage.as_str() {
@@ -291,15 +315,18 @@ pub async fn breakdown(
                     let _ = black_box(web_sys::Response::from(resp));
                 }
             }
+            "request" => {
+                let _ = black_box(fresh_request());
+            }
+            "body_read" => {
+                if let Ok(mut r) = fresh_request() {
+                    let _ = black_box(
+                        crate::edge::http::body::read_json_allow_array::<QueryBody>(&mut r).await,
+                    );
+                }
+            }
             "handler" => {
-                let mut init = worker::RequestInit::new();
-                init.with_method(worker::Method::Post)
-                    .with_body(Some(wasm_bindgen::JsValue::from_str(&body_text)));
-                let headers = worker::Headers::new();
-                let _ = headers.set("Authorization", &auth_header);
-                let _ = headers.set("Content-Type", "application/json");
-                init.with_headers(headers);
-                if let Ok(r) = Request::new_with_init(&query_url, &init) {
+                if let Ok(r) = fresh_request() {
                     let _ = black_box(crate::edge::api::ap::query::query(r, env, cfg).await);
                 }
             }
