@@ -11,7 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
-import { startThreeGps, reaches, eventually } from './lib/util.mjs';
+import { startThreeGps, reaches, lacks, eventually } from './lib/util.mjs';
 import { call, registerMapping } from './lib/ap.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -115,6 +115,8 @@ test('an opt-out answers opted_out everywhere and refuses a later creation, unti
   const sii = phone();
   await register(aps.a, sii);
   await reaches(fed['gp-b'], 'gp-a', sii);
+  // Exactly gp-a is told: wait until gp-b's routing is certain of gp-c.
+  await lacks(fed['gp-b'], 'gp-c', sii);
   const token = await proveControl(fed['gp-b'], sii);
   const out = await checked(fed['gp-b'], '/v1/holder/opt-out', { token });
   assert.equal(out.status, 200, out.text);

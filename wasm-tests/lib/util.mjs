@@ -123,6 +123,20 @@ export async function reaches(gp, peer, sii, timeoutMs = 5000) {
   }, { timeoutMs, what: `${sii} in ${gp.env}'s copy of ${peer}` });
 }
 
+/**
+ * Polls until `gp`'s routing says `peer` certainly does not hold `sii`
+ * (contains false). Right after a cron or a restart a peer's copy may
+ * still be reaching KV; the routing then counts the peer as a possible
+ * holder (contains null), which is right, but a test asserting exactly who
+ * was asked must wait that out.
+ */
+export async function lacks(gp, peer, sii, timeoutMs = 5000) {
+  await eventually(async () => {
+    const r = await gp.getJson(`/__debug/peer-filters?sii=${encodeURIComponent(sii)}`);
+    return r.body?.peers?.find((p) => p.peer === peer)?.contains === false;
+  }, { timeoutMs, what: `${gp.env}'s routing certain that ${peer} lacks ${sii}` });
+}
+
 /** A query rate the functional tests never reach. */
 export const FAST_RATE = { base_per_sec: 1000, min_per_sec: 1000, max_per_sec: 1000, burst_secs: 10 };
 
