@@ -61,7 +61,11 @@ async function eventually(fn, { timeoutMs = 10_000, what = 'condition', everyMs 
  */
 async function gpWhen(gp, ok, what) {
   let body;
-  await eventually(async () => ok(body = (await gp.getJson('/v1/gp')).body), { what, timeoutMs: 5_000, everyMs: 100 });
+  try {
+    await eventually(async () => ok(body = (await gp.getJson('/v1/gp')).body), { what, timeoutMs: 5_000, everyMs: 100 });
+  } catch (e) {
+    throw new Error(`${e.message}; last routing: ${JSON.stringify(body?.routing)}`);
+  }
   return body;
 }
 
@@ -242,6 +246,62 @@ test('no copy yet: the peer is asked and the answer says why; unreadable routing
     assert.equal(q.body.peers_queried, 0, 'nobody is broadcast to');
     assert.deepEqual(q.body.failed_peers.map((p) => p.gp).sort(), ['gp-b', 'gp-c']);
     assert.match(q.body.failed_peers[0].reason, /routing: routing partition unreadable/);
+  } finally {
+    await fed.stop();
+  }
+});
+
+test('capacity: /v1/gp and the cron report a routing table cut too coarsely (a section over a row, a value over ROUTING_CACHE_MB), and a larger ROUTING_PARTITION_BITS fixes it', async () => {
+  // gp-a keeps 1 MiB of routing state; gp-b's filter is ~2.1 MB, full.
+  const fed = await startFederation({
+    envs: ['gp-a', 'gp-b'],
+    stateRoot: `${state.dir}/capacity`,
+    bindings: {
+      '*': { ...SECRETS, ...standins },
+      'gp-a': { ROUTING_CACHE_MB: '1', ROUTING_PARTITION_BITS: '0', ROUTING_SHARDS: '1' },
+      'gp-b': { FILTER_EXPECTED_SIIS: '1000000' },
+    },
+  });
+  try {
+    const [a, b] = [fed['gp-a'], fed['gp-b']];
+    const fill = await b.fetch('/__debug/filter/fill', {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ seed: 'capacity', from: 0, count: 1_000_000 }),
+    });
+    assert.equal(fill.status, 200, await fill.text());
+    const own = (await b.getJson('/v1/gp')).body.filter;
+    const cut = async (r, shards) => {
+      await a.stop();
+      Object.assign(a.bindings, { ROUTING_PARTITION_BITS: String(r), ROUTING_SHARDS: String(shards) });
+      await a.start();
+      await a.cron();
+    };
+    // One partition: gp-b's section is its whole filter, dense, over what a
+    // routing shard's row holds. The copy cannot be stored, and both the
+    // cron and /v1/gp say why.
+    await a.cron();
+    let gp = await gpWhen(a, (g) => g.routing.peers[0].errors >= 1, "gp-a's failed copy of gp-b");
+    assert.equal(gp.routing.capacity, 'over-row', JSON.stringify(gp.routing));
+    assert.match(gp.routing.peers[0].last_error, /ROUTING_SHARD\/routing\/0\/1\/0 answered 500/);
+    assert.match(a.output, /routing table over-row: a routing value is about \d+ bytes at ROUTING_PARTITION_BITS=0/);
+    // Two: a section fits a row, but one value is over half the 1 MiB budget.
+    await cut(1, 1);
+    gp = await gpWhen(a, (g) => g.routing.peers[0].status === 'current', "gp-a's copy at 2 partitions");
+    assert.equal(gp.routing.capacity, 'over-cache', JSON.stringify(gp.routing));
+    assert.ok(Math.abs(gp.routing.value_bytes_estimate - own.bits / 16) < 1024, `${gp.routing.value_bytes_estimate} vs ${own.bits / 16}`);
+    // What it warns of: a query's routing state passes the 1 MiB budget.
+    const ap = await enroll(a, 'cap-a');
+    await eventually(async () => {
+      const q = await call(a, 'POST', '/v1/query', { token: ap.token, json: { sii: phone() } });
+      return q.status === 200 && q.body.unfiltered_peers.length === 0;
+    }, { what: 'a filtered query' });
+    const view = (await a.getJson('/__debug/routing')).body.view;
+    assert.ok(view.bytes_peak > 2 ** 20, `routing state peaked at ${view.bytes_peak} bytes`);
+    // Sixteen: each value is a sixteenth of the filter, and the check is happy.
+    await cut(4, 4);
+    gp = await gpWhen(a, (g) => g.routing.peers[0].status === 'current', "gp-a's copy at 16 partitions");
+    assert.equal(gp.routing.capacity, 'ok', JSON.stringify(gp.routing));
+    assert.ok(gp.routing.value_bytes_estimate < own.bits / 8 / 15, `${gp.routing.value_bytes_estimate}`);
   } finally {
     await fed.stop();
   }

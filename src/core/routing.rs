@@ -561,6 +561,33 @@ impl core::fmt::Display for ValueError {
     }
 }
 
+/// About how many bytes one routing value holds for peers whose filters
+/// have `(bits, bits_set)` each, at 2^r partitions: per peer the smaller of
+/// its dense section (at least one 512-bit block: a small filter's block
+/// is in many partitions) and its sparse one (about 3 bytes a set bit),
+/// plus a section header. The capacity check of `/v1/gp` and the cron
+/// (ARCHITECTURE.md, "Routing table"): a value must fit KV (25 MiB) and
+/// the isolate's budget must hold two of them (the partition a query reads
+/// and the one it keeps).
+pub fn value_bytes_estimate(peers: impl IntoIterator<Item = (u64, u64)>, r: u8) -> u64 {
+    peers
+        .into_iter()
+        .map(|(bits, set)| section_bytes_estimate(bits, set, r).saturating_add(64))
+        .fold(16, u64::saturating_add)
+}
+
+/// About how many bytes one peer's section of a routing partition takes
+/// (see [`value_bytes_estimate`]; without its header).
+pub fn section_bytes_estimate(bits: u64, set: u64, r: u8) -> u64 {
+    let r = r.min(MAX_PARTITION_BITS);
+    let section = (bits >> r).max(1 << BLOCK_LOG2).min(bits.max(1));
+    let section_set = (u128::from(set) * u128::from(section) / u128::from(bits.max(1)))
+        .min(u128::from(u64::MAX)) as u64;
+    let dense = section.div_ceil(8);
+    let sparse = section_set.saturating_mul(3).saturating_add(8);
+    dense.min(sparse)
+}
+
 /// A section's payload: (encoding, bytes), whichever of dense or sparse is smaller.
 pub fn encode_bits(bits: &Bits, len: u64) -> (u8, Vec<u8>) {
     let dense_len = Bits::words_for(len) * 8;

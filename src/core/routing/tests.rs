@@ -242,3 +242,21 @@ fn fuzz_seed_values_decode() {
         );
     }
 }
+
+#[test]
+fn value_estimate_takes_the_smaller_encoding_per_peer() {
+    // A 1 GB-bit filter at 2^10 partitions: 128 KiB dense; empty, a few bytes.
+    let full = value_bytes_estimate([(1 << 30, 1 << 29)], 10);
+    assert_eq!(full, 16 + (1 << 17) + 64);
+    let empty = value_bytes_estimate([(1 << 30, 0)], 10);
+    assert_eq!(empty, 16 + 8 + 64);
+    // A small filter's section is at least one block, with that block's
+    // share of the set bits.
+    assert_eq!(value_bytes_estimate([(1 << 12, 2048)], 10), 16 + 64 + 64);
+    assert_eq!(value_bytes_estimate([(1 << 12, 8)], 10), 16 + (3 + 8) + 64);
+    // Peers add up.
+    assert_eq!(
+        value_bytes_estimate([(1 << 30, 1 << 29), (1 << 30, 0)], 10),
+        full + empty - 16
+    );
+}

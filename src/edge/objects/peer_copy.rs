@@ -115,6 +115,7 @@ impl Copy {
             last_error_ms: self.last_error_ms,
             sync: self.job.as_ref().map(|j| SyncProgress {
                 version: j.manifest.version,
+                bits: j.manifest.params.bits,
                 partitions: j.manifest.partitions.len() as u32,
                 done: j.next,
                 started_ms: j.started_ms,
@@ -504,7 +505,13 @@ impl PeerCopy {
                     }
                     Err(e) => return self.failed(peer, e).await,
                 };
-                let staged = self.stage(&cfg, peer, m.version, &doc, &params, &f).await?;
+                // A shard that cannot store the partition (e.g. a section
+                // over a row: the capacity check names it) is this copy's
+                // error, shown in /v1/gp, not only a log line.
+                let staged = match self.stage(&cfg, peer, m.version, &doc, &params, &f).await {
+                    Ok(n) => n,
+                    Err(e) => return self.failed(peer, format!("{e:?}")).await,
+                };
                 fetched += 1;
                 let c = self.update(peer, |c| {
                     if let Some(j) = c.job.as_mut() {

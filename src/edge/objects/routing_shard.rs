@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use worker::{durable_object, Env, Request, Response, SqlStorage, State};
 
 /// Largest section row (SQLite rows hold at most 2 MB).
-const MAX_SECTION_BYTES: usize = 1_900_000;
+pub const MAX_SECTION_BYTES: usize = 1_900_000;
 /// Values written per alarm round (the rest go in the next round).
 const WRITES_PER_ROUND: usize = 256;
 /// KV writes in flight at once (a request's concurrent subrequests).

@@ -517,6 +517,46 @@ pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdi
     })
 }
 
+/// The routing table's capacity check (`/v1/gp`, the cron): about how big
+/// one routing value is with every peer's copy as it stands
+/// ([`value_bytes_estimate`](crate::core::routing::value_bytes_estimate);
+/// a peer still being downloaded counts at its dense size), and `ok`,
+/// `over-kv` (a value passes KV's 25 MiB: it cannot be written),
+/// `over-row` (a peer's section passes what a routing shard's SQLite row
+/// holds: that copy cannot be stored) or `over-cache` (the isolate's
+/// `ROUTING_CACHE_MB` cannot hold the two values a query may keep: its
+/// routing state passes the budget). Each is fixed by a larger
+/// `ROUTING_PARTITION_BITS`.
+pub fn capacity(cfg: &GpConfig, dir: &[PeerRoute]) -> (u64, &'static str) {
+    let r = cfg.routing_partition_bits;
+    let peers: Vec<(u64, u64)> = dir
+        .iter()
+        .filter_map(|d| match (&d.params, d.version, &d.sync) {
+            (Some(p), Some(_), _) => Some((p.bits, d.bits_set)),
+            (_, None, Some(s)) if s.bits > 0 => Some((s.bits, s.bits)),
+            (Some(p), None, _) => Some((p.bits, p.bits)),
+            _ => None,
+        })
+        .collect();
+    let bytes = crate::core::routing::value_bytes_estimate(peers.iter().copied(), r);
+    let section_max = peers
+        .iter()
+        .map(|&(bits, set)| crate::core::routing::section_bytes_estimate(bits, set, r))
+        .max()
+        .unwrap_or(0);
+    let budget = (u64::from(cfg.routing_cache_mb)) << 20;
+    let verdict = if bytes > kv::MAX_VALUE_BYTES as u64 {
+        "over-kv"
+    } else if section_max > crate::edge::objects::routing_shard::MAX_SECTION_BYTES as u64 {
+        "over-row"
+    } else if bytes > budget / 2 {
+        "over-cache"
+    } else {
+        "ok"
+    };
+    (bytes, verdict)
+}
+
 /// Every configured peer's routing state, read now from the route table
 /// (one Durable Object request): `/v1/gp`, the debug routes.
 pub async fn directory(env: &Env, cfg: &GpConfig) -> ApiResult<Vec<PeerRoute>> {

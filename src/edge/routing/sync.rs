@@ -205,4 +205,17 @@ pub async fn cron(env: &Env, cfg: &GpConfig) {
             }
         }
     }
+    // The routing table's capacity with the copies as they now stand.
+    match crate::edge::routing::copies::directory(env, cfg).await {
+        Ok(dir) => match crate::edge::routing::copies::capacity(cfg, &dir) {
+            (_, "ok") => {}
+            (bytes, verdict) => worker::console_error!(
+                "routing table {verdict}: a routing value is about {bytes} bytes at \
+                 ROUTING_PARTITION_BITS={} (ROUTING_CACHE_MB={}, KV's cap 25 MiB): raise ROUTING_PARTITION_BITS",
+                cfg.routing_partition_bits,
+                cfg.routing_cache_mb
+            ),
+        },
+        Err(e) => worker::console_error!("routing capacity check: {e:?}"),
+    }
 }

@@ -59,6 +59,9 @@ pub struct PeerRoute {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SyncProgress {
     pub version: u64,
+    /// The size of the filter being downloaded (its params' bits).
+    #[serde(default)]
+    pub bits: u64,
     pub partitions: u32,
     pub done: u32,
     pub started_ms: u64,

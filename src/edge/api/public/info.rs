@@ -136,7 +136,10 @@ async fn routing_info(env: &Env, cfg: &GpConfig, now: u64) -> ApiResult<Value> {
             })
         })
         .collect();
+    let (value_bytes, capacity) = crate::edge::routing::copies::capacity(cfg, &dir);
     Ok(json!({
+        "value_bytes_estimate": value_bytes,
+        "capacity": capacity,
         "partition_bits": cfg.routing_partition_bits,
         "shards": cfg.routing_shards,
         "cache_mb": cfg.routing_cache_mb,
