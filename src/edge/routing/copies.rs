@@ -257,23 +257,20 @@ impl View {
             apply_entry(&mut value, e);
         }
         let bytes = value.heap_bytes();
-        self.tick += 1;
-        let used = self.tick;
-        let value = Rc::new(RefCell::new(value));
-        let shared = value.clone();
-        if let Some(old) = self.values.insert(p, Cached { value, bytes, used }) {
+        if let Some(old) = self.values.remove(&p) {
             self.value_bytes -= old.bytes;
         }
-        self.value_bytes += bytes;
-        self.note_peak();
+        // Room first, then the new value: the state never passes the
+        // budget on the way (only when `keep` and this value alone do:
+        // the capacity check's over-cache).
         let budget = self
             .budget(cfg)
             .saturating_sub(self.entry_bytes + dir_bytes(&self.dir));
-        while self.value_bytes > budget && self.values.len() > 2 {
+        while self.value_bytes + bytes > budget {
             let Some((&victim, _)) = self
                 .values
                 .iter()
-                .filter(|(&k, _)| k != p && Some(k) != keep)
+                .filter(|(&k, _)| Some(k) != keep)
                 .min_by_key(|(_, c)| c.used)
             else {
                 break;
@@ -282,6 +279,13 @@ impl View {
                 self.value_bytes -= c.bytes;
             }
         }
+        self.tick += 1;
+        let used = self.tick;
+        let value = Rc::new(RefCell::new(value));
+        let shared = value.clone();
+        self.values.insert(p, Cached { value, bytes, used });
+        self.value_bytes += bytes;
+        self.note_peak();
         shared
     }
 }
