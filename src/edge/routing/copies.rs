@@ -67,6 +67,8 @@ struct Cached {
     value: Rc<RefCell<RoutingValue>>,
     bytes: usize,
     used: u64,
+    /// When it was read from KV.
+    read_ms: u64,
 }
 
 /// Counters of this isolate's routing view (tests, benchmarks).
@@ -283,7 +285,15 @@ impl View {
         let used = self.tick;
         let value = Rc::new(RefCell::new(value));
         let shared = value.clone();
-        self.values.insert(p, Cached { value, bytes, used });
+        self.values.insert(
+            p,
+            Cached {
+                value,
+                bytes,
+                used,
+                read_ms: now_ms(),
+            },
+        );
         self.value_bytes += bytes;
         self.note_peak();
         shared
@@ -429,7 +439,10 @@ pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdi
         }
     }
     let now = now_ms();
-    VIEW.with(|v| {
+    // Partitions read before KV had a peer's new copy: read again by a
+    // later query (at most once a second each), not kept until evicted.
+    let behind: RefCell<Vec<u32>> = RefCell::new(Vec::new());
+    let out = VIEW.with(|v| {
         let v = v.borrow();
         let stale = now.saturating_sub(v.ok_ms) > VIEW_TRUST_MS;
         cfg.peers
@@ -496,6 +509,7 @@ pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdi
                     }
                 };
                 let Some(section) = value.sections.iter().find(|s| s.peer == peer.id) else {
+                    behind.borrow_mut().push(p);
                     if now.saturating_sub(state.activated_ms) < kv::STALE_MS {
                         return Verdict::Ask("this peer's filter copy is still reaching KV".into());
                     }
@@ -504,6 +518,7 @@ pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdi
                     ));
                 };
                 if section.version < version {
+                    behind.borrow_mut().push(p);
                     return Verdict::Ask(format!(
                         "routing partition {p} still holds v{} of this peer's filter (copy at v{version})",
                         section.version
@@ -518,7 +533,24 @@ pub async fn verdicts(env: &Env, cfg: &GpConfig, digest: &[u8; 32]) -> Vec<Verdi
                 }
             })
             .collect()
-    })
+    });
+    let behind = behind.into_inner();
+    if !behind.is_empty() {
+        VIEW.with(|v| {
+            let mut v = v.borrow_mut();
+            for p in behind {
+                if v.values
+                    .get(&p)
+                    .is_some_and(|c| now.saturating_sub(c.read_ms) >= POLL_MS)
+                {
+                    if let Some(c) = v.values.remove(&p) {
+                        v.value_bytes -= c.bytes;
+                    }
+                }
+            }
+        });
+    }
+    out
 }
 
 /// The routing table's capacity check (`/v1/gp`, the cron): about how big
