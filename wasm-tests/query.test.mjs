@@ -260,6 +260,26 @@ test('a query reads no configuration or secret: they are read once per isolate, 
     'one Durable Object request per query besides rate-limit leases and routing');
 });
 
+test('concurrent queries of one AP share one rate-limit lease request: the limiter is asked once per lease, not once per query in flight', async () => {
+  const a = fed['gp-a'];
+  // 1000/s: a lease is ~1 s of rate, so each AP's 100 queries fit in one.
+  const burst = await Promise.all([1, 2, 3, 4].map((i) => enrollAp(a, `q-lease-burst-${i}`, { rate_params: FAST })));
+  const sii = phone();
+  await register(a, aps['gp-a'], sii, 'lease-burst');
+  // Each AP's token check is warm, so its queries reach the limiter together.
+  for (const ap of burst) assert.equal((await call(a, 'GET', '/v1/me', { token: ap.token })).status, 200);
+  const before = await stats(a);
+  const answers = await Promise.all(burst.flatMap((ap) => Array.from({ length: 100 }, () => query(a, ap, sii))));
+  assert.deepEqual([...new Set(answers.map((r) => r.status))], [200]);
+  const after = await stats(a);
+  assert.equal(after.queries - before.queries, 400);
+  const leases = after.lease_requests - before.lease_requests;
+  // Each AP's first queries find no lease; they wait for the one asking
+  // (before: the queries in flight each asked, 37-39 requests for the 4).
+  console.log(`LEASES ${leases}`);
+  assert.ok(leases <= burst.length + 1, `${leases} limiter requests for 4 APs x 100 concurrent queries`);
+});
+
 test('two GPs hold mappings for one SII: the most recent preference wins, seen from every GP', async () => {
   const [a, b] = [fed['gp-a'], fed['gp-b']];
   const sii = phone();

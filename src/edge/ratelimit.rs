@@ -6,7 +6,7 @@ use crate::core::ratelimit::{allowed_rate, Admission, Granted, LeaseHolder, Rate
 use crate::edge::auth::ap::AuthedAp;
 use crate::edge::http::error::{ApiError, ApiResult};
 use crate::edge::stats;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use worker::Env;
 
@@ -18,9 +18,55 @@ use worker::Env;
 /// sees the new rate (registry cache, AP_CACHE_SECONDS).
 const LEASE_PERIOD_MS: u64 = 1_000;
 
+/// How long a query waits, in polls of [`WAIT_POLL_MS`], for another
+/// query's lease request before it asks the bucket itself.
+const MAX_WAIT_POLLS: u32 = 50;
+/// A waiting query looks again this often. A timer, not a waker: the
+/// Workers runtime cancels a request that waits on an event of another
+/// request ("your Worker's code had hung"), so each waiter keeps its own.
+const WAIT_POLL_MS: u64 = 2;
+
 thread_local! {
     /// This isolate's hold on each AP's bucket.
     static LEASES: RefCell<HashMap<String, LeaseHolder>> = RefCell::new(HashMap::new());
+    /// Each AP's lease request in flight from this isolate (its
+    /// generation): concurrent queries that find the lease used up wait
+    /// for it instead of each asking the AP's object (one limiter request
+    /// per lease, not one per query in flight).
+    static ASKING: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Marks the AP's lease request in flight while held; dropped when the
+/// grant is applied, on an error, or when the request is cancelled.
+struct AskGuard {
+    id: String,
+    generation: u64,
+}
+
+impl AskGuard {
+    fn new(id: &str) -> AskGuard {
+        let generation = GENERATION.with(|g| {
+            g.set(g.get().wrapping_add(1));
+            g.get()
+        });
+        ASKING.with(|m| m.borrow_mut().insert(id.to_owned(), generation));
+        AskGuard {
+            id: id.to_owned(),
+            generation,
+        }
+    }
+}
+
+impl Drop for AskGuard {
+    fn drop(&mut self) {
+        ASKING.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.get(&self.id) == Some(&self.generation) {
+                m.remove(&self.id);
+            }
+        });
+    }
 }
 
 /// What the rate-limit headers report.
@@ -58,23 +104,37 @@ pub async fn admit(env: &Env, ap: &AuthedAp) -> ApiResult<RateInfo> {
     // draft §11.2: "rate limited based on the number of enrolled users".
     let rate = allowed_rate(&r.rate_params, r.enrolled_users, r.strikes);
     let id = r.id.to_string();
-    let started = crate::edge::clock::now_ms();
-    let decision = LEASES.with(|m| {
-        m.borrow_mut()
-            .entry(id.clone())
-            .or_insert_with(|| LeaseHolder::new(rate))
-            .admit(rate, started, LEASE_PERIOD_MS)
-    });
-    let want = match decision {
-        Admission::Spent { remaining } => return Ok(RateInfo { rate, remaining }),
-        // An AP far over its rate would otherwise cost a limiter request
-        // for every refused query, and a flood of them starved the other
-        // APs' queries (wasm-tests/concurrency: others' p50 x40).
-        Admission::Refused { retry_after_ms } => {
-            return Err(rate_limited(rate, Some(retry_after_ms)))
+    let mut polls = 0;
+    let (started, want) = loop {
+        let started = crate::edge::clock::now_ms();
+        let decision = LEASES.with(|m| {
+            m.borrow_mut()
+                .entry(id.clone())
+                .or_insert_with(|| LeaseHolder::new(rate))
+                .admit(rate, started, LEASE_PERIOD_MS)
+        });
+        match decision {
+            Admission::Spent { remaining } => return Ok(RateInfo { rate, remaining }),
+            // An AP far over its rate would otherwise cost a limiter request
+            // for every refused query, and a flood of them starved the other
+            // APs' queries (wasm-tests/concurrency: others' p50 x40).
+            Admission::Refused { retry_after_ms } => {
+                return Err(rate_limited(rate, Some(retry_after_ms)))
+            }
+            Admission::Lease { want } => {
+                let asking = ASKING.with(|m| m.borrow().contains_key(&id));
+                if asking && polls < MAX_WAIT_POLLS {
+                    // Another query of this isolate is asking; its grant
+                    // (or refusal) is applied before it stops asking.
+                    polls += 1;
+                    worker::Delay::from(std::time::Duration::from_millis(WAIT_POLL_MS)).await;
+                } else {
+                    break (started, want);
+                }
+            }
         }
-        Admission::Lease { want } => want,
     };
+    let _asking = AskGuard::new(&id);
     stats::count(|s| s.lease_requests += 1);
     let Grant {
         granted,
