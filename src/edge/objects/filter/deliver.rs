@@ -139,16 +139,7 @@ impl FilterObject {
         let v = self.current()?;
         let (version, seq) = (v.version, v.seq);
         let now = now_ms() as i64;
-        #[derive(Deserialize)]
-        struct Due {
-            peer: String,
-            version: i64,
-            callback: String,
-            acked: i64,
-            failures: i64,
-            since_ms: i64,
-        }
-        let due: Vec<Due> = self
+        let due: Vec<SubRow> = self
             .sql()
             .exec(
                 "SELECT peer, version, callback, acked, failures, since_ms FROM subscriber
