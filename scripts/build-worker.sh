@@ -10,7 +10,7 @@ ensure_build_tools
 # build/ was made from.
 worker_inputs() {
   { find src -type f -print0 | sort -z | xargs -0 sha256sum
-    sha256sum Cargo.toml Cargo.lock scripts/build-worker.sh
+    sha256sum Cargo.toml Cargo.lock scripts/build-worker.sh scripts/rpc-entry.mjs wrangler.toml
     echo "worker-build $WORKER_BUILD_BIN wasm-bindgen $WASM_BINDGEN_BIN"
   } | sha256sum | cut -d' ' -f1
 }
@@ -22,6 +22,9 @@ else
   log "building the worker (worker-build --release, feature worker)"
   rm -f "$WORKER_STAMP"
   "$WORKER_BUILD_BIN" --release --features worker >&2
+  # The Durable Objects as classes callable by JS RPC; build/index.js
+  # becomes that entry, workers-rs's module build/workers-rs.mjs.
+  node scripts/rpc-entry.mjs wrangler.toml build >&2
   printf '%s\n' "$worker_sum" > "$WORKER_STAMP"
 fi
 

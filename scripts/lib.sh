@@ -114,4 +114,5 @@ build_floor_worker() {
   ensure_build_tools
   log "building the benchmark floor worker (benches/floor-worker, worker-build --release)"
   (cd "$ROOT/benches/floor-worker" && CARGO_TARGET_DIR="$ROOT/target/floor" "$WORKER_BUILD_BIN" --release >&2)
+  node "$ROOT/scripts/rpc-entry.mjs" "$ROOT/benches/floor-worker/wrangler.toml" "$ROOT/benches/floor-worker/build"
 }

@@ -12,13 +12,13 @@
 //! `GET /hello`: no body, no object call: the workers-rs entry alone.
 //!
 //! The object call is made the cheapest way known in workers-rs — the way
-//! the GP makes its own (`src/edge/rpc/mod.rs`): `stub.fetch(url, init)`
-//! with a string body, the reply read with `Response.text()` — so the
-//! floor is not inflated by a slower idiom than the product uses.
+//! the GP makes its own (`src/edge/rpc/mod.rs`): a JS RPC call of the
+//! object's method `op`, a string in and a string out, made reachable by
+//! the GP's scripts/rpc-entry.mjs — so the floor is not inflated by a
+//! slower idiom than the product uses. Its `fetch` stays for comparison.
 use js_sys::futures::JsFuture;
 use std::cell::Cell;
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
 use worker::{durable_object, event, Context, Env, Request, Response, ResponseBody, State};
 
 /// Objects the calls spread over (the GP's default `MAPPING_SHARDS`).
@@ -29,12 +29,8 @@ extern "C" {
     #[wasm_bindgen(extends = js_sys::Object)]
     type RawStub;
 
-    #[wasm_bindgen(method, catch, js_name = fetch)]
-    fn fetch_with_init(
-        this: &RawStub,
-        url: &str,
-        init: &web_sys::RequestInit,
-    ) -> Result<js_sys::Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn op(this: &RawStub, body: &str) -> Result<js_sys::Promise, JsValue>;
 }
 
 /// FNV-1a: spreads the bodies over the objects without cryptography.
@@ -49,20 +45,14 @@ fn object_of(sii: &str) -> u32 {
     fnv(sii.as_bytes()) % OBJECTS
 }
 
-/// One call to object `i` with `body`; its answer as text.
+/// One call to object `i` with `body` by the RPC method `op`; its answer.
 async fn call(env: &Env, i: u32, body: &str) -> worker::Result<String> {
     let stub: RawStub = env
         .durable_object("FLOOR")?
         .id_from_name(&format!("floor/{i}"))?
         .get_stub()?
         .into_rpc();
-    let init = web_sys::RequestInit::new();
-    init.set_method("POST");
-    init.set_body(&JsValue::from_str(body));
-    let resp: web_sys::Response = JsFuture::from(stub.fetch_with_init("https://floor/op", &init)?)
-        .await?
-        .dyn_into()?;
-    Ok(JsFuture::from(resp.text()?)
+    Ok(JsFuture::from(stub.op(body)?)
         .await?
         .as_string()
         .unwrap_or_default())
@@ -128,6 +118,24 @@ impl worker::DurableObject for FloorObject {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let v = self.lookup(&req.text().await?)?;
+        Response::from_body(ResponseBody::Body(v.into_bytes()))
+    }
+}
+
+#[wasm_bindgen(wasm_bindgen_futures = worker::wasm_bindgen_futures)]
+impl FloorObject {
+    /// The RPC method: the same lookup without a Request or a Response.
+    #[wasm_bindgen(js_name = op)]
+    pub async fn op(&self, body: String) -> Result<JsValue, JsValue> {
+        self.lookup(&body)
+            .map(|v| JsValue::from_str(&v))
+            .map_err(JsValue::from)
+    }
+}
+
+impl FloorObject {
+    fn lookup(&self, body: &str) -> worker::Result<String> {
         let sql = self.state.storage().sql();
         if !self.ready.get() {
             sql.exec(
@@ -136,7 +144,7 @@ impl worker::DurableObject for FloorObject {
             )?;
             self.ready.set(true);
         }
-        let op: Op = serde_json::from_str(&req.text().await?).unwrap_or_default();
+        let op: Op = serde_json::from_str(body).unwrap_or_default();
         for sii in &op.put {
             let v = serde_json::json!({ "sii": sii, "found": true }).to_string();
             sql.exec(
@@ -154,6 +162,6 @@ impl worker::DurableObject for FloorObject {
             Some(r) => r.v,
             None => r#"{"found":false}"#.to_owned(),
         };
-        Response::from_body(ResponseBody::Body(v.into_bytes()))
+        Ok(v)
     }
 }

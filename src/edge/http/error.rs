@@ -103,7 +103,21 @@ impl ApiError {
 
     /// Turns the error into its response; `instance` is the request path.
     pub fn into_response(self, instance: &str) -> worker::Result<Response> {
-        let (status, body, headers) = match self {
+        let rendered = self.render(instance);
+        let headers = Headers::new();
+        for (k, v) in &rendered.headers {
+            headers.set(k, v)?;
+        }
+        Ok(Response::ok(rendered.body)?
+            .with_status(rendered.status)
+            .with_headers(headers))
+    }
+
+    /// The error's status, body and headers, as [`ApiError::into_response`]
+    /// sends them; a Durable Object answering by RPC sends the same status
+    /// and body without building a response.
+    pub fn render(self, instance: &str) -> Rendered {
+        match self {
             ApiError::Client {
                 status,
                 slug,
@@ -121,7 +135,7 @@ impl ApiError {
                 for (k, v) in extra {
                     doc.entry(k).or_insert(v);
                 }
-                (status, Value::Object(doc), headers)
+                Rendered::problem(status, &Value::Object(doc), headers)
             }
             ApiError::OAuth {
                 status,
@@ -130,17 +144,18 @@ impl ApiError {
                 headers,
             } => {
                 let body = json!({ "error": error, "error_description": description });
-                let h = Headers::new();
-                h.set("Content-Type", "application/json")?;
                 // RFC 6749 §5.1/§5.2: "Cache-Control: no-store", "Pragma: no-cache".
-                h.set("Cache-Control", "no-store")?;
-                h.set("Pragma", "no-cache")?;
-                for (k, v) in &headers {
-                    h.set(k, v)?;
+                let mut all = vec![
+                    ("Content-Type", "application/json".to_owned()),
+                    ("Cache-Control", "no-store".to_owned()),
+                    ("Pragma", "no-cache".to_owned()),
+                ];
+                all.extend(headers);
+                Rendered {
+                    status,
+                    body: body.to_string(),
+                    headers: all,
                 }
-                return Ok(Response::ok(body.to_string())?
-                    .with_status(status)
-                    .with_headers(h));
             }
             ApiError::Internal(cause) => {
                 worker::console_error!("500 at {instance}: {cause}");
@@ -151,10 +166,34 @@ impl ApiError {
                     "detail": "the GP failed to handle this request; the operator has the details in the logs",
                     "instance": instance,
                 });
-                (500, doc, Vec::new())
+                Rendered::problem(500, &doc, Vec::new())
             }
-        };
-        problem_response(status, &body, &headers)
+        }
+    }
+}
+
+/// An error as it goes out: status, body and headers in order.
+#[derive(Debug)]
+pub struct Rendered {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Rendered {
+    /// A problem document with its content type and `no-store`, then any
+    /// extra headers.
+    fn problem(status: u16, doc: &Value, extra: Vec<(&'static str, String)>) -> Rendered {
+        let mut headers = vec![
+            ("Content-Type", "application/problem+json".to_owned()),
+            ("Cache-Control", "no-store".to_owned()),
+        ];
+        headers.extend(extra);
+        Rendered {
+            status,
+            body: doc.to_string(),
+            headers,
+        }
     }
 }
 
@@ -190,24 +229,6 @@ pub async fn own_instance(mut resp: Response, instance: &str) -> Response {
         Ok(r) => r.with_status(status).with_headers(headers),
         Err(_) => resp,
     }
-}
-
-/// Builds the response; only a failing JS runtime can make this fail, and
-/// then the fetch handler's `Err` is all that is left.
-fn problem_response(
-    status: u16,
-    body: &Value,
-    extra_headers: &[(&'static str, String)],
-) -> worker::Result<Response> {
-    let headers = Headers::new();
-    headers.set("Content-Type", "application/problem+json")?;
-    headers.set("Cache-Control", "no-store")?;
-    for (k, v) in extra_headers {
-        headers.set(k, v)?;
-    }
-    Ok(Response::ok(body.to_string())?
-        .with_status(status)
-        .with_headers(headers))
 }
 
 impl<P: Problem> From<P> for ApiError {

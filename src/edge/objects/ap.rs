@@ -61,11 +61,7 @@ impl worker::DurableObject for ApObject {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match rpc::read_op::<ApOp>(&mut req).await {
-            Ok(op) => self.apply(op).await,
-            Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
-        };
-        rpc::answer(result, "/ap-object")
+        self.serve(req.text().await?).await.into_response()
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -81,6 +77,19 @@ impl worker::DurableObject for ApObject {
             }
         }
         Response::ok("")
+    }
+}
+
+rpc::serve_rpc!(ApObject);
+
+impl ApObject {
+    /// One JSON operation, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let result = match rpc::parse_op::<ApOp>(&op) {
+            Ok(op) => self.apply(op).await,
+            Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
+        };
+        rpc::Answer::of(result, "/ap-object")
     }
 }
 

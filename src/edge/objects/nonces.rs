@@ -28,14 +28,23 @@ impl worker::DurableObject for PeerNonces {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let check: Check = match rpc::read_op(&mut req).await {
+        self.serve(req.text().await?).await.into_response()
+    }
+}
+
+rpc::serve_rpc!(PeerNonces);
+
+impl PeerNonces {
+    /// One nonce check, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let check: Check = match rpc::parse_op(&op) {
             Ok(c) => c,
-            Err(e) => return Response::error(format!("bad nonce check: {e}"), 400),
+            Err(e) => return rpc::Answer::bad_request(format!("bad nonce check: {e}")),
         };
         let result = self
             .check(&check.key, check.expires_ms)
             .map(|fresh| Fresh { fresh });
-        rpc::answer(result, "/nonces/check")
+        rpc::Answer::of(result, "/nonces/check")
     }
 }
 

@@ -149,12 +149,7 @@ impl worker::DurableObject for PeerCopy {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let op: CopyOp = match rpc::read_op(&mut req).await {
-            Ok(o) => o,
-            Err(e) => return Response::error(format!("bad peer copy op: {e}"), 400),
-        };
-        let result = self.run(op).await;
-        rpc::answer(result, "/peer-copy")
+        self.serve(req.text().await?).await.into_response()
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -169,6 +164,19 @@ impl worker::DurableObject for PeerCopy {
             }
         }
         Response::ok("ok")
+    }
+}
+
+rpc::serve_rpc!(PeerCopy);
+
+impl PeerCopy {
+    /// One JSON operation, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let op: CopyOp = match rpc::parse_op(&op) {
+            Ok(o) => o,
+            Err(e) => return rpc::Answer::bad_request(format!("bad peer copy op: {e}")),
+        };
+        rpc::Answer::of(self.run(op).await, "/peer-copy")
     }
 }
 

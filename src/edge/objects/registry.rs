@@ -48,11 +48,20 @@ impl worker::DurableObject for ApRegistry {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match rpc::read_op::<RegistryOp>(&mut req).await {
+        self.serve(req.text().await?).await.into_response()
+    }
+}
+
+rpc::serve_rpc!(ApRegistry);
+
+impl ApRegistry {
+    /// One JSON operation, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let result = match rpc::parse_op::<RegistryOp>(&op) {
             Ok(op) => self.apply(op),
             Err(e) => Err(ApiError::Internal(format!("registry op: {e}"))),
         };
-        rpc::answer(result, "/registry")
+        rpc::Answer::of(result, "/registry")
     }
 }
 

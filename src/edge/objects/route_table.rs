@@ -74,11 +74,20 @@ impl worker::DurableObject for RouteTable {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let op: TableOp = match rpc::read_op(&mut req).await {
+        self.serve(req.text().await?).await.into_response()
+    }
+}
+
+rpc::serve_rpc!(RouteTable);
+
+impl RouteTable {
+    /// One JSON operation, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let op: TableOp = match rpc::parse_op(&op) {
             Ok(o) => o,
-            Err(e) => return Response::error(format!("bad route table op: {e}"), 400),
+            Err(e) => return rpc::Answer::bad_request(format!("bad route table op: {e}")),
         };
-        rpc::answer(self.run(op), "/route-table")
+        rpc::Answer::of(self.run(op), "/route-table")
     }
 }
 

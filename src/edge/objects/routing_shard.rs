@@ -73,12 +73,7 @@ impl worker::DurableObject for RoutingShard {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let call: RtCall = match rpc::read_op(&mut req).await {
-            Ok(c) => c,
-            Err(e) => return Response::error(format!("bad routing shard op: {e}"), 400),
-        };
-        let result = self.run(call).await;
-        rpc::answer(result, "/routing-shard")
+        self.serve(req.text().await?).await.into_response()
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -87,6 +82,19 @@ impl worker::DurableObject for RoutingShard {
             self.state.storage().set_alarm(2_000i64).await?;
         }
         Response::ok("ok")
+    }
+}
+
+rpc::serve_rpc!(RoutingShard);
+
+impl RoutingShard {
+    /// One JSON operation, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let call: RtCall = match rpc::parse_op(&op) {
+            Ok(c) => c,
+            Err(e) => return rpc::Answer::bad_request(format!("bad routing shard op: {e}")),
+        };
+        rpc::Answer::of(self.run(call).await, "/routing-shard")
     }
 }
 

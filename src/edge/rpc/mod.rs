@@ -148,11 +148,11 @@ impl Object {
             .map_err(transport)
     }
 
-    /// Sends one JSON operation and decodes the JSON reply; a non-200
-    /// answer is an error. Every query makes one of these, so it talks to
-    /// the stub in JS terms: the operation goes as a string body, the
-    /// reply comes back with `Response.text()`; no workers-rs `Request`
-    /// (which reads back URL, method, headers and `cf`) and no body stream.
+    /// Sends one JSON operation and decodes the JSON reply; a refusal (the
+    /// object's problem document) is an error. Every query makes one of
+    /// these, so it is a JS RPC call of the object's method `op` — a string
+    /// in, a string out — and not a `fetch`, which builds a Request and a
+    /// Response on both sides (ARCHITECTURE.md, "Calling Durable Objects").
     pub async fn call<O: Serialize, R: DeserializeOwned>(
         &self,
         env: &Env,
@@ -170,29 +170,38 @@ impl Object {
             object: self.label(),
             detail: js_detail(&e),
         };
-        let init = web_sys::RequestInit::new();
-        init.set_method("POST");
-        init.set_body(&JsValue::from_str(&body));
         let stub: RawStub = self.stub(env)?.into_rpc();
-        let promise = stub
-            .fetch_with_init("https://object/op", &init)
-            .map_err(transport)?;
+        let promise = stub.op(&body).map_err(transport)?;
         stats::count(|s| s.do_requests += 1);
-        let resp: web_sys::Response = JsFuture::from(promise)
-            .await
-            .map_err(transport)?
-            .dyn_into()
-            .map_err(transport)?;
-        let text = JsFuture::from(resp.text().map_err(transport)?)
-            .await
-            .map_err(transport)?
-            .as_string()
-            .unwrap_or_default();
-        let reply = decode_text(&self.label(), resp.status(), text);
+        let answer = JsFuture::from(promise).await.map_err(transport)?;
+        let reply = match answer.as_string() {
+            Some(text) => decode_text(&self.label(), 200, text),
+            None => Err(self.refusal(&answer)),
+        };
         if fault == Some(FaultMode::LostReply) {
             return Err(self.injected(body.as_bytes()));
         }
         reply
+    }
+
+    /// The error for an answer that is not a reply: `[status, problem]`
+    /// ([`Answer::into_js`]), or something no object sends.
+    fn refusal(&self, answer: &JsValue) -> RpcError {
+        let pair = answer.dyn_ref::<js_sys::Array>().and_then(|a| {
+            let status = a.get(0).as_f64()?;
+            Some((status as u16, a.get(1).as_string()?))
+        });
+        match pair {
+            Some((status, body)) => RpcError::Status {
+                object: self.label(),
+                status,
+                body,
+            },
+            None => RpcError::Decode {
+                object: self.label(),
+                detail: format!("not an answer: {}", js_detail(answer)),
+            },
+        }
     }
 
     fn injected(&self, body: &[u8]) -> RpcError {
@@ -280,13 +289,9 @@ extern "C" {
     #[wasm_bindgen(extends = js_sys::Object)]
     type RawStub;
 
-    /// `stub.fetch(url, init)`.
-    #[wasm_bindgen(method, catch, js_name = fetch)]
-    fn fetch_with_init(
-        this: &RawStub,
-        url: &str,
-        init: &web_sys::RequestInit,
-    ) -> Result<js_sys::Promise, JsValue>;
+    /// `stub.op(body)`: the object's RPC method (see [`serve_rpc`]).
+    #[wasm_bindgen(method, catch)]
+    fn op(this: &RawStub, body: &str) -> Result<js_sys::Promise, JsValue>;
 }
 
 /// A thrown JS value, for logs: an `Error`'s message, else its string form.
@@ -354,24 +359,88 @@ pub fn unexpected(object: &Object, op: &'static str, got: impl fmt::Debug) -> Rp
 
 // ------------------------------------------------------------ object side
 
-/// Reads the JSON operation a worker sent to an object.
-pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Result<T, String> {
-    let text = req.text().await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| e.to_string())
+/// Parses the JSON operation a worker sent to an object.
+pub fn parse_op<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
-/// An object's answer to one operation: the reply as JSON, or the error as
-/// a problem document (which the caller sees as [`RpcError::Status`]).
-pub fn answer<R: Serialize>(result: ApiResult<R>, instance: &str) -> worker::Result<Response> {
-    match result {
-        Ok(r) => reply(&r),
-        Err(e) => e.into_response(instance),
+/// Reads and parses the JSON operation of a request to an object.
+pub async fn read_op<T: DeserializeOwned>(req: &mut Request) -> Result<T, String> {
+    parse_op(&req.text().await.map_err(|e| e.to_string())?)
+}
+
+/// An object's answer to one JSON operation, the same whichever way the
+/// operation came: by the RPC method `op` ([`serve_rpc`], how [`Object::call`]
+/// sends) or by `fetch` (kept for a worker of an older deploy still
+/// running beside the objects of a newer one).
+#[derive(Debug)]
+pub struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Answer {
+    /// The reply as JSON, or the error as a problem document (which the
+    /// caller sees as [`RpcError::Status`]); `instance` names the object.
+    pub fn of<R: Serialize>(result: ApiResult<R>, instance: &str) -> Answer {
+        let rendered = match result {
+            Ok(r) => match serde_json::to_string(&r) {
+                Ok(body) => return Answer { status: 200, body },
+                Err(e) => ApiError::Internal(format!("encode reply: {e}")).render(instance),
+            },
+            Err(e) => e.render(instance),
+        };
+        Answer {
+            status: rendered.status,
+            body: rendered.body,
+        }
+    }
+
+    /// A refusal of a request the object could not read at all.
+    pub fn bad_request(detail: String) -> Answer {
+        Answer {
+            status: 400,
+            body: detail,
+        }
+    }
+
+    /// The answer as `fetch` returns it.
+    pub fn into_response(self) -> worker::Result<Response> {
+        Ok(
+            Response::from_body(worker::ResponseBody::Body(self.body.into_bytes()))?
+                .with_status(self.status),
+        )
+    }
+
+    /// The answer as the RPC method returns it: a reply as its JSON text, a
+    /// refusal as `[status, problem]`.
+    pub fn into_js(self) -> JsValue {
+        if self.status == 200 {
+            JsValue::from_str(&self.body)
+        } else {
+            js_sys::Array::of2(&JsValue::from(self.status), &JsValue::from_str(&self.body)).into()
+        }
     }
 }
 
-/// An object's 200 reply: the JSON body alone (the caller reads it as
-/// text, so no Content-Type header is set on every lookup).
-pub fn reply<R: Serialize>(r: &R) -> worker::Result<Response> {
-    let body = serde_json::to_vec(r).map_err(|e| worker::Error::RustError(e.to_string()))?;
-    Response::from_body(worker::ResponseBody::Body(body))
+/// Gives an object that answers JSON operations with `async fn
+/// serve(&self, op: String) -> Answer` the RPC method `op`, which
+/// [`Object::call`] calls. workerd lets a caller reach it only on a class
+/// that extends `DurableObject`, which scripts/rpc-entry.mjs makes of each
+/// workers-rs object after the build.
+macro_rules! serve_rpc {
+    ($object:ty) => {
+        #[wasm_bindgen::prelude::wasm_bindgen(wasm_bindgen_futures = ::worker::wasm_bindgen_futures)]
+        impl $object {
+            /// The RPC method `op`: one JSON operation in, its answer out.
+            #[wasm_bindgen(js_name = op)]
+            pub async fn rpc_op(
+                &self,
+                op: String,
+            ) -> Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue> {
+                Ok(self.serve(op).await.into_js())
+            }
+        }
+    };
 }
+pub(crate) use serve_rpc;

@@ -45,20 +45,7 @@ impl worker::DurableObject for MappingShard {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        let result = match rpc::read_op::<ShardOp>(&mut req).await {
-            Ok(op) => self.apply(op),
-            Err(e) => Err(ApiError::Internal(format!("shard op: {e}"))),
-        };
-        match result {
-            Ok((reply, wrote_outbox)) => {
-                if wrote_outbox {
-                    // As soon as possible; the alarm forwards the outbox.
-                    self.state.storage().set_alarm(0i64).await?;
-                }
-                rpc::reply(&reply)
-            }
-            Err(e) => e.into_response("/shard"),
-        }
+        self.serve(req.text().await?).await.into_response()
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
@@ -67,5 +54,29 @@ impl worker::DurableObject for MappingShard {
             self.state.storage().set_alarm(5_000i64).await?;
         }
         Response::ok("")
+    }
+}
+
+rpc::serve_rpc!(MappingShard);
+
+impl MappingShard {
+    /// One JSON operation, by RPC or by fetch.
+    async fn serve(&self, op: String) -> rpc::Answer {
+        let result = match rpc::parse_op::<ShardOp>(&op) {
+            Ok(op) => self.apply(op),
+            Err(e) => Err(ApiError::Internal(format!("shard op: {e}"))),
+        };
+        let result = match result {
+            Ok((reply, true)) => {
+                // As soon as possible; the alarm forwards the outbox.
+                match self.state.storage().set_alarm(0i64).await {
+                    Ok(()) => Ok(reply),
+                    Err(e) => Err(ApiError::Internal(format!("shard outbox alarm: {e}"))),
+                }
+            }
+            Ok((reply, false)) => Ok(reply),
+            Err(e) => Err(e),
+        };
+        rpc::Answer::of(result, "/shard")
     }
 }
