@@ -464,6 +464,146 @@ pub fn combine(local: GpAnswer, peers: Vec<(GpId, PeerOutcome)>) -> QueryResult 
     }
 }
 
+/// The answer document of `POST /v1/query` (draft §8.1; beyond GLADOS-00
+/// its tags, label, statement, opt-out and `mappings`), serialized straight
+/// from the result without a JSON tree in between. Members are declared in
+/// alphabetical order, the order the answer has always had (it was built
+/// as a `serde_json` object, which sorts its keys).
+#[derive(Debug, Serialize)]
+pub struct Answer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at_ms: Option<u64>,
+    failed_peers: Vec<PeerReason<'a>>,
+    found: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gp: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    home: Option<bool>,
+    incomplete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a super::tags::Label>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mappings: Option<Vec<AnsweredMapping<'a>>>,
+    /// MIMI R5: "opted out" is an answer of its own, not a miss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opted_out: Option<bool>,
+    peers_queried: usize,
+    /// Present (possibly `null`) exactly when a mapping was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred_at_ms: Option<Option<u64>>,
+    sii: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssi: Option<SsiMembers<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a super::tags::Tags>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp_ms: Option<u64>,
+    unfiltered_peers: Vec<PeerReason<'a>>,
+}
+
+/// A peer that failed or was asked without a filter verdict, and why.
+#[derive(Debug, Serialize)]
+struct PeerReason<'a> {
+    gp: &'a str,
+    reason: &'a str,
+}
+
+/// The SSI as an answer shows it.
+#[derive(Debug, Serialize)]
+struct SsiMembers<'a> {
+    provider: &'a str,
+    user: &'a str,
+}
+
+/// One mapping of an `all` answer's `mappings` (alphabetical, like the
+/// answer's own members).
+#[derive(Debug, Serialize)]
+pub struct AnsweredMapping<'a> {
+    created_at_ms: u64,
+    gp: &'a str,
+    home: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a super::tags::Label>,
+    preferred: bool,
+    preferred_at_ms: Option<u64>,
+    ssi: SsiMembers<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a super::tags::Tags>,
+    timestamp_ms: u64,
+}
+
+impl<'a> AnsweredMapping<'a> {
+    /// The members describing `r`: the draft's (SSI, holding GP,
+    /// timestamps) and, beyond GLADOS-00, its tags, label and the holder's
+    /// signed statement, passed on exactly as the holder sent it.
+    fn of(r: &'a Reported, own_gp: &str, preferred: bool) -> Self {
+        let c = &r.candidate;
+        let p = &c.precedence;
+        AnsweredMapping {
+            created_at_ms: p.created_at_ms,
+            gp: &c.gp,
+            home: c.gp == own_gp,
+            label: r.meta.label.as_ref(),
+            preferred,
+            preferred_at_ms: p.preferred_at_ms,
+            ssi: SsiMembers {
+                provider: c.ssi.provider().as_str(),
+                user: c.ssi.user().as_str(),
+            },
+            statement: r.statement.as_deref(),
+            tags: (!r.meta.tags.is_empty()).then_some(&r.meta.tags),
+            // draft §8.1: "Each mapping contains a timestamp, and the most
+            // recent result is used": the later of preference and creation.
+            timestamp_ms: p.preferred_at_ms.unwrap_or(0).max(p.created_at_ms),
+        }
+    }
+}
+
+/// The answer document for `query` from the combined `result`; `own_gp`
+/// is this GP's id.
+pub fn answer<'a>(query: &'a Query, result: &'a QueryResult, own_gp: &str) -> Answer<'a> {
+    let reasons = |list: &'a [(GpId, String)]| {
+        list.iter()
+            .map(|(gp, why)| PeerReason { gp, reason: why })
+            .collect()
+    };
+    let found = result
+        .preferred
+        .as_ref()
+        .map(|r| AnsweredMapping::of(r, own_gp, true));
+    let preferred = result.preferred.as_ref().map(|r| &r.candidate);
+    let mappings = query.all.then(|| {
+        result
+            .all
+            .iter()
+            .map(|r| AnsweredMapping::of(r, own_gp, Some(&r.candidate) == preferred))
+            .collect()
+    });
+    Answer {
+        created_at_ms: found.as_ref().map(|m| m.created_at_ms),
+        failed_peers: reasons(&result.failed),
+        found: found.is_some(),
+        gp: found.as_ref().map(|m| m.gp),
+        home: found.as_ref().map(|m| m.home),
+        incomplete: result.incomplete(),
+        label: found.as_ref().and_then(|m| m.label),
+        mappings,
+        opted_out: result.opted_out.then_some(true),
+        peers_queried: result.queried.len(),
+        preferred_at_ms: found.as_ref().map(|m| m.preferred_at_ms),
+        sii: query.sii.as_str(),
+        statement: found.as_ref().and_then(|m| m.statement),
+        tags: found.as_ref().and_then(|m| m.tags),
+        timestamp_ms: found.as_ref().map(|m| m.timestamp_ms),
+        unfiltered_peers: reasons(&result.unfiltered),
+        ssi: found.map(|m| m.ssi),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,5 +886,104 @@ mod tests {
             .checked("gp-b", &q1)
             .unwrap();
         assert_eq!(a.mappings[0].meta.label.as_ref().unwrap().as_str(), "Shop");
+    }
+
+    /// The answer serializes member for member, in the order (sorted) the
+    /// JSON tree it replaced gave: found with everything, found bare, not
+    /// found with failed and unfiltered peers, opted out, and `all`.
+    #[test]
+    fn answer_documents_keep_their_members_and_order() {
+        use crate::core::tags::{Label, Tags};
+        use serde_json::json;
+        let text = |a: &Answer| serde_json::to_string(a).unwrap();
+        let sorted = |v: serde_json::Value| serde_json::to_string(&v).unwrap();
+        let q = query(r#"{"sii": "+14155550100"}"#).unwrap();
+        let mut full = rep(cand("gp-b", "mx.example:u1", 10, Some(20)));
+        full.meta = MappingMeta {
+            tags: Tags::parse(&["work", "family"]).unwrap(),
+            label: Some(Label::parse("Office").unwrap()),
+        };
+        full.statement = Some("e30.e30.sig".into());
+        let tags = serde_json::to_value(&full.meta.tags).unwrap();
+        let mut result = QueryResult {
+            preferred: Some(full.clone()),
+            all: Vec::new(),
+            opted_out: false,
+            queried: vec!["gp-b".into()],
+            failed: Vec::new(),
+            unfiltered: Vec::new(),
+        };
+        assert_eq!(
+            text(&answer(&q, &result, "gp-a")),
+            sorted(json!({
+                "sii": "+14155550100", "found": true, "incomplete": false,
+                "peers_queried": 1, "failed_peers": [], "unfiltered_peers": [],
+                "ssi": {"provider": "mx.example", "user": "u1"}, "gp": "gp-b",
+                "home": false, "timestamp_ms": 20, "created_at_ms": 10,
+                "preferred_at_ms": 20, "tags": tags, "label": "Office",
+                "statement": "e30.e30.sig",
+            }))
+        );
+        result.preferred = Some(rep(cand("gp-a", "mx.example:u2", 30, None)));
+        result.queried.clear();
+        assert_eq!(
+            text(&answer(&q, &result, "gp-a")),
+            sorted(json!({
+                "sii": "+14155550100", "found": true, "incomplete": false,
+                "peers_queried": 0, "failed_peers": [], "unfiltered_peers": [],
+                "ssi": {"provider": "mx.example", "user": "u2"}, "gp": "gp-a",
+                "home": true, "timestamp_ms": 30, "created_at_ms": 30,
+                "preferred_at_ms": null,
+            }))
+        );
+        result.preferred = None;
+        result.failed = vec![("gp-c".into(), "timeout".into())];
+        result.unfiltered = vec![("gp-d".into(), "no copy yet".into())];
+        let expected_incomplete = result.incomplete();
+        assert_eq!(
+            text(&answer(&q, &result, "gp-a")),
+            sorted(json!({
+                "sii": "+14155550100", "found": false, "incomplete": expected_incomplete,
+                "peers_queried": 0,
+                "failed_peers": [{"gp": "gp-c", "reason": "timeout"}],
+                "unfiltered_peers": [{"gp": "gp-d", "reason": "no copy yet"}],
+            }))
+        );
+        result.failed.clear();
+        result.unfiltered.clear();
+        result.opted_out = true;
+        assert_eq!(
+            text(&answer(&q, &result, "gp-a")),
+            sorted(json!({
+                "sii": "+14155550100", "found": false, "incomplete": false,
+                "peers_queried": 0, "failed_peers": [], "unfiltered_peers": [],
+                "opted_out": true,
+            }))
+        );
+        let all = query(r#"{"sii": "+14155550100", "all": true}"#).unwrap();
+        result.opted_out = false;
+        result.preferred = Some(full.clone());
+        result.all = vec![rep(cand("gp-a", "mx.example:u2", 5, None)), full];
+        let found = text(&answer(&all, &result, "gp-a"));
+        assert_eq!(
+            found,
+            sorted(json!({
+                "sii": "+14155550100", "found": true, "incomplete": false,
+                "peers_queried": 0, "failed_peers": [], "unfiltered_peers": [],
+                "ssi": {"provider": "mx.example", "user": "u1"}, "gp": "gp-b",
+                "home": false, "timestamp_ms": 20, "created_at_ms": 10,
+                "preferred_at_ms": 20, "tags": tags, "label": "Office",
+                "statement": "e30.e30.sig",
+                "mappings": [
+                    {"ssi": {"provider": "mx.example", "user": "u2"}, "gp": "gp-a",
+                     "home": true, "timestamp_ms": 5, "created_at_ms": 5,
+                     "preferred_at_ms": null, "preferred": false},
+                    {"ssi": {"provider": "mx.example", "user": "u1"}, "gp": "gp-b",
+                     "home": false, "timestamp_ms": 20, "created_at_ms": 10,
+                     "preferred_at_ms": 20, "tags": tags, "label": "Office",
+                     "statement": "e30.e30.sig", "preferred": true},
+                ],
+            }))
+        );
     }
 }

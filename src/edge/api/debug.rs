@@ -228,7 +228,7 @@ pub async fn breakdown(
         .lookup(&sii, false, false)
         .await?;
     let result = fanout::resolve(env, cfg, &query).await?;
-    let answer = || crate::edge::api::ap::query::answer(&query, &result, &cfg.id);
+    let answer = || crate::core::query::answer(&query, &result, &cfg.id);
     let query_url = format!(
         "{}://{}/v1/query",
         url.scheme(),

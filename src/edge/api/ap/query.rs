@@ -24,92 +24,12 @@
 use crate::edge::routing::fanout::resolve;
 use crate::edge::stats;
 
-use crate::core::query::{Query, QueryBody, QueryResult, Reported};
+use crate::core::query::{answer, QueryBody};
 use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::read_json_allow_array;
 use crate::edge::http::error::ApiResult;
-use serde_json::{json, Map, Value};
 use worker::{Env, Request, Response};
-
-/// The members describing one mapping in an answer: the draft's (SSI,
-/// holding GP, timestamps) and, beyond GLADOS-00, its tags, label and the
-/// holder's signed statement, passed on exactly as the holder sent it.
-fn reported_json(r: &Reported, own_gp: &str) -> Map<String, Value> {
-    let c = &r.candidate;
-    let p = &c.precedence;
-    let mut o = Map::new();
-    o.insert(
-        "ssi".into(),
-        json!({ "provider": c.ssi.provider(), "user": c.ssi.user() }),
-    );
-    o.insert("gp".into(), json!(c.gp));
-    o.insert("home".into(), json!(c.gp == own_gp));
-    // draft §8.1: "Each mapping contains a timestamp, and the most
-    // recent result is used": the later of preference and creation.
-    o.insert(
-        "timestamp_ms".into(),
-        json!(p.preferred_at_ms.unwrap_or(0).max(p.created_at_ms)),
-    );
-    o.insert("created_at_ms".into(), json!(p.created_at_ms));
-    o.insert("preferred_at_ms".into(), json!(p.preferred_at_ms));
-    if !r.meta.tags.is_empty() {
-        o.insert("tags".into(), json!(r.meta.tags));
-    }
-    if let Some(l) = &r.meta.label {
-        o.insert("label".into(), json!(l));
-    }
-    if let Some(s) = &r.statement {
-        o.insert("statement".into(), json!(s));
-    }
-    o
-}
-
-/// The answer document for `query` from the combined `result`; `own_gp`
-/// is this GP's id.
-pub fn answer(query: &Query, result: &QueryResult, own_gp: &str) -> Value {
-    let failed: Vec<_> = result
-        .failed
-        .iter()
-        .map(|(gp, why)| json!({ "gp": gp, "reason": why }))
-        .collect();
-    let unfiltered: Vec<_> = result
-        .unfiltered
-        .iter()
-        .map(|(gp, why)| json!({ "gp": gp, "reason": why }))
-        .collect();
-    let mut out = json!({
-        "sii": query.sii.as_str(),
-        "found": result.preferred.is_some(),
-        "incomplete": result.incomplete(),
-        "peers_queried": result.queried.len(),
-        "failed_peers": failed,
-        "unfiltered_peers": unfiltered,
-    });
-    if let Some(o) = out.as_object_mut() {
-        if let Some(r) = &result.preferred {
-            o.extend(reported_json(r, own_gp));
-        }
-        if result.opted_out {
-            // MIMI R5: "opted out" is an answer of its own, not a miss.
-            o.insert("opted_out".into(), json!(true));
-        }
-        if query.all {
-            let preferred = result.preferred.as_ref().map(|r| &r.candidate);
-            let all: Vec<Value> = result
-                .all
-                .iter()
-                .map(|r| {
-                    let mut m = reported_json(r, own_gp);
-                    m.insert("preferred".into(), json!(Some(&r.candidate) == preferred));
-                    Value::Object(m)
-                })
-                .collect();
-            o.insert("mappings".into(), json!(all));
-        }
-    }
-    out
-}
 
 /// `POST /v1/query`: the preferred SSI for one SII (draft §8.1); with
 /// `"all": true` every mapping of it across the federation (issue 16).
