@@ -97,11 +97,15 @@ pub fn unreadable(what: &str, e: impl std::fmt::Display) -> ApiError {
 /// runtime closes the connection: that is its decision alone (a
 /// `Connection: close` from the worker is dropped as hop-by-hop).
 pub async fn finish_request(raw: &web_sys::Request, resp: Response) -> Response {
+    // Read by the handler (all of it, or up to the drain limit): asked
+    // first, as it is the usual case and `body` makes a stream object.
+    if raw.body_used() {
+        return resp;
+    }
     let Some(body) = raw.body() else {
         return resp;
     };
-    if raw.body_used() || body.locked() {
-        // Read by the handler (all of it, or up to the drain limit).
+    if body.locked() {
         return resp;
     }
     let declared = raw
