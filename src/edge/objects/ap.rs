@@ -85,11 +85,7 @@ rpc::serve_rpc!(ApObject);
 impl ApObject {
     /// One JSON operation, by RPC or by fetch.
     async fn serve(&self, op: String) -> rpc::Answer {
-        let result = match rpc::parse_op::<ApOp>(&op) {
-            Ok(op) => self.apply(op).await,
-            Err(e) => Err(ApiError::Internal(format!("ap op: {e}"))),
-        };
-        rpc::Answer::of(result, "/ap-object")
+        rpc::serve_with(&op, "/ap-object", |op: ApOp| self.apply(op)).await
     }
 }
 

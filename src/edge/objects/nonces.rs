@@ -37,14 +37,11 @@ rpc::serve_rpc!(PeerNonces);
 impl PeerNonces {
     /// One nonce check, by RPC or by fetch.
     async fn serve(&self, op: String) -> rpc::Answer {
-        let check: Check = match rpc::parse_op(&op) {
-            Ok(c) => c,
-            Err(e) => return rpc::Answer::bad_request(format!("bad nonce check: {e}")),
-        };
-        let result = self
-            .check(&check.key, check.expires_ms)
-            .map(|fresh| Fresh { fresh });
-        rpc::Answer::of(result, "/nonces/check")
+        rpc::serve_with(&op, "/nonces/check", |c: Check| async move {
+            self.check(&c.key, c.expires_ms)
+                .map(|fresh| Fresh { fresh })
+        })
+        .await
     }
 }
 

@@ -172,11 +172,7 @@ rpc::serve_rpc!(PeerCopy);
 impl PeerCopy {
     /// One JSON operation, by RPC or by fetch.
     async fn serve(&self, op: String) -> rpc::Answer {
-        let op: CopyOp = match rpc::parse_op(&op) {
-            Ok(o) => o,
-            Err(e) => return rpc::Answer::bad_request(format!("bad peer copy op: {e}")),
-        };
-        rpc::Answer::of(self.run(op).await, "/peer-copy")
+        rpc::serve_with(&op, "/peer-copy", |op: CopyOp| self.run(op)).await
     }
 }
 

@@ -57,11 +57,12 @@ rpc::serve_rpc!(ApRegistry);
 impl ApRegistry {
     /// One JSON operation, by RPC or by fetch.
     async fn serve(&self, op: String) -> rpc::Answer {
-        let result = match rpc::parse_op::<RegistryOp>(&op) {
-            Ok(op) => self.apply(op),
-            Err(e) => Err(ApiError::Internal(format!("registry op: {e}"))),
-        };
-        rpc::Answer::of(result, "/registry")
+        rpc::serve_with(
+            &op,
+            "/registry",
+            |op: RegistryOp| async move { self.apply(op) },
+        )
+        .await
     }
 }
 

@@ -83,11 +83,12 @@ rpc::serve_rpc!(RouteTable);
 impl RouteTable {
     /// One JSON operation, by RPC or by fetch.
     async fn serve(&self, op: String) -> rpc::Answer {
-        let op: TableOp = match rpc::parse_op(&op) {
-            Ok(o) => o,
-            Err(e) => return rpc::Answer::bad_request(format!("bad route table op: {e}")),
-        };
-        rpc::Answer::of(self.run(op), "/route-table")
+        rpc::serve_with(
+            &op,
+            "/route-table",
+            |op: TableOp| async move { self.run(op) },
+        )
+        .await
     }
 }
 

@@ -90,11 +90,7 @@ rpc::serve_rpc!(RoutingShard);
 impl RoutingShard {
     /// One JSON operation, by RPC or by fetch.
     async fn serve(&self, op: String) -> rpc::Answer {
-        let call: RtCall = match rpc::parse_op(&op) {
-            Ok(c) => c,
-            Err(e) => return rpc::Answer::bad_request(format!("bad routing shard op: {e}")),
-        };
-        rpc::Answer::of(self.run(call).await, "/routing-shard")
+        rpc::serve_with(&op, "/routing-shard", |call: RtCall| self.run(call)).await
     }
 }
 

@@ -396,14 +396,6 @@ impl Answer {
         }
     }
 
-    /// A refusal of a request the object could not read at all.
-    pub fn bad_request(detail: String) -> Answer {
-        Answer {
-            status: 400,
-            body: detail,
-        }
-    }
-
     /// The answer as `fetch` returns it.
     pub fn into_response(self) -> worker::Result<Response> {
         Ok(
@@ -421,6 +413,22 @@ impl Answer {
             js_sys::Array::of2(&JsValue::from(self.status), &JsValue::from_str(&self.body)).into()
         }
     }
+}
+
+/// Parses operation `op` and answers it with `run`: the body of every
+/// object's `serve`. An operation that does not parse is this GP's own
+/// fault (a worker and an object disagreeing), so a 500.
+pub async fn serve_with<T, R, F>(op: &str, instance: &str, run: impl FnOnce(T) -> F) -> Answer
+where
+    T: DeserializeOwned,
+    R: Serialize,
+    F: std::future::Future<Output = ApiResult<R>>,
+{
+    let result = match parse_op::<T>(op) {
+        Ok(op) => run(op).await,
+        Err(e) => Err(ApiError::Internal(format!("{instance} op: {e}"))),
+    };
+    Answer::of(result, instance)
 }
 
 /// Gives an object that answers JSON operations with `async fn
