@@ -26,7 +26,9 @@ use js_sys::futures::JsFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::{Env, Method, ObjectNamespace, Request, RequestInit, Response};
@@ -114,10 +116,39 @@ impl Object {
         };
         namespace(env, self.binding)
             .map_err(fail)?
+            .0
             .id_from_name(&self.name)
             .map_err(fail)?
             .get_stub()
             .map_err(fail)
+    }
+
+    /// The stub for an RPC call, from this isolate's id of the object
+    /// (`idFromName` hashes the name on every call otherwise). Only the id
+    /// is kept: a stub is an I/O object of the request that made it.
+    fn rpc_stub(&self, env: &Env) -> Result<RawStub, RpcError> {
+        let fail = |detail: String| RpcError::Binding {
+            object: self.label(),
+            detail,
+        };
+        let ns = namespace(env, self.binding).map_err(|e| fail(e.to_string()))?;
+        let raw: &RawNamespace = ns.0.as_ref().unchecked_ref();
+        let known = ns.1.borrow().get(&self.name).cloned();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let id = raw
+                    .id_from_name(&self.name)
+                    .map_err(|e| fail(js_detail(&e)))?;
+                let mut ids = ns.1.borrow_mut();
+                if ids.len() >= MAX_IDS {
+                    ids.clear();
+                }
+                ids.insert(self.name.clone(), id.clone());
+                id
+            }
+        };
+        raw.get(&id).map_err(|e| fail(js_detail(&e)))
     }
 
     /// Sends a raw request (`path_and_query` inside the object) and returns
@@ -158,6 +189,13 @@ impl Object {
         env: &Env,
         op: &O,
     ) -> Result<R, RpcError> {
+        let text = self.call_text(env, op).await?;
+        decode_text(|| self.label(), 200, text)
+    }
+
+    /// [`Object::call`] up to the reply's JSON text, for a caller that
+    /// decodes its common reply with a type of its own (a shard lookup).
+    pub async fn call_text<O: Serialize>(&self, env: &Env, op: &O) -> Result<String, RpcError> {
         let body = serde_json::to_string(op).map_err(|e| RpcError::Encode {
             object: self.label(),
             detail: e.to_string(),
@@ -170,18 +208,24 @@ impl Object {
             object: self.label(),
             detail: js_detail(&e),
         };
-        let stub: RawStub = self.stub(env)?.into_rpc();
+        let stub = self.rpc_stub(env)?;
         let promise = stub.op(&body).map_err(transport)?;
         stats::count(|s| s.do_requests += 1);
         let answer = JsFuture::from(promise).await.map_err(transport)?;
-        let reply = match answer.as_string() {
-            Some(text) => decode_text(&self.label(), 200, text),
-            None => Err(self.refusal(&answer)),
-        };
+        let reply = answer.as_string().ok_or_else(|| self.refusal(&answer));
         if fault == Some(FaultMode::LostReply) {
             return Err(self.injected(body.as_bytes()));
         }
         reply
+    }
+
+    /// Decodes a reply [`Object::call_text`] returned, naming this object
+    /// in the error.
+    pub fn decode_reply<R: DeserializeOwned>(&self, text: &str) -> Result<R, RpcError> {
+        serde_json::from_str(text).map_err(|e| RpcError::Decode {
+            object: self.label(),
+            detail: e.to_string(),
+        })
     }
 
     /// The error for an answer that is not a reply: `[status, problem]`
@@ -292,6 +336,18 @@ extern "C" {
     /// `stub.op(body)`: the object's RPC method (see [`serve_rpc`]).
     #[wasm_bindgen(method, catch)]
     fn op(this: &RawStub, body: &str) -> Result<js_sys::Promise, JsValue>;
+
+    /// A Durable Object namespace binding as JS sees it.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type RawNamespace;
+
+    /// `namespace.idFromName(name)`.
+    #[wasm_bindgen(method, catch, js_name = idFromName)]
+    fn id_from_name(this: &RawNamespace, name: &str) -> Result<JsValue, JsValue>;
+
+    /// `namespace.get(id)`: the object's stub.
+    #[wasm_bindgen(method, catch)]
+    fn get(this: &RawNamespace, id: &JsValue) -> Result<RawStub, JsValue>;
 }
 
 /// A thrown JS value, for logs: an `Error`'s message, else its string form.
@@ -302,17 +358,24 @@ fn js_detail(e: &JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
+/// Most object ids one namespace keeps per isolate (then it starts over):
+/// the shards, plus one object per AP and a few others.
+const MAX_IDS: usize = 1024;
+
+/// One namespace binding and the ids of the objects called in it.
+type NamespaceIds = Rc<(ObjectNamespace, RefCell<HashMap<String, JsValue>>)>;
+
 /// The Durable Object namespaces of one env, looked up (and type-checked
 /// by workers-rs) once per isolate rather than on every call.
-struct Namespaces(RefCell<Vec<(&'static str, ObjectNamespace)>>);
+struct Namespaces(RefCell<Vec<(&'static str, NamespaceIds)>>);
 
-fn namespace(env: &Env, binding: &'static str) -> worker::Result<ObjectNamespace> {
+fn namespace(env: &Env, binding: &'static str) -> worker::Result<NamespaceIds> {
     let all = per_env(env, |_| Ok(Namespaces(RefCell::new(Vec::new()))))
         .map_err(|_| worker::Error::RustError("namespace cache".into()))?;
     if let Some((_, ns)) = all.0.borrow().iter().find(|(b, _)| *b == binding) {
         return Ok(ns.clone());
     }
-    let ns = env.durable_object(binding)?;
+    let ns = Rc::new((env.durable_object(binding)?, RefCell::new(HashMap::new())));
     all.0.borrow_mut().push((binding, ns.clone()));
     Ok(ns)
 }
@@ -324,24 +387,25 @@ pub async fn decode<R: DeserializeOwned>(object: &str, resp: &mut Response) -> R
         object: object.to_owned(),
         detail: e.to_string(),
     })?;
-    decode_text(object, status, text)
+    decode_text(|| object.to_owned(), status, text)
 }
 
-/// [`decode`] of a reply already read.
+/// [`decode`] of a reply already read; `object` names the object, built
+/// only for an error.
 fn decode_text<R: DeserializeOwned>(
-    object: &str,
+    object: impl Fn() -> String,
     status: u16,
     text: String,
 ) -> Result<R, RpcError> {
     if status != 200 {
         return Err(RpcError::Status {
-            object: object.to_owned(),
+            object: object(),
             status,
             body: text,
         });
     }
     serde_json::from_str(&text).map_err(|e| RpcError::Decode {
-        object: object.to_owned(),
+        object: object(),
         detail: e.to_string(),
     })
 }
