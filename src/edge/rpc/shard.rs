@@ -278,6 +278,28 @@ pub enum ShardReply {
     Refused(Refusal),
 }
 
+/// [`ShardReply::Lookup`] as a plain struct: the same JSON, which serde
+/// reads field by field (see [`Shard::lookup`]).
+#[derive(Debug, Deserialize)]
+struct LookupReply {
+    result: LookupTag,
+    #[serde(default)]
+    mappings: Vec<Mapping>,
+    #[serde(default)]
+    opted_out: bool,
+    #[serde(default)]
+    statements: Vec<Option<String>>,
+}
+
+/// The `result` tag of a reply: `lookup` or another.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LookupTag {
+    Lookup,
+    #[serde(other)]
+    Other,
+}
+
 /// A client-caused refusal, carried across the object boundary and turned
 /// back into the core error (and thus its problem document) by the caller.
 #[derive(Debug, Serialize, Deserialize)]
@@ -733,16 +755,26 @@ impl<'e> Shard<'e> {
             all,
             statements,
         };
-        match self.send(&op).await? {
-            ShardReply::Lookup {
+        let text = self.obj.call_text(self.env, &op).await?;
+        // Every query's reply: read as a plain struct, not through the
+        // tagged enum (serde buffers an internally tagged value whole
+        // before it reads the tag). Any other reply, a refusal among them,
+        // takes the enum's way, errors included.
+        if let Ok(LookupReply {
+            result: LookupTag::Lookup,
+            mappings,
+            opted_out,
+            statements,
+        }) = serde_json::from_str(&text)
+        {
+            return Ok(Held {
                 mappings,
                 opted_out,
                 statements,
-            } => Ok(Held {
-                mappings,
-                opted_out,
-                statements,
-            }),
+            });
+        }
+        match self.obj.decode_reply(&text)? {
+            ShardReply::Refused(r) => Err(r.into_api()),
             other => Err(unexpected(&self.obj, "lookup", other).into()),
         }
     }
@@ -823,5 +855,73 @@ impl<'e> Shard<'e> {
             ShardReply::Count { n } => Ok(n),
             other => Err(unexpected(&self.obj, "count", other).into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ssi::Ssi;
+
+    fn mapping() -> Mapping {
+        Mapping {
+            ssi: Ssi::parse("ap.example:user-1").expect("test ssi"),
+            verified_by: VerifiedBy::Sms,
+            created_at_ms: 1_700_000_000_000,
+            preferred_at_ms: Some(1_700_000_000_500),
+            meta: MappingMeta::default(),
+        }
+    }
+
+    /// The shard's lookup reply, as the object encodes it, reads the same
+    /// through [`LookupReply`] as through [`ShardReply`].
+    #[test]
+    fn lookup_reply_reads_as_the_plain_struct() {
+        let sent = ShardReply::Lookup {
+            mappings: vec![mapping()],
+            opted_out: true,
+            statements: vec![Some("jws".into())],
+        };
+        let text = serde_json::to_string(&sent).expect("encode");
+        let fast: LookupReply = serde_json::from_str(&text).expect("plain struct");
+        assert_eq!(fast.result, LookupTag::Lookup);
+        assert_eq!(fast.mappings, vec![mapping()]);
+        assert!(fast.opted_out);
+        assert_eq!(fast.statements, vec![Some("jws".to_owned())]);
+        match serde_json::from_str::<ShardReply>(&text).expect("enum") {
+            ShardReply::Lookup {
+                mappings,
+                opted_out,
+                statements,
+            } => {
+                assert_eq!(mappings, fast.mappings);
+                assert_eq!(opted_out, fast.opted_out);
+                assert_eq!(statements, fast.statements);
+            }
+            other => panic!("not a lookup: {other:?}"),
+        }
+        // A miss: defaults, as the enum reads them.
+        let empty: LookupReply = serde_json::from_str(r#"{"result":"lookup"}"#).expect("miss");
+        assert!(empty.mappings.is_empty() && !empty.opted_out && empty.statements.is_empty());
+    }
+
+    /// Any other reply, a refusal among them, is not taken for a lookup:
+    /// the caller reads it through [`ShardReply`].
+    #[test]
+    fn other_replies_are_not_lookups() {
+        for sent in [
+            ShardReply::Refused(Refusal::Mapping {
+                slug: "sii-opted-out".into(),
+            }),
+            ShardReply::Refused(Refusal::WrongCode { attempts_left: 2 }),
+            ShardReply::Count { n: 3 },
+        ] {
+            let text = serde_json::to_string(&sent).expect("encode");
+            if let Ok(r) = serde_json::from_str::<LookupReply>(&text) {
+                assert_eq!(r.result, LookupTag::Other, "{text}");
+            }
+            assert!(serde_json::from_str::<ShardReply>(&text).is_ok(), "{text}");
+        }
+        assert!(serde_json::from_str::<LookupReply>(r#"{"mappings":[]}"#).is_err());
     }
 }
