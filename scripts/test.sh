@@ -33,6 +33,9 @@ cargo test --all-targets
 cargo test --lib --features web web::
 # So does the AP's command-line client (feature cli).
 cargo test --lib --features cli cli::
+# And the Workers layer's pure helpers (feature worker; e.g. how a shard's
+# reply is read), natively.
+cargo test --lib --features worker edge::
 
 step "core tests as wasm (wasm32-wasip1 under Node's WASI)"
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $ROOT/scripts/wasi-run.mjs" \
