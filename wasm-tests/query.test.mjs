@@ -539,7 +539,11 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   const ch = await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii, choice: 'replace' } });
   assert.equal(ch.status, 200, ch.text);
   assert.ok(!JSON.stringify(ch.body).includes('gp-b'), 'the AP is not told which peers may hold the SII');
-  const hook = await hooks.waitFor((h) => h.path === '/q-b' && h.json?.type === 'mapping.replaced' && h.json.data?.sii === sii, 8000);
+  // Claim, the peer's shard, its outbox alarm, the AP's object, the
+  // webhook: seconds apart on a 2-core machine under other load (it once
+  // took longer than the 8 s this waited before); waitFor returns as soon
+  // as the hook is there.
+  const hook = await hooks.waitFor((h) => h.path === '/q-b' && h.json?.type === 'mapping.replaced' && h.json.data?.sii === sii, 20000);
   assert.equal(hook.json.data.user, 'old-b');
   assert.equal(hook.json.data.by.provider, 'q-a');
   assert.equal(hook.json.data.by.gp, 'gp-a');
@@ -555,7 +559,7 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   await register(a, aps['gp-a'], sii2, 'pref-a');
   await reaches(a, 'gp-b', sii2);
   assert.equal((await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii: sii2, choice: 'prefer' } })).status, 200);
-  const out = await hooks.waitFor((h) => h.path === '/q-b' && h.json?.type === 'mapping.outpreferred' && h.json.data?.sii === sii2, 8000);
+  const out = await hooks.waitFor((h) => h.path === '/q-b' && h.json?.type === 'mapping.outpreferred' && h.json.data?.sii === sii2, 20000);
   assert.equal(out.json.data.by.gp, 'gp-a');
   const kept = await call(b, 'POST', '/v1/mappings/mine', { token: aps['gp-b'].token, json: { sii: sii2 } });
   assert.equal(kept.body.mapping.user, 'keep-b');
@@ -564,7 +568,7 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   // prefer-back at gp-b: claimed back; gp-a's AP is told, and gp-b's mapping wins again.
   const back = await call(b, 'POST', '/v1/mappings/prefer-back', { token: aps['gp-b'].token, json: { sii: sii2 } });
   assert.equal(back.status, 200, back.text);
-  const lost = await hooks.waitFor((h) => h.path === '/q-a' && h.json?.type === 'mapping.outpreferred' && h.json.data?.sii === sii2, 8000);
+  const lost = await hooks.waitFor((h) => h.path === '/q-a' && h.json?.type === 'mapping.outpreferred' && h.json.data?.sii === sii2, 20000);
   assert.equal(lost.json.data.by.provider, 'q-b');
   assert.equal(lost.json.data.by.gp, 'gp-b');
   assert.equal(lost.json.data.user, 'pref-a');
