@@ -203,6 +203,32 @@ test('local hit: the home GP answers from its own shard; no peer is asked', asyn
   assert.equal(after[2].peer_queries_received, before[2].peer_queries_received);
 });
 
+test('a shard that refuses the operation it was sent (by RPC, as to a worker of another deploy) makes the query a 500 problem, not a hang; the next query is answered', async () => {
+  const a = fed['gp-a'];
+  const sii = phone();
+  await register(a, aps['gp-a'], sii, 'garbled-alice');
+  // The next lookup reaches the shard garbled: the object cannot parse it
+  // and answers its problem document, which the RPC call carries back.
+  const arm = await a.fetch('/__debug/faults', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ binding: 'MAPPING_SHARD', op: 'lookup', mode: 'garbled', times: 1 }),
+  });
+  assert.equal(arm.status, 200, await arm.text());
+  const refused = await a.fetch('/v1/query', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${aps['gp-a'].token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ sii }),
+    signal: AbortSignal.timeout(15_000),
+  });
+  const doc = await expectProblem(refused, 500, 'internal-error');
+  assert.equal(doc.instance, '/v1/query', 'the client sees its own request, not the object\'s path');
+  assert.ok(!JSON.stringify(doc).includes('garbled'), 'nothing of the object\'s failure leaks to the client');
+  const r = await query(a, aps['gp-a'], sii);
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.body.ssi, { provider: 'q-a', user: 'garbled-alice' });
+});
+
 test('remote hit: gp-a asks exactly the peer whose filter matches and returns its mapping', async () => {
   const a = fed['gp-a'];
   const b = fed['gp-b'];

@@ -388,7 +388,7 @@ pub async fn filter_subscribers(env: &Env) -> ApiResult<Response> {
         .await
 }
 
-/// `POST /__debug/faults` `{"binding", "op", "mode": "lost"|"lost_reply",
+/// `POST /__debug/faults` `{"binding", "op", "mode": "lost"|"lost_reply"|"garbled",
 /// "times"}`: fails the next calls of that Durable Object operation made
 /// from this isolate (`rpc::inject`), so a test can show what a caller
 /// does when an object call fails after, or before, it took effect.

@@ -209,7 +209,16 @@ impl Object {
             detail: js_detail(&e),
         };
         let stub = self.rpc_stub(env)?;
-        let promise = stub.op(&body).map_err(transport)?;
+        // A garbled operation the object cannot parse: its refusal (a 500
+        // problem) comes back as `[status, problem]`, as a real one would.
+        let garbled;
+        let sent = if fault == Some(FaultMode::Garbled) {
+            garbled = format!("{body}garbled");
+            garbled.as_str()
+        } else {
+            body.as_str()
+        };
+        let promise = stub.op(sent).map_err(transport)?;
         stats::count(|s| s.do_requests += 1);
         let answer = JsFuture::from(promise).await.map_err(transport)?;
         let reply = answer.as_string().ok_or_else(|| self.refusal(&answer));
@@ -260,12 +269,15 @@ impl Object {
 
 /// How an injected fault fails a call: the request never reaches the
 /// object (`Lost`), or the object applies it and its answer is lost
-/// (`LostReply`), as when a connection drops at the wrong moment.
+/// (`LostReply`), as when a connection drops at the wrong moment; or the
+/// object gets an operation it cannot read and refuses it (`Garbled`), as
+/// when a worker and objects of different deploys disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultMode {
     Lost,
     LostReply,
+    Garbled,
 }
 
 /// A fault for `times` calls of operation `op` to objects of `binding`,
