@@ -430,6 +430,10 @@ test('two GPs (claims, draft §10): racing preference changes on one SII from AP
   checkOutcomes(from);
 
   // Everyone holds a mapping again, and claims and webhooks have settled.
+  // Settled first: a replace claim of the waves still on its way deletes,
+  // as it must, a peer's mapping older than the claim, so a check made
+  // before it arrives can see a mapping that is gone by the final wave.
+  await settle(sii);
   for (const ap of aps) {
     if (!(await mine(ap, sii))) {
       const r = await ops.register(ap, sii, user(ap));
