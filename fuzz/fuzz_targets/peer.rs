@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         );
         if let Some(mut r) = record(&c.sii) {
             let before = r.clone();
-            if r.apply_claim(&c, now_ms).is_err() {
+            if r.apply_claim(&c, "gp-fuzz", now_ms).is_err() {
                 assert_eq!(r, before, "a refused claim changed the record");
             }
         }

@@ -282,6 +282,13 @@ pub struct Claim {
     /// When the claim was made; mappings created or preferred later are left
     /// alone, so a late or retried delivery never undoes a newer choice.
     pub at_ms: u64,
+    /// When the claimer's mapping was created. With `at_ms` (when it was
+    /// made preferred) it is that mapping's [`Precedence`], so a local
+    /// mapping made preferred in the very same millisecond is judged as
+    /// [`select_preferred`] judges it. Absent from older senders' claims,
+    /// taken then as `at_ms` (the latest it can be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<u64>,
 }
 
 /// Something the glue must deliver (through the durable outbox).
@@ -964,6 +971,7 @@ impl SiiRecord {
         now_ms: u64,
     ) -> Vec<Notification> {
         let mut out: Vec<Notification> = Vec::new();
+        let created_at_ms = self.mapping_of(caller).map(|m| m.created_at_ms);
         for gp in peers.iter().filter(|g| g.as_str() != own_gp) {
             if out
                 .iter()
@@ -986,6 +994,7 @@ impl SiiRecord {
                     from_gp: own_gp.to_owned(),
                     action,
                     at_ms: now_ms,
+                    created_at_ms,
                 },
             });
         }
@@ -1112,9 +1121,15 @@ impl SiiRecord {
     /// newer `preferred_at_ms` already wins precedence) but tells the locally
     /// preferred AP, if it is not newer than the claim. Either way the
     /// affected local APs get a [`Notification::Displaced`] and can remedy.
+    ///
+    /// A local mapping made preferred in the claim's own millisecond is
+    /// judged as [`select_preferred`] judges the two: by creation time, then
+    /// the smaller GP id (`own_gp` is this GP's). Otherwise an AP could be
+    /// told it lost while every query still answers its mapping.
     pub fn apply_claim(
         &mut self,
         claim: &Claim,
+        own_gp: &str,
         now_ms: u64,
     ) -> Result<Vec<Notification>, MappingError> {
         self.admit_claim(&claim.sii, claim.at_ms, now_ms)?;
@@ -1123,10 +1138,19 @@ impl SiiRecord {
             ap: claim.by_ap.clone(),
             gp: Some(claim.from_gp.clone()),
         };
+        let claimed = Precedence {
+            preferred_at_ms: Some(claim.at_ms),
+            created_at_ms: claim.created_at_ms.unwrap_or(claim.at_ms),
+        };
         let not_newer = |m: &Mapping| {
             m.ap() != &claim.by_ap
                 && m.created_at_ms <= claim.at_ms
                 && m.preferred_at_ms.is_none_or(|t| t <= claim.at_ms)
+                && match claimed.cmp(&m.precedence()) {
+                    Ordering::Greater => true,
+                    Ordering::Less => false,
+                    Ordering::Equal => claim.from_gp.as_str() < own_gp,
+                }
         };
         let mut out = Vec::new();
         match claim.action {
@@ -2074,6 +2098,8 @@ mod tests {
             from_gp: "gp2".into(),
             action: DisplaceAction::Outpreferred,
             at_ms: 3_000,
+            // b's mapping, verified at 2000: its precedence goes along.
+            created_at_ms: Some(2_000),
         };
         assert_eq!(
             n,
@@ -2087,7 +2113,7 @@ mod tests {
 
         // gp1 applies the claim: a is told, by b on gp2, and prefers back.
         let mut gp1 = gp1;
-        let n = gp1.apply_claim(&claim, 3_100).unwrap();
+        let n = gp1.apply_claim(&claim, "gp1", 3_100).unwrap();
         let by_b = Party {
             ap: ap("b"),
             gp: Some("gp2".into()),
@@ -2115,6 +2141,81 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_in_the_same_millisecond_is_judged_as_queries_judge_it() {
+        // a here and b on gp2 were both made preferred at t=5000. A query's
+        // select_preferred decides between them by creation time, then the
+        // smaller GP id; the claim must displace a exactly when b wins
+        // there, else a is told it lost while queries still answer a.
+        for action in [DisplaceAction::Replaced, DisplaceAction::Outpreferred] {
+            for (a_created, own_gp, b_wins) in [
+                (1_000, "gp1", true),  // b created later: b wins
+                (3_000, "gp1", false), // a created later: a wins
+                (2_000, "gp1", false), // same creation: gp1 < gp2
+                (2_000, "gp3", true),  // same creation: gp2 < gp3
+            ] {
+                let mut here = SiiRecord::new(sii());
+                here.create_verified(
+                    &ap("a"),
+                    ssi("a", "alice"),
+                    VerifiedBy::Sms,
+                    None,
+                    a_created,
+                )
+                .unwrap();
+                here.mappings[0].preferred_at_ms = Some(5_000);
+                let claim = Claim {
+                    sii: sii(),
+                    by_ap: ap("b"),
+                    from_gp: "gp2".into(),
+                    action,
+                    at_ms: 5_000,
+                    created_at_ms: Some(2_000),
+                };
+                let queried = [
+                    here.candidate(own_gp).unwrap(),
+                    cand("gp2", "b:bob", Some(5_000), 2_000),
+                ];
+                let winner = select_preferred(&queried).unwrap().gp.clone();
+                assert_eq!(winner == "gp2", b_wins, "{a_created} {own_gp}");
+                let n = here.apply_claim(&claim, own_gp, 5_100).unwrap();
+                assert_eq!(
+                    !n.is_empty(),
+                    b_wins,
+                    "{action:?} {a_created} {own_gp}: {n:?}"
+                );
+                let kept = here.mapping_of(&ap("a")).is_some();
+                assert_eq!(
+                    kept,
+                    !(b_wins && action == DisplaceAction::Replaced),
+                    "{action:?} {a_created} {own_gp}"
+                );
+            }
+        }
+        // An older sender's claim carries no creation time: taken as at_ms,
+        // so on the tie only the GP ids decide.
+        let mut here = SiiRecord::new(sii());
+        here.create_verified(&ap("a"), ssi("a", "alice"), VerifiedBy::Sms, None, 5_000)
+            .unwrap();
+        here.mappings[0].preferred_at_ms = Some(5_000);
+        let old = Claim {
+            sii: sii(),
+            by_ap: ap("b"),
+            from_gp: "gp2".into(),
+            action: DisplaceAction::Replaced,
+            at_ms: 5_000,
+            created_at_ms: None,
+        };
+        assert!(here
+            .clone()
+            .apply_claim(&old, "gp1", 5_100)
+            .unwrap()
+            .is_empty());
+        assert_eq!(here.apply_claim(&old, "gp3", 5_100).unwrap().len(), 1);
+        let wire = serde_json::to_value(&old).unwrap();
+        assert!(wire.get("created_at_ms").is_none(), "{wire}");
+    }
+
+    #[test]
     fn strike_across_gps_is_forwarded_checked_against_the_claim_and_applied_once() {
         // gp1 holds a; b on gp2 verifies and prefers: a claim to gp1.
         let mut gp1 = with_a();
@@ -2136,7 +2237,7 @@ mod tests {
         };
         assert_eq!(gp2.claims_sent().len(), 1);
         // gp1 applies it (later, by its own clock); a reports it.
-        gp1.apply_claim(claim, 3_500).unwrap();
+        gp1.apply_claim(claim, "gp1", 3_500).unwrap();
         assert_eq!(gp1.displacements()[0].claim_at_ms, Some(3_000));
         let strike = gp1.report_malicious(&ap("a"), 4_000).unwrap();
         assert_eq!(strike.claim_at_ms, Some(3_000));
@@ -2303,8 +2404,9 @@ mod tests {
             from_gp: "gp9".into(),
             action: DisplaceAction::Replaced,
             at_ms: 1_500,
+            created_at_ms: None,
         };
-        let n = gp1.apply_claim(&claim, 5_000).unwrap();
+        let n = gp1.apply_claim(&claim, "gp1", 5_000).unwrap();
         // Only a is older than the claim; b (created later) survives.
         assert_eq!(n.len(), 1);
         assert!(gp1.mapping_of(&ap("a")).is_none());
@@ -2325,7 +2427,7 @@ mod tests {
             sii: Sii::parse("someone@example.com").unwrap(),
             ..claim
         };
-        let e = gp1.apply_claim(&other, 6_000).unwrap_err();
+        let e = gp1.apply_claim(&other, "gp1", 6_000).unwrap_err();
         assert_eq!((e.slug(), e.status()), ("wrong-sii", 400));
     }
 
@@ -2339,16 +2441,18 @@ mod tests {
             from_gp: "gp9".into(),
             action: DisplaceAction::Replaced,
             at_ms: 5_000 + MAX_CLAIM_SKEW_MS + 1,
+            created_at_ms: None,
         };
-        let e = r.apply_claim(&future, 5_000).unwrap_err();
+        let e = r.apply_claim(&future, "gp1", 5_000).unwrap_err();
         assert_eq!((e.slug(), e.status()), ("claim-from-the-future", 422));
         assert_eq!(r, before);
         // Within the skew (a peer's clock a little ahead) it applies.
         let ahead = Claim {
             at_ms: 5_000 + MAX_CLAIM_SKEW_MS,
+            created_at_ms: None,
             ..future
         };
-        assert_eq!(r.apply_claim(&ahead, 5_000).unwrap().len(), 2);
+        assert_eq!(r.apply_claim(&ahead, "gp1", 5_000).unwrap().len(), 2);
     }
 
     #[test]
@@ -2364,8 +2468,9 @@ mod tests {
             from_gp: "gp9".into(),
             action: DisplaceAction::Outpreferred,
             at_ms: 1_500,
+            created_at_ms: None,
         };
-        assert!(r.apply_claim(&late, 3_000).unwrap().is_empty());
+        assert!(r.apply_claim(&late, "gp1", 3_000).unwrap().is_empty());
     }
 
     #[test]
@@ -2461,7 +2566,9 @@ mod tests {
                                         DisplaceAction::Outpreferred
                                     },
                                     at_ms: at,
+                                    created_at_ms: None,
                                 },
+                                "gp1",
                                 now,
                             )
                             .map(|_| ()),
@@ -2579,8 +2686,9 @@ mod race_tests {
             from_gp: "gp-z".into(),
             action: DisplaceAction::Outpreferred,
             at_ms: 9_000,
+            created_at_ms: None,
         };
-        r.apply_claim(&claim, 9_001).unwrap();
+        r.apply_claim(&claim, "gp1", 9_001).unwrap();
         // b's request read the clock before the claim was made, but is
         // applied after it: b must win at every GP, so it is stamped later.
         r.choose(&ap("b"), Choice::Prefer, "gp", &[], 8_500)

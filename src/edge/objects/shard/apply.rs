@@ -19,6 +19,7 @@ use crate::core::tags::MappingMeta;
 use crate::core::verification::{
     CodePolicy, PendingState, PendingVerification, SendLimit, VerifyError,
 };
+use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
 use crate::edge::objects::dec;
 use crate::edge::objects::enc;
@@ -442,7 +443,8 @@ impl MappingShard {
     pub(super) fn apply_claim(&self, claim: Claim, now_ms: u64) -> ApiResult<Applied> {
         let mut r = self.load_record(&claim.sii)?;
         let before = r.clone();
-        match r.apply_claim(&claim, now_ms) {
+        let cfg = GpConfig::cached(&self.env)?;
+        match r.apply_claim(&claim, &cfg.id, now_ms) {
             Ok(notes) => self.commit(&r, &before, &notes, now_ms),
             Err(e) => Ok((ShardReply::Refused(Refusal::mapping(e)), false)),
         }
