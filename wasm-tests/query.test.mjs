@@ -75,9 +75,16 @@ before(async () => {
   state = tempState('query');
   let standins;
   ({ codes, hooks, bindings: standins } = await startCodesAndHooks('q'));
-  // gp-a knows gp-c at the proxy's address.
+  // gp-a knows gp-c at the proxy's address. The tests below count the
+  // Durable Object requests of one query; an isolate refreshes an AP's
+  // registry entry (one more request) on the first call after it is
+  // AP_CACHE_SECONDS old, by design once per AP per 30 s in production.
+  // Where that lands depends on how long the tests before took, so a
+  // count here could be one too many (with AP_CACHE_SECONDS=0 'local hit'
+  // fails with '5 !== 1'; one failure of that test was never explained).
+  // An hour (the most it may be) keeps it out of every count of this file.
   ({ fed, proxy } = await startFederationWithProxy({
-    stateRoot: state.dir, bindings: { ...SECRETS, ...standins }, proxied: 'gp-c', startProxy,
+    stateRoot: state.dir, bindings: { ...SECRETS, ...standins, AP_CACHE_SECONDS: '3600' }, proxied: 'gp-c', startProxy,
   }));
   // Every GP fetches its peers' snapshots and subscribes to their additions.
   for (const gp of fed.gps) await gp.cron();
@@ -104,6 +111,31 @@ const validated = (r) => validate('POST', '/v1/query', r);
 
 const query = async (gp, ap, sii) => validated(await call(gp, 'POST', '/v1/query', { token: ap.token, json: { sii } }));
 
+/**
+ * A query whose caller needs every peer's answer. A peer that does not
+ * answer within the per-peer timeout (1.5 s, routing/fanout.rs), or whose
+ * connection fails (between these local workerd processes, seen once
+ * under load as 'Network connection lost.' on a filter delivery), makes
+ * the answer incomplete, correctly (draft §8.1: never an error, never a
+ * silently narrowed answer). On a loaded 2-core machine the claims test
+ * once got gp-a's own, non-preferred mapping where gp-b's answer should
+ * have won (not captured; a query takes ~40-250 ms here, even under
+ * load). What a client does then is ask again, so this does, at most
+ * `tries` times, and logs each incomplete answer; it returns the first
+ * complete answer, or the last incomplete one (the caller asserts
+ * `incomplete: false`, so that still fails, with the answer). A complete
+ * answer is never retried: a wrong one fails the caller's assertions.
+ * `snapshot` runs before each try (counters for that try's cost).
+ */
+async function completeQuery(gp, ap, sii, { tries = 3, snapshot = async () => undefined } = {}) {
+  for (let i = 1; ; i++) {
+    const snap = await snapshot();
+    const r = await query(gp, ap, sii);
+    if (r.status !== 200 || r.body.incomplete !== true || i >= tries) return Object.assign(r, { snap });
+    console.log(`INCOMPLETE ${gp.env} try ${i} of ${tries}: ${r.text}`);
+  }
+}
+
 const enrollAp = (gp, id, extra = {}) => enrollApAt(gp, { adminToken: ADMIN_TOKEN, webhookBase: hooks.url, id, ...extra });
 
 /** Creates and confirms a mapping through the real flow (code via the stand-in inbox). */
@@ -119,8 +151,16 @@ async function copyOf(gp, peer, sii) {
   return r.body.peers.find((p) => p.peer === peer);
 }
 
-/** Polls until `gp`'s copy of `peer`'s filter contains `sii`; returns the ms waited. */
-async function reaches(gp, peer, sii, timeoutMs = 2000) {
+/**
+ * Polls until `gp`'s copy of `peer`'s filter contains `sii`; returns the ms
+ * waited. The propagation test measures the 2 s bound; elsewhere this only
+ * waits for the precondition, long enough for one delivery retry: a
+ * delivery that fails (seen once under load: 'delivery to gp-c failed (1):
+ * … Network connection lost.') is retried 2.5-5 s later (core::outbox
+ * RetryPolicy), and the two-GPs test then failed on 'did not reach gp-c's
+ * copy of gp-b in 2000 ms'.
+ */
+async function reaches(gp, peer, sii, timeoutMs = 10_000) {
   const t0 = performance.now();
   for (;;) {
     if ((await copyOf(gp, peer, sii))?.contains === true) return performance.now() - t0;
@@ -130,6 +170,38 @@ async function reaches(gp, peer, sii, timeoutMs = 2000) {
 }
 
 const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
+
+/** A GP's Durable Object requests besides rate-limit leases and the routing objects' traffic. */
+const ownDo = (s) => s.do_requests - s.lease_requests - s.do_requests_routing;
+
+/** The counters of `s` that moved since `from`, for assertion messages. */
+const moved = (from, s) => JSON.stringify(Object.fromEntries(Object.entries(s)
+  .filter(([k, v]) => typeof v === 'number' && v !== from[k]).map(([k, v]) => [k, v - from[k]])));
+
+/**
+ * Waits until `gp` makes no Durable Object request of its own (ownDo) for
+ * `quietMs`, at most `timeoutMs`. The counters are the isolate's, objects
+ * included, so an object's own request (an alarm, one retried after a
+ * failure) counts in a query's window too. Under a cargo build 'local hit'
+ * once counted 4 for its one query, right after the propagation test's
+ * bulk ({"do_requests":5,"lease_requests":1,"shard_lookups":1,...}, the AP
+ * cache pinned); which object made the 3 was not established (on an idle
+ * machine nothing moves after a registration or a bulk has returned).
+ */
+async function settled(gp, quietMs = 300, timeoutMs = 5000) {
+  const t0 = performance.now();
+  let last = ownDo(await stats(gp));
+  let since = performance.now();
+  while (performance.now() - since < quietMs) {
+    if (performance.now() - t0 > timeoutMs) {
+      console.log(`${gp.env}: Durable Object requests still moving after ${timeoutMs} ms`);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    const now = ownDo(await stats(gp));
+    if (now !== last) { last = now; since = performance.now(); }
+  }
+}
 
 function signedHeaders({ method, url, body, keyid, privateKey }) {
   const u = new URL(url);
@@ -155,7 +227,7 @@ test('propagation: a confirmed mapping and a bulk upload at gp-a reach gp-b\'s c
     await register(a, aps['gp-a'], sii, `prop-${i}`);
     // From the confirmation's answer to gp-b's copy.
     const t0 = performance.now();
-    await reaches(b, 'gp-a', sii);
+    await reaches(b, 'gp-a', sii, 2000);
     times.push(performance.now() - t0);
   }
   times.sort((x, y) => x - y);
@@ -177,27 +249,38 @@ test('local hit: the home GP answers from its own shard; no peer is asked', asyn
   const a = fed['gp-a'];
   const sii = phone();
   await register(a, aps['gp-a'], sii, 'local-alice');
-  const before = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
-  const r = await query(a, aps['gp-a'], sii);
+  // The query's own cost, measured once what the registration left
+  // running is done; a request of the objects' own that still lands in
+  // the window is measured again (at most 3 times, each logged): a query
+  // that makes more than one request fails every time.
+  let before;
+  let r;
+  let after;
+  for (let i = 1; ; i++) {
+    await settled(a);
+    before = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
+    r = await query(a, aps['gp-a'], sii);
+    after = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
+    if (ownDo(after[0]) - ownDo(before[0]) === 1 || i === 3) break;
+    console.log(`local hit, try ${i}: ${moved(before[0], after[0])}`);
+  }
   assert.equal(r.status, 200, r.text);
-  assert.equal(r.body.found, true);
+  assert.equal(r.body.found, true, r.text);
   assert.deepEqual(r.body.ssi, { provider: 'q-a', user: 'local-alice' });
-  assert.equal(r.body.gp, 'gp-a');
-  assert.equal(r.body.home, true);
-  assert.equal(r.body.incomplete, false);
-  assert.equal(r.body.peers_queried, 0);
-  assert.ok(r.body.timestamp_ms <= Date.now() && r.body.timestamp_ms > Date.now() - 60_000);
+  assert.equal(r.body.gp, 'gp-a', r.text);
+  assert.equal(r.body.home, true, r.text);
+  assert.equal(r.body.incomplete, false, r.text);
+  assert.equal(r.body.peers_queried, 0, r.text);
+  assert.ok(r.body.timestamp_ms <= Date.now() && r.body.timestamp_ms > Date.now() - 60_000, r.text);
   // FAST: 1,000 queries/s with a 10 s burst.
   assert.equal(r.headers.get('ratelimit-limit'), '10000');
   const remaining = Number(r.headers.get('ratelimit-remaining'));
   assert.ok(Number.isInteger(remaining) && remaining < 10_000 && remaining >= 9_000, `RateLimit-Remaining ${remaining}`);
-  const after = [await stats(a), await stats(fed['gp-b']), await stats(fed['gp-c'])];
-  assert.equal(after[0].shard_lookups - before[0].shard_lookups, 1, 'one shard request');
+  assert.equal(after[0].shard_lookups - before[0].shard_lookups, 1, `one shard request: ${moved(before[0], after[0])}`);
   // Besides the routing objects' own traffic (the routing view's poll, at
   // most one a second; copies and shards talking among themselves).
-  const routingDo = (s) => s.do_requests - s.lease_requests - s.do_requests_routing;
-  assert.equal(routingDo(after[0]) - routingDo(before[0]), 1,
-    'one Durable Object request besides a rate-limit lease and routing');
+  assert.equal(ownDo(after[0]) - ownDo(before[0]), 1,
+    `one Durable Object request besides a rate-limit lease and routing: ${moved(before[0], after[0])}`);
   assert.equal(after[0].peer_queries_sent, before[0].peer_queries_sent, 'no subrequest');
   assert.equal(after[1].peer_queries_received, before[1].peer_queries_received);
   assert.equal(after[2].peer_queries_received, before[2].peer_queries_received);
@@ -235,14 +318,14 @@ test('remote hit: gp-a asks exactly the peer whose filter matches and returns it
   const sii = phone();
   await register(b, aps['gp-b'], sii, 'remote-bob');
   await reaches(a, 'gp-b', sii);
-  const before = [await stats(a), await stats(b), await stats(fed['gp-c'])];
-  const r = await query(a, aps['gp-a'], sii);
+  const r = await completeQuery(a, aps['gp-a'], sii, { snapshot: async () => [await stats(a), await stats(b), await stats(fed['gp-c'])] });
+  const before = r.snap;
   assert.equal(r.status, 200, r.text);
-  assert.equal(r.body.found, true);
+  assert.equal(r.body.found, true, r.text);
   assert.deepEqual(r.body.ssi, { provider: 'q-b', user: 'remote-bob' });
   assert.equal(r.body.gp, 'gp-b');
   assert.equal(r.body.home, false);
-  assert.equal(r.body.incomplete, false);
+  assert.equal(r.body.incomplete, false, r.text);
   assert.equal(r.body.peers_queried, 1);
   const after = [await stats(a), await stats(b), await stats(fed['gp-c'])];
   assert.equal(after[0].peer_queries_sent - before[0].peer_queries_sent, 1);
@@ -272,6 +355,7 @@ test('a query reads no configuration or secret: they are read once per isolate, 
   await register(a, aps['gp-a'], sii, 'cached-carol');
   // Warm: whatever this isolate had not read yet.
   assert.equal((await query(a, aps['gp-a'], sii)).status, 200);
+  await settled(a);
   const before = await stats(a);
   for (let i = 0; i < 20; i++) {
     const r = await query(a, aps['gp-a'], i % 2 ? sii : phone());
@@ -281,9 +365,8 @@ test('a query reads no configuration or secret: they are read once per isolate, 
   const after = await stats(a);
   assert.equal(after.queries - before.queries, 20);
   assert.equal(after.env_reads - before.env_reads, 0, 'no configuration or secret read again');
-  const own = (s) => s.do_requests - s.lease_requests - s.do_requests_routing;
-  assert.equal(own(after) - own(before), 20,
-    'one Durable Object request per query besides rate-limit leases and routing');
+  assert.equal(ownDo(after) - ownDo(before), 20,
+    `one Durable Object request per query besides rate-limit leases and routing: ${moved(before, after)}`);
 });
 
 test('concurrent queries of one AP share one rate-limit lease request: the limiter is asked once per lease, not once per query in flight', async () => {
@@ -295,15 +378,22 @@ test('concurrent queries of one AP share one rate-limit lease request: the limit
   // Each AP's token check is warm, so its queries reach the limiter together.
   for (const ap of burst) assert.equal((await call(a, 'GET', '/v1/me', { token: ap.token })).status, 200);
   const before = await stats(a);
+  const t0 = performance.now();
   const answers = await Promise.all(burst.flatMap((ap) => Array.from({ length: 100 }, () => query(a, ap, sii))));
+  const ms = performance.now() - t0;
   assert.deepEqual([...new Set(answers.map((r) => r.status))], [200]);
   const after = await stats(a);
   assert.equal(after.queries - before.queries, 400);
   const leases = after.lease_requests - before.lease_requests;
   // Each AP's first queries find no lease; they wait for the one asking
   // (before: the queries in flight each asked, 37-39 requests for the 4).
-  console.log(`LEASES ${leases}`);
-  assert.ok(leases <= burst.length + 1, `${leases} limiter requests for 4 APs x 100 concurrent queries`);
+  // A lease lives 1 s (1,000 tokens at 1,000/s) from its ask: a burst
+  // that takes longer (4 x 100 queries took over 1 s on a loaded 2-core
+  // machine: '6 limiter requests') rightly asks again for each second it
+  // spans, so the bound is one lease per AP per started second, plus one.
+  const bound = burst.length * Math.max(1, Math.ceil(ms / 1000)) + 1;
+  console.log(`LEASES ${leases} in ${ms.toFixed(0)} ms (at most ${bound})`);
+  assert.ok(leases <= bound, `${leases} limiter requests for 4 APs x 100 concurrent queries in ${ms.toFixed(0)} ms (at most ${bound})`);
 });
 
 test('two GPs hold mappings for one SII: the most recent preference wins, seen from every GP', async () => {
@@ -321,7 +411,8 @@ test('two GPs hold mappings for one SII: the most recent preference wins, seen f
   await reaches(fed['gp-c'], 'gp-a', sii);
   await reaches(fed['gp-c'], 'gp-b', sii);
   for (const env of ['gp-a', 'gp-b', 'gp-c']) {
-    const r = await query(fed[env], aps[env], sii);
+    const r = await completeQuery(fed[env], aps[env], sii);
+    assert.equal(r.body.incomplete, false, `${env} before the choice: ${r.text}`);
     assert.equal(r.body.gp, 'gp-b', `${env} before the choice: ${r.text}`);
     assert.equal(r.body.ssi.user, 'older');
   }
@@ -330,11 +421,11 @@ test('two GPs hold mappings for one SII: the most recent preference wins, seen f
   const chose = await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii, choice: 'prefer' } });
   assert.equal(chose.status, 200, chose.text);
   for (const env of ['gp-a', 'gp-b', 'gp-c']) {
-    const r = await query(fed[env], aps[env], sii);
+    const r = await completeQuery(fed[env], aps[env], sii);
     assert.equal(r.status, 200, r.text);
+    assert.equal(r.body.incomplete, false, `${env}: ${r.text}`);
     assert.equal(r.body.gp, 'gp-a', `${env}: ${r.text}`);
     assert.equal(r.body.ssi.user, 'newer');
-    assert.equal(r.body.incomplete, false);
   }
 });
 
@@ -426,7 +517,8 @@ test('a bulk upload meets mappings held on peer GPs as a code confirmation does:
   await reaches(b, 'gp-a', held);
   await reaches(fed['gp-c'], 'gp-a', held);
   for (const env of ['gp-a', 'gp-b', 'gp-c']) {
-    const q = await query(fed[env], aps[env], held);
+    const q = await completeQuery(fed[env], aps[env], held);
+    assert.equal(q.body.incomplete, false, `${env}: ${q.text}`);
     assert.equal(q.body.gp, 'gp-b', `${env}: ${q.text}`);
     assert.equal(q.body.ssi.user, 'held-b');
   }
@@ -435,7 +527,9 @@ test('a bulk upload meets mappings held on peer GPs as a code confirmation does:
   // The bulk AP's user can still choose it (draft §8.2.1), as after a confirmation.
   const chose = await call(a, 'POST', '/v1/mappings/choice', { token: bulkAp.token, json: { sii: held, choice: 'prefer' } });
   assert.equal(chose.status, 200, chose.text);
-  assert.equal((await query(b, aps['gp-b'], held)).body.ssi.user, 'x1');
+  const chosen = await completeQuery(b, aps['gp-b'], held);
+  assert.equal(chosen.body.incomplete, false, chosen.text);
+  assert.equal(chosen.body.ssi.user, 'x1', chosen.text);
 });
 
 test('a peer that is slow, answers garbage or is down makes the answer incomplete, never an error', async () => {
@@ -559,7 +653,8 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   assert.deepEqual(reg.created.existing, { provider: 'q-b', name: null, gp: 'gp-b' });
   assert.deepEqual(reg.existing, { provider: 'q-b', name: null, gp: 'gp-b' });
   assert.equal(reg.mapping.preferred, false);
-  const before = await query(a, aps['gp-a'], sii);
+  const before = await completeQuery(a, aps['gp-a'], sii);
+  assert.equal(before.body.incomplete, false, before.text);
   assert.equal(before.body.gp, 'gp-b', before.text);
   assert.equal(before.body.ssi.user, 'old-b');
   const ch = await call(a, 'POST', '/v1/mappings/choice', { token: aps['gp-a'].token, json: { sii, choice: 'replace' } });
@@ -576,7 +671,8 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   const mine = await call(b, 'POST', '/v1/mappings/mine', { token: aps['gp-b'].token, json: { sii } });
   assert.equal(mine.body.mapping, null, `gp-b's mapping is gone: ${mine.text}`);
   await reaches(fed['gp-c'], 'gp-a', sii);
-  const r = await query(fed['gp-c'], aps['gp-c'], sii);
+  const r = await completeQuery(fed['gp-c'], aps['gp-c'], sii);
+  assert.equal(r.body.incomplete, false, r.text);
   assert.equal(r.body.gp, 'gp-a', r.text);
   assert.equal(r.body.ssi.user, 'new-a');
   // prefer: gp-b's mapping stays, its AP learns it was outranked.
@@ -590,7 +686,9 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   const kept = await call(b, 'POST', '/v1/mappings/mine', { token: aps['gp-b'].token, json: { sii: sii2 } });
   assert.equal(kept.body.mapping.user, 'keep-b');
   await reaches(b, 'gp-a', sii2);
-  assert.equal((await query(b, aps['gp-b'], sii2)).body.gp, 'gp-a', 'the later preference wins everywhere');
+  const later = await completeQuery(b, aps['gp-b'], sii2);
+  assert.equal(later.body.incomplete, false, later.text);
+  assert.equal(later.body.gp, 'gp-a', `the later preference wins everywhere: ${later.text}`);
   // prefer-back at gp-b: claimed back; gp-a's AP is told, and gp-b's mapping wins again.
   const back = await call(b, 'POST', '/v1/mappings/prefer-back', { token: aps['gp-b'].token, json: { sii: sii2 } });
   assert.equal(back.status, 200, back.text);
@@ -598,7 +696,8 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   assert.equal(lost.json.data.by.provider, 'q-b');
   assert.equal(lost.json.data.by.gp, 'gp-b');
   assert.equal(lost.json.data.user, 'pref-a');
-  const q = await query(fed['gp-c'], aps['gp-c'], sii2);
+  const q = await completeQuery(fed['gp-c'], aps['gp-c'], sii2);
+  assert.equal(q.body.incomplete, false, q.text);
   assert.equal(q.body.gp, 'gp-b', q.text);
   assert.equal(q.body.ssi.user, 'keep-b');
 });
@@ -658,7 +757,8 @@ test('rebuild (draft §9): the new version is built from the live mappings, so a
   assert.equal((await copyOf(b, 'gp-a', kept)).contains, true, 'a live mapping stays in the rebuilt filter');
   assert.equal((await copyOf(b, 'gp-a', removed)).contains, false, 'a deleted SII is gone from the rebuilt filter');
   // The query still finds the live mapping from gp-b.
-  const q = await query(b, aps['gp-b'], kept);
+  const q = await completeQuery(b, aps['gp-b'], kept);
   assert.equal(q.status, 200, q.text);
-  assert.equal(q.body.found, true);
+  assert.equal(q.body.incomplete, false, q.text);
+  assert.equal(q.body.found, true, q.text);
 });
