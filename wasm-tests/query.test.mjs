@@ -174,9 +174,15 @@ const stats = async (gp) => (await gp.getJson('/__debug/query-stats')).body;
 /** A GP's Durable Object requests besides rate-limit leases and the routing objects' traffic. */
 const ownDo = (s) => s.do_requests - s.lease_requests - s.do_requests_routing;
 
-/** The counters of `s` that moved since `from`, for assertion messages. */
-const moved = (from, s) => JSON.stringify(Object.fromEntries(Object.entries(s)
-  .filter(([k, v]) => typeof v === 'number' && v !== from[k]).map(([k, v]) => [k, v - from[k]])));
+/** The counters of `s` that moved since `from` (DO requests by binding too), for assertion messages. */
+const moved = (from, s) => {
+  const diff = (b, a) => Object.entries(a ?? {})
+    .filter(([k, v]) => typeof v === 'number' && v !== (b?.[k] ?? 0)).map(([k, v]) => [k, v - (b?.[k] ?? 0)]);
+  const out = Object.fromEntries(diff(from, s));
+  const by = Object.fromEntries(diff(from.do_requests_by_binding, s.do_requests_by_binding));
+  if (Object.keys(by).length) out.do_requests_by_binding = by;
+  return JSON.stringify(out);
+};
 
 /**
  * Waits until `gp` makes no Durable Object request of its own (ownDo) for

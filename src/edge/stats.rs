@@ -29,6 +29,9 @@ pub struct Stats {
     /// polls, at most one a second, and the copies', shards' and table's
     /// messages to each other: no query waits on those).
     pub do_requests_routing: u64,
+    /// `do_requests` by the binding of the object asked (which objects a
+    /// test's window counted, when it counts more than it expects).
+    pub do_requests_by_binding: std::collections::BTreeMap<&'static str, u64>,
     /// Workers KV reads this isolate made (peers' filter copies).
     pub kv_reads: u64,
     /// `GET /v1/gp` reads of the filter object, `GET /v1/peers` probe rounds.

@@ -172,7 +172,10 @@ impl Object {
         };
         let req = Request::new_with_init(&format!("https://object{path_and_query}"), &init)
             .map_err(transport)?;
-        stats::count(|s| s.do_requests += 1);
+        stats::count(|s| {
+            s.do_requests += 1;
+            *s.do_requests_by_binding.entry(self.binding).or_default() += 1;
+        });
         self.stub(env)?
             .fetch_with_request(req)
             .await
@@ -219,7 +222,10 @@ impl Object {
             body.as_str()
         };
         let promise = stub.op(sent).map_err(transport)?;
-        stats::count(|s| s.do_requests += 1);
+        stats::count(|s| {
+            s.do_requests += 1;
+            *s.do_requests_by_binding.entry(self.binding).or_default() += 1;
+        });
         let answer = JsFuture::from(promise).await.map_err(transport)?;
         let reply = answer.as_string().ok_or_else(|| self.refusal(&answer));
         if fault == Some(FaultMode::LostReply) {
