@@ -75,16 +75,13 @@ before(async () => {
   state = tempState('query');
   let standins;
   ({ codes, hooks, bindings: standins } = await startCodesAndHooks('q'));
-  // gp-a knows gp-c at the proxy's address. The tests below count the
-  // Durable Object requests of one query; an isolate refreshes an AP's
-  // registry entry (one more request) on the first call after it is
-  // AP_CACHE_SECONDS old, by design once per AP per 30 s in production.
-  // Where that lands depends on how long the tests before took, so a
-  // count here could be one too many (with AP_CACHE_SECONDS=0 'local hit'
-  // fails with '5 !== 1'; one failure of that test was never explained).
-  // An hour (the most it may be) keeps it out of every count of this file.
+  // gp-a knows gp-c at the proxy's address. The configuration is the
+  // production one: an isolate refreshes an AP's registry entry (one more
+  // Durable Object request) on the first call after it is AP_CACHE_SECONDS
+  // (30) old, so a test counting one query's requests measures again when
+  // its window held more (see 'local hit').
   ({ fed, proxy } = await startFederationWithProxy({
-    stateRoot: state.dir, bindings: { ...SECRETS, ...standins, AP_CACHE_SECONDS: '3600' }, proxied: 'gp-c', startProxy,
+    stateRoot: state.dir, bindings: { ...SECRETS, ...standins }, proxied: 'gp-c', startProxy,
   }));
   // Every GP fetches its peers' snapshots and subscribes to their additions.
   for (const gp of fed.gps) await gp.cron();
