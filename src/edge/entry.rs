@@ -3,13 +3,13 @@
 use crate::edge::rpc::filter::FilterClient;
 
 use super::config;
-use super::http::{body, error, routes};
-use worker::{event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
+use super::http::{body, error, respond, routes};
+use worker::{event, Context, Env, Request, ScheduleContext, ScheduledEvent};
 
 /// Every request enters here; whatever happens, the client gets a response
 /// (a problem document on failure), never an exception.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
     let path = req.path();
     // The same JS request (a second handle, not Request.clone(), which
     // would tee the body): whatever the handler leaves of its body is
@@ -23,7 +23,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         Ok(resp) => error::own_instance(resp, &path).await,
         Err(e) => e.into_response(&path)?,
     };
-    Ok(body::finish_request(&raw, resp).await)
+    Ok(respond::into_js(body::finish_request(&raw, resp).await))
 }
 
 /// Cron trigger (wrangler.toml `[triggers]`, every 15 min): makes sure the
