@@ -1140,7 +1140,9 @@ impl SiiRecord {
         };
         let claimed = Precedence {
             preferred_at_ms: Some(claim.at_ms),
-            created_at_ms: claim.created_at_ms.unwrap_or(claim.at_ms),
+            // A mapping is made preferred after it exists: a claim saying
+            // otherwise cannot raise its creation past its preference.
+            created_at_ms: claim.created_at_ms.unwrap_or(claim.at_ms).min(claim.at_ms),
         };
         let not_newer = |m: &Mapping| {
             m.ap() != &claim.by_ap
@@ -2208,6 +2210,16 @@ mod tests {
         assert!(here
             .clone()
             .apply_claim(&old, "gp1", 5_100)
+            .unwrap()
+            .is_empty());
+        // Nor does a claim whose creation is dated after its preference.
+        let late = Claim {
+            created_at_ms: Some(9_000),
+            ..old.clone()
+        };
+        assert!(here
+            .clone()
+            .apply_claim(&late, "gp1", 5_100)
             .unwrap()
             .is_empty());
         assert_eq!(here.apply_claim(&old, "gp3", 5_100).unwrap().len(), 1);

@@ -312,7 +312,7 @@ pub async fn breakdown(
                     for (k, v) in [("RateLimit-Limit", "1"), ("RateLimit-Remaining", "1")] {
                         let _ = resp.headers_mut().set(k, v);
                     }
-                    let _ = black_box(web_sys::Response::from(resp));
+                    let _ = black_box(crate::edge::http::respond::into_js(resp));
                 }
             }
             "request" => {
