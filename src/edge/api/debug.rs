@@ -11,9 +11,10 @@ use crate::edge::rpc::routing::{RtClient, RtOp, RtReply};
 
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use serde::Deserialize;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// `GET /__debug/query-stats`: this isolate's query counters.
 pub fn query_stats() -> ApiResult<Response> {
@@ -250,7 +251,8 @@ pub async fn breakdown(
         // in one piece, `body::read_capped`).
         let _ = headers.set("Content-Length", &body_len);
         init.with_headers(headers);
-        Request::new_with_init(&query_url, &init)
+        worker::Request::new_with_init(&query_url, &init)
+            .map(|r| Request::from(Clone::clone(r.inner())))
     };
     let t0 = crate::edge::clock::now_ms();
     for _ in 0..n {

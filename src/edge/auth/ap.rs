@@ -35,11 +35,12 @@ use crate::core::token::{self, TokenClaims};
 use crate::core::Problem;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use crate::edge::rpc::registry::ApRecord;
 use std::cell::Cell;
 use std::rc::Rc;
 use wasm_bindgen::JsValue;
-use worker::{Env, Request};
+use worker::Env;
 
 /// The realm named in `WWW-Authenticate` challenges.
 const REALM: &str = "glados";

@@ -4,8 +4,9 @@ use crate::core::verification::ct_eq;
 use crate::edge::auth::ap::authorization;
 use crate::edge::config::admin_token;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use sha2::{Digest, Sha256};
-use worker::{Env, Request};
+use worker::Env;
 
 /// The realm named in `WWW-Authenticate` challenges.
 const REALM: &str = "glados";

@@ -24,10 +24,11 @@ use crate::core::httpsig::{self, PlainRequest};
 use crate::edge::config::{GpConfig, Peer};
 use crate::edge::http::body::read_capped;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::request::Request;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use worker::{Env, Request};
+use worker::Env;
 
 /// Isolate-local nonces kept before the set is pruned.
 const LOCAL_NONCES_MAX: usize = 8192;

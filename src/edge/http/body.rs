@@ -2,9 +2,10 @@
 //! out-of-memory isolate), typed by Content-Type (415), parsed into 400s.
 
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use futures_util::StreamExt;
 use serde::de::{Deserialize, DeserializeOwned, Deserializer};
-use worker::{Request, Response};
+use worker::Response;
 
 /// Largest admin or token-endpoint body. Real ones are well under 4 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

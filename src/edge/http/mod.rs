@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod error;
+pub mod request;
 pub mod respond;
 pub mod routes;

@@ -20,7 +20,7 @@ pub fn json_status<T: Serialize>(body: &T, status: u16) -> ApiResult<Response> {
     Ok(resp)
 }
 
-/// The runtime's Response for `resp`, as the fetch event returns it. A
+/// The runtime's Response for `resp`, as `Entry::fetch` returns it. A
 /// body that is UTF-8 text under a declared Content-Type (every JSON answer
 /// and problem document) crosses as a JS string: worker's own conversion
 /// copies the bytes into a fresh `Uint8Array`, and V8 allocates a typed

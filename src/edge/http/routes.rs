@@ -10,9 +10,10 @@ use crate::edge::api::ap::mappings::Action;
 use crate::edge::api::{ap, debug, operator, peer, public};
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use crate::edge::http::respond::json_ok;
 use serde_json::json;
-use worker::{Env, Method, Request, Response};
+use worker::{Env, Method, Response};
 
 /// Everything the GP serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,10 +493,10 @@ pub async fn handle(req: Request, path: &str, env: &Env, cfg: &GpConfig) -> ApiR
     let method = req.method();
     // workers-rs reads any method it has no variant for (QUERY, PROPFIND,
     // a lowercase "patch") as GET; the method as sent decides instead.
-    let sent = req.inner().method();
+    let sent = req.sent_method();
     if sent != method.as_ref() || !def.methods.contains(&method) {
         let allow: Vec<&str> = def.methods.iter().map(|m| m.as_ref()).collect();
-        return Err(ApiError::method_not_allowed(&sent, path, &allow));
+        return Err(ApiError::method_not_allowed(sent, path, &allow));
     }
     let id = param.unwrap_or("");
     match def.route {

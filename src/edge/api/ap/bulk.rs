@@ -14,11 +14,12 @@ use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::media_type;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::request::Request;
 use crate::edge::http::respond::json_status as respond;
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// Lines per shard request of a bulk upload.
 const BULK_BATCH: usize = 2_000;

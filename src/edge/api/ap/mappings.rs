@@ -30,11 +30,12 @@ use crate::edge::auth::ap::AuthedAp;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::read_json;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use crate::edge::outbound::codes::channel;
 use crate::edge::rpc::shard::MappingView;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 use crate::edge::http::respond::json_status as respond;
 

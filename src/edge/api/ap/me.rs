@@ -4,9 +4,10 @@ use crate::core::ratelimit::allowed_rate;
 use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::ApiResult;
+use crate::edge::http::request::Request;
 use crate::edge::http::respond::json_ok;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// `GET /v1/me`: the authenticated AP as the GP sees it. The first client
 /// API route; it proves the whole chain (token, certificate binding,

@@ -18,8 +18,9 @@ use crate::edge::auth::ap::{authorization, client_cert};
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::{media_type, read_capped, MAX_BODY_BYTES};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::request::Request;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// How the client authenticated (RFC 6749 §2.3.1), which decides the
 /// status of an `invalid_client` error.

@@ -29,7 +29,8 @@ use crate::edge::auth::ap as auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::read_json_allow_array;
 use crate::edge::http::error::ApiResult;
-use worker::{Env, Request, Response};
+use crate::edge::http::request::Request;
+use worker::{Env, Response};
 
 /// `POST /v1/query`: the preferred SSI for one SII (draft §8.1); with
 /// `"all": true` every mapping of it across the federation (issue 16).

@@ -4,9 +4,10 @@ use crate::edge::rpc::registry::Registry;
 
 use crate::core::webhook::rfc3339_ms;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use crate::edge::http::respond::json_status as respond;
 use serde_json::{json, Value};
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// `GET /admin/v1/aps/{id}/analytics` (draft §11.2: "Glados can
 /// additionally use analytics to look for odd patterns in registrations,

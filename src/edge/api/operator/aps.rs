@@ -23,10 +23,11 @@ use crate::core::ssi::ProviderId;
 use crate::edge::config::GpConfig;
 use crate::edge::http::body::{no_null, read_json};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::request::Request;
 use crate::edge::rpc::registry::{ApPatch, ApRecord, RegistryOp, StoredAp};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// Longest display name.
 const MAX_NAME_CHARS: usize = 200;

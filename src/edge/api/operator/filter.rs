@@ -2,7 +2,8 @@
 use crate::edge::rpc::filter::FilterClient;
 
 use crate::edge::http::error::ApiResult;
-use worker::{Env, Request, Response};
+use crate::edge::http::request::Request;
+use worker::{Env, Response};
 
 /// `POST /admin/v1/filter/rebuild`: starts a new filter version now.
 pub async fn rebuild(req: Request, env: &Env) -> ApiResult<Response> {

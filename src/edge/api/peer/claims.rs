@@ -9,9 +9,10 @@ use crate::edge::api::peer::query::MAX_PEER_QUERY_BODY;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::ApiResult;
+use crate::edge::http::request::Request;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// A signed claim body of type `T` from a peer that names itself as its
 /// sender (`from_gp`, read by `sender`).

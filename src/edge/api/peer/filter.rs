@@ -6,11 +6,12 @@ use crate::edge::routing::sync::{GLA1_TYPE, GLF2_TYPE, MAX_UPDATE_BODY};
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::request::Request;
 use crate::edge::rpc::filter::{FilterClient, SubscribeOp, CALLBACK_PATH};
 use crate::edge::rpc::routing::{CopyClient, CopyReply};
 use serde::Deserialize;
 use serde_json::json;
-use worker::{Env, Method, Request, Response};
+use worker::{Env, Method, Response};
 
 /// Whether `If-None-Match` names `etag`.
 fn not_modified(req: &Request, etag: &str) -> bool {

@@ -11,11 +11,12 @@ use crate::core::Sii;
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use crate::edge::rpc::shard::Shard;
 use crate::edge::stats;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// Most SIIs in one request.
 pub const MAX_PREFERRED_SIIS: usize = 2_000;

@@ -6,8 +6,9 @@ use crate::core::query::{PeerAnswer, QueryBody};
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::ApiResult;
+use crate::edge::http::request::Request;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// A peer query body is one small JSON object.
 pub const MAX_PEER_QUERY_BODY: usize = 4 << 10;

@@ -42,8 +42,9 @@ use crate::core::mapping::{keep_strike_slot, StrikeNotice, StrikeOutcome};
 use crate::edge::auth::peer as peer_auth;
 use crate::edge::config::GpConfig;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// Largest strike notice accepted (a notice is well under 1 KiB).
 const MAX_STRIKE_BODY: usize = 4 << 10;

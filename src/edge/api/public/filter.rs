@@ -21,9 +21,10 @@ use crate::edge::rpc::filter::{FilterClient, Manifest};
 
 use crate::core::filter::{Filter, HashScheme, Layout};
 use crate::edge::http::error::{ApiError, ApiResult, OrInternal};
+use crate::edge::http::request::Request;
 use crate::edge::http::respond::json_ok;
 use serde_json::{json, Value};
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 /// Most groups in a summary's fill map.
 pub const SUMMARY_GROUPS: u64 = 256;

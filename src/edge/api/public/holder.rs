@@ -22,6 +22,7 @@ use crate::edge::api::codes::{self, Start};
 use crate::edge::config::{token_keys, GpConfig};
 use crate::edge::http::body::read_json;
 use crate::edge::http::error::{ApiError, ApiResult};
+use crate::edge::http::request::Request;
 use crate::edge::http::respond::json_status;
 use crate::edge::outbound::codes::channel;
 use crate::edge::routing::fanout;
@@ -29,7 +30,7 @@ use crate::edge::rpc::registry::Registry;
 use crate::edge::rpc::shard::Shard;
 use serde::Deserialize;
 use serde_json::json;
-use worker::{Env, Request, Response};
+use worker::{Env, Response};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
