@@ -699,6 +699,9 @@ test('claims (draft §10): a choice at gp-a reaches the peer whose filter matche
   assert.equal(lost.json.data.by.provider, 'q-b');
   assert.equal(lost.json.data.by.gp, 'gp-b');
   assert.equal(lost.json.data.user, 'pref-a');
+  // gp-c answers from the peers its copies route sii2 to: it must have
+  // gp-b's addition first (a failed delivery is retried 2.5–5 s later).
+  await reaches(fed['gp-c'], 'gp-b', sii2);
   const q = await completeQuery(fed['gp-c'], aps['gp-c'], sii2);
   assert.equal(q.body.incomplete, false, q.text);
   assert.equal(q.body.gp, 'gp-b', q.text);
