@@ -33,7 +33,7 @@ impl Entry {
         };
         let resp = match result {
             Ok(resp) => error::own_instance(resp, &path).await,
-            Err(e) => e.into_response(&path).map_err(JsValue::from)?,
+            Err(e) => e.respond(&path),
         };
         Ok(respond::into_js(body::finish_request(&raw, resp).await))
     }

@@ -7,7 +7,7 @@
 
 use crate::core::Problem;
 use serde_json::{json, Map, Value};
-use worker::{Headers, Response};
+use worker::{Headers, Response, ResponseBuilder};
 
 /// Prefix of every problem `type`. Relative, so it resolves against the GP
 /// that answered: `GET /problems/<slug>` explains each type.
@@ -111,6 +111,25 @@ impl ApiError {
         Ok(Response::ok(rendered.body)?
             .with_status(rendered.status)
             .with_headers(headers))
+    }
+
+    /// The error's response, whatever happens: should the runtime refuse
+    /// one of its headers, a 500 problem document without them (logged),
+    /// not an exception the client would see as a bare 500.
+    pub fn respond(self, instance: &str) -> Response {
+        match self.into_response(instance) {
+            Ok(resp) => resp,
+            Err(e) => {
+                worker::console_error!("{instance}: the problem's response was refused: {e}");
+                let doc = ApiError::Internal(format!("response refused: {e}")).render(instance);
+                let headers = Headers::new();
+                let _ = headers.set("Content-Type", "application/problem+json");
+                ResponseBuilder::new()
+                    .with_status(doc.status)
+                    .with_headers(headers)
+                    .fixed(doc.body.into_bytes())
+            }
+        }
     }
 
     /// The error's status, body and headers, as [`ApiError::into_response`]
