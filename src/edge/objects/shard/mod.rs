@@ -23,6 +23,7 @@ use worker::{durable_object, Env, Request, Response, State};
 mod apply;
 mod outbox;
 mod statements;
+pub(crate) use statements::LOOKUP_SQL;
 mod store;
 
 #[durable_object]
@@ -36,6 +37,7 @@ pub struct MappingShard {
 
 impl worker::DurableObject for MappingShard {
     fn new(state: State, env: Env) -> Self {
+        crate::edge::interned::ensure();
         MappingShard {
             state,
             env,
