@@ -102,8 +102,6 @@ pub fn client_cert(req: &Request) -> ClientCert {
     }
 }
 
-// ---------------------------------------------------------------- AP cache
-
 // ------------------------------------------------------------ client calls
 
 /// An AP whose access token checked out; what client routes work with.
