@@ -25,7 +25,6 @@ impl Entry {
         // A second handle on the same JS request (not Request.clone(),
         // which would tee the body): whatever the handler leaves of its
         // body is drained before the response goes out.
-        super::interned::ensure();
         let req = Request::from(Clone::clone(&raw));
         let path = req.path();
         let result = match config::GpConfig::cached(&env) {

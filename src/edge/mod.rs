@@ -17,8 +17,6 @@ mod auth;
 mod config;
 /// HTTP plumbing: route table, bodies, problems, JSON responses.
 mod http;
-/// Strings interned in JS once per isolate (cheaper crossings).
-mod interned;
 /// Durable Objects, one module each.
 mod objects;
 /// Calls this GP makes to others: peers, SMS/email providers, webhooks.

@@ -23,7 +23,6 @@ use worker::{durable_object, Env, Request, Response, State};
 mod apply;
 mod outbox;
 mod statements;
-pub(crate) use statements::LOOKUP_SQL;
 mod store;
 
 #[durable_object]
@@ -37,7 +36,6 @@ pub struct MappingShard {
 
 impl worker::DurableObject for MappingShard {
     fn new(state: State, env: Env) -> Self {
-        crate::edge::interned::ensure();
         MappingShard {
             state,
             env,

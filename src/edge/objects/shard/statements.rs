@@ -30,10 +30,6 @@ struct RecordKeptRow {
     jws: Option<String>,
 }
 
-/// A lookup's one read: the record and its kept statements.
-pub(crate) const LOOKUP_SQL: &str = "SELECT r.record, s.ap, s.basis, s.iat, s.jws FROM records r \
-     LEFT JOIN statements s ON s.sii = r.sii WHERE r.sii = ?";
-
 /// One kept statement.
 pub(super) struct Kept {
     ap: String,
@@ -48,7 +44,11 @@ impl MappingShard {
     pub(super) fn load_record_and_kept(&self, sii: &Sii) -> ApiResult<(SiiRecord, Vec<Kept>)> {
         let rows: Vec<RecordKeptRow> = self
             .sql()
-            .exec(LOOKUP_SQL, Some(vec![sii.as_str().into()]))
+            .exec(
+                "SELECT r.record, s.ap, s.basis, s.iat, s.jws FROM records r \
+                 LEFT JOIN statements s ON s.sii = r.sii WHERE r.sii = ?",
+                Some(vec![sii.as_str().into()]),
+            )
             .internal("select record and statements")?
             .to_array()
             .internal("read record and statements")?;
